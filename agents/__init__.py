@@ -1,0 +1,1 @@
+"""Agent and world processes, environments, policies, training, the ddcl CLI."""

@@ -1,0 +1,1 @@
+# bench: benchmarks (not tests); run through `ddcl bench ...`.

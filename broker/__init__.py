@@ -1,0 +1,1 @@
+"""Network services: broker, PRNG sync, control/telemetry bus, broker CLI."""

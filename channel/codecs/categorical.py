@@ -1,0 +1,106 @@
+"""The probability model the `range` codec and the `entropy` rate loss share.
+
+Per message position d (element i uses row i % D), a table over the values
+lo .. lo + K - 1 plus one escape symbol; an escaped value costs the escape symbol and
+32 raw bits. The model is explicit and serializable so both ends can hold the same one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+MAX_TABLE = 1 << 16  # symbols per row, escape included
+MAX_ROWS = 1 << 12
+ESCAPE_RAW_BITS = 32
+
+
+@dataclass(frozen=True, eq=False)
+class CategoricalModel:
+    """Rows of probabilities over lo .. lo + K - 1, then the escape symbol: (D, K + 1)."""
+
+    lo: int
+    probs: np.ndarray
+
+    def __post_init__(self):
+        p = np.array(self.probs, dtype=np.float64)
+        if p.ndim == 1:
+            p = p[None, :]
+        if p.ndim != 2 or not 1 <= p.shape[0] <= MAX_ROWS or not 2 <= p.shape[1] <= MAX_TABLE:
+            raise ValueError(
+                f"probs must be (D, K + 1) with 1 <= D <= {MAX_ROWS} and "
+                f"2 <= K + 1 <= {MAX_TABLE}; got shape {p.shape}"
+            )
+        if not np.all(np.isfinite(p)) or np.any(p < 0) or np.any(p.sum(axis=1) <= 0):
+            raise ValueError("probs must be finite, non-negative, with positive row sums")
+        if not -(2**31) < int(self.lo) < 2**31 - p.shape[1]:
+            raise ValueError(f"lo out of range: {self.lo}")
+        object.__setattr__(self, "lo", int(self.lo))
+        object.__setattr__(self, "probs", p / p.sum(axis=1, keepdims=True))
+
+    @property
+    def dims(self) -> int:
+        return self.probs.shape[0]
+
+    @property
+    def size(self) -> int:
+        """K: table values per row, escape excluded."""
+        return self.probs.shape[1] - 1
+
+    @classmethod
+    def laplace(cls, scale: float = 2.0, radius: int = 32, escape: float = 1e-4, dims: int = 1):
+        """Discretized Laplace(0, scale) on -radius .. radius, escape mass `escape`."""
+        v = np.arange(-radius, radius + 1, dtype=np.float64)
+        cdf = lambda x: np.where(x < 0, 0.5 * np.exp(x / scale), 1 - 0.5 * np.exp(-x / scale))  # noqa: E731
+        p = (cdf(v + 0.5) - cdf(v - 0.5)) * (1 - escape)
+        row = np.append(p, escape)
+        return cls(-radius, np.tile(row, (dims, 1)))
+
+    def to_dict(self) -> dict:
+        return {"lo": self.lo, "probs": self.probs.tolist()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CategoricalModel":
+        try:
+            return cls(int(d["lo"]), np.asarray(d["probs"], dtype=np.float64))
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"not a CategoricalModel dict: {e}") from None
+
+    def bits(self, m: np.ndarray) -> np.ndarray:
+        """Ideal code length -log2 P(m) of values shaped (..., D) (or any shape when D = 1)."""
+        m = np.asarray(m, dtype=np.int64)
+        idx = m - self.lo
+        esc = (idx < 0) | (idx >= self.size)
+        rows = np.broadcast_to(np.arange(m.shape[-1]) % self.dims if m.ndim else 0, m.shape)
+        p = self.probs[rows, np.where(esc, self.size, idx)]
+        return -np.log2(p) + ESCAPE_RAW_BITS * esc
+
+    def relaxed_bits(self, y: torch.Tensor) -> torch.Tensor:
+        probs = torch.as_tensor(self.probs, dtype=y.dtype, device=y.device)
+        return relaxed_bits(y, probs, self.lo)
+
+
+def relaxed_bits(y: torch.Tensor, probs: torch.Tensor, lo: int) -> torch.Tensor:
+    """-log2 of the probability of y + U(-1/2, 1/2) under the table's piecewise-constant
+    density: a linear interpolation of neighbouring masses, differentiable in y and probs.
+
+    y is shaped (..., D) (z_hat / delta); probs (D, K + 1) or (1, K + 1), rows summing
+    to 1. Beyond the table the escape cost holds, plus a log slope that points back in.
+    """
+    rows, k1 = probs.shape
+    k = k1 - 1
+    if rows == 1:
+        probs = probs.expand(y.shape[-1], k1)
+    esc = probs[:, k:] * 2.0**-ESCAPE_RAW_BITS
+    ext = torch.cat([esc, probs[:, :k], esc], dim=1)  # index 0 is lo - 1, k + 1 is lo + k
+    t = y - lo + 1
+    tc = t.clamp(0, k + 1)
+    j = tc.detach().floor().clamp(max=k).long()
+    f = tc - j
+    table = ext.expand(*y.shape[:-1], *ext.shape)
+    p0 = table.gather(-1, j.unsqueeze(-1)).squeeze(-1)
+    p1 = table.gather(-1, (j + 1).unsqueeze(-1)).squeeze(-1)
+    p = (1 - f) * p0 + f * p1
+    return -torch.log2(p) + torch.log2(1 + (t - tc).abs())

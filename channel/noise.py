@@ -1,0 +1,76 @@
+"""Synchronized dither: the uniforms sender and receiver both derive from one Philox key.
+
+Key words: (run seed, epoch seed << 8 | sender). Counter words: (element block, step low
+32 bits, step high 32 bits, domain tag). Element i of a message is word i % 4 of block
+i // 4, so a message of n values costs ceil(n / 4) Philox blocks and any device yields
+the same floats.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .philox import (
+    MASK32,
+    philox_torch_i64,
+    uniform_blocks_numpy,
+    words_to_uniform_torch,
+)
+
+DOMAIN_MESSAGE = 0  # dither of agent messages; other tags keep future streams apart
+MAX_SENDER = 0xFF
+MAX_EPOCH_SEED = 0xFFFFFF
+
+
+@dataclass(frozen=True)
+class NoiseKey:
+    """Who draws the noise: run seed (32 bits), epoch seed (24 bits), sender id (8 bits)."""
+
+    run_seed: int
+    epoch_seed: int
+    sender: int
+
+    def __post_init__(self):
+        if not 0 <= self.run_seed <= MASK32:
+            raise ValueError(f"run_seed must fit 32 bits, got {self.run_seed}")
+        if not 0 <= self.epoch_seed <= MAX_EPOCH_SEED:
+            raise ValueError(f"epoch_seed must fit 24 bits, got {self.epoch_seed}")
+        if not 0 <= self.sender <= MAX_SENDER:
+            raise ValueError(f"sender must be 0..{MAX_SENDER}, got {self.sender}")
+
+    def words(self) -> tuple[int, int]:
+        return self.run_seed, (self.epoch_seed << 8) | self.sender
+
+
+def _step_words(step: int) -> tuple[int, int]:
+    """A signed step (a skewed clock can read below zero) as two 32-bit words."""
+    s = step & 0xFFFFFFFFFFFFFFFF
+    return s & MASK32, s >> 32
+
+
+def uniform_numpy(n: int, key: NoiseKey, step: int, domain: int = DOMAIN_MESSAGE) -> np.ndarray:
+    """n float32 dither values in [-1/2, 1/2) for (key, step, domain)."""
+    blocks = -(-n // 4)
+    s_lo, s_hi = _step_words(step)
+    ctr = np.empty((4, blocks), dtype=np.uint32)
+    ctr[0] = np.arange(blocks, dtype=np.uint32)
+    ctr[1], ctr[2], ctr[3] = s_lo, s_hi, domain
+    k = np.array(key.words(), dtype=np.uint32).reshape(2, 1)
+    return uniform_blocks_numpy(ctr, k)[:n]
+
+
+def uniform_torch(
+    n: int, key: NoiseKey, step: int, domain: int = DOMAIN_MESSAGE, device="cpu"
+) -> torch.Tensor:
+    """The same n values as `uniform_numpy`, bit for bit, as a float32 tensor on `device`."""
+    blocks = -(-n // 4)
+    s_lo, s_hi = _step_words(step)
+    ctr = torch.empty((blocks, 4), dtype=torch.int64, device=device)
+    ctr[:, 0] = torch.arange(blocks, device=device)
+    ctr[:, 1], ctr[:, 2], ctr[:, 3] = s_lo, s_hi, domain
+    k = torch.tensor(key.words(), dtype=torch.int64, device=device)
+    words = philox_torch_i64(ctr, k).reshape(-1)[:n]
+    return words_to_uniform_torch(words)

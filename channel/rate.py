@@ -1,0 +1,80 @@
+"""Rate losses: what a message costs, in bits, as a differentiable function of z.
+
+- `surrogate`: the paper's sum log2(2|z|/delta + 1). Not a code length (0 bits for m = 0,
+  breaks Kraft's inequality), so reports always show real bits beside it.
+- `codelength`: the selected codec's own smooth length (`Codec.smooth_bits`).
+- `entropy`: -log2 P(m) under a learned factorized prior, relaxed through the dither
+  noise (z_hat / delta is m - u: the value plus uniform noise), exportable as the
+  CategoricalModel that the `range` codec then uses.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from .codecs.base import Codec
+from .codecs.categorical import CategoricalModel, relaxed_bits
+
+RATE_LOSSES = ("surrogate", "codelength", "entropy")
+
+
+def surrogate_bits(z: torch.Tensor, delta) -> torch.Tensor:
+    """Per-message surrogate bits, summed over the last dimension."""
+    return torch.log2(2 * z.abs() / torch.as_tensor(delta, dtype=z.dtype, device=z.device) + 1).sum(-1)
+
+
+def codelength_bits(z_hat: torch.Tensor, delta, codec: Codec) -> torch.Tensor:
+    """Per-message smooth length of `codec`, summed over the last dimension."""
+    y = z_hat / torch.as_tensor(delta, dtype=z_hat.dtype, device=z_hat.device)
+    return codec.smooth_bits(y).sum(-1)
+
+
+class FactorizedPrior(nn.Module):
+    """A learnable table per message dimension over lo .. lo + K - 1 plus an escape."""
+
+    def __init__(self, dims: int, radius: int = 16):
+        super().__init__()
+        self.lo = -radius
+        self.logits = nn.Parameter(torch.zeros(dims, 2 * radius + 2))
+
+    def probs(self) -> torch.Tensor:
+        return torch.softmax(self.logits, dim=-1)
+
+    def bits(self, z_hat: torch.Tensor, delta) -> torch.Tensor:
+        """Per-message relaxed -log2 P, summed over the last dimension."""
+        y = z_hat / torch.as_tensor(delta, dtype=z_hat.dtype, device=z_hat.device)
+        return relaxed_bits(y, self.probs(), self.lo).sum(-1)
+
+    def export(self) -> CategoricalModel:
+        return CategoricalModel(self.lo, self.probs().detach().cpu().double().numpy())
+
+
+def rate_bits(
+    name: str,
+    z: torch.Tensor,
+    z_hat: torch.Tensor,
+    delta,
+    codec: Codec | None = None,
+    prior: FactorizedPrior | None = None,
+) -> torch.Tensor:
+    """The selected rate loss, per message."""
+    if name == "surrogate":
+        return surrogate_bits(z, delta)
+    if name == "codelength":
+        if codec is None:
+            raise ValueError("the codelength rate loss needs a codec")
+        return codelength_bits(z_hat, delta, codec)
+    if name == "entropy":
+        if prior is None:
+            raise ValueError("the entropy rate loss needs a FactorizedPrior")
+        return prior.bits(z_hat, delta)
+    raise ValueError(f"unknown rate loss {name!r}; choose one of {', '.join(RATE_LOSSES)}")
+
+
+def entropy_bits(values: np.ndarray) -> float:
+    """Empirical entropy, bits per value, of integer samples."""
+    _, counts = np.unique(np.asarray(values), return_counts=True)
+    p = counts / counts.sum()
+    return float(-(p * np.log2(p)).sum())
