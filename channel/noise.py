@@ -15,11 +15,14 @@ import torch
 
 from .philox import (
     MASK32,
+    UNIFORM_SCALE,
+    philox_python,
     philox_torch_i64,
     uniform_blocks_numpy,
     words_to_uniform_torch,
 )
 
+SMALL_BLOCKS = 8  # up to this many blocks, plain Python beats numpy's call overhead
 DOMAIN_MESSAGE = 0  # dither of agent messages; other tags keep future streams apart
 MAX_SENDER = 0xFF
 MAX_EPOCH_SEED = 0xFFFFFF
@@ -55,6 +58,10 @@ def uniform_numpy(n: int, key: NoiseKey, step: int, domain: int = DOMAIN_MESSAGE
     """n float32 dither values in [-1/2, 1/2) for (key, step, domain)."""
     blocks = -(-n // 4)
     s_lo, s_hi = _step_words(step)
+    if blocks <= SMALL_BLOCKS:
+        k = key.words()
+        words = [w for b in range(blocks) for w in philox_python((b, s_lo, s_hi, domain), k)]
+        return np.array([((w >> 8) - (1 << 23)) * UNIFORM_SCALE for w in words[:n]], dtype=np.float32)
     ctr = np.empty((4, blocks), dtype=np.uint32)
     ctr[0] = np.arange(blocks, dtype=np.uint32)
     ctr[1], ctr[2], ctr[3] = s_lo, s_hi, domain
@@ -65,7 +72,15 @@ def uniform_numpy(n: int, key: NoiseKey, step: int, domain: int = DOMAIN_MESSAGE
 def uniform_torch(
     n: int, key: NoiseKey, step: int, domain: int = DOMAIN_MESSAGE, device="cpu"
 ) -> torch.Tensor:
-    """The same n values as `uniform_numpy`, bit for bit, as a float32 tensor on `device`."""
+    """The same n values as `uniform_numpy`, bit for bit, as a float32 tensor on `device`.
+    On the CPU this is the numpy generator (faster there); elsewhere the int64 torch one."""
+    if torch.device(device).type == "cpu":
+        return torch.from_numpy(uniform_numpy(n, key, step, domain))
+    return uniform_torch_i64(n, key, step, domain, device)
+
+
+def uniform_torch_i64(n: int, key: NoiseKey, step: int, domain: int, device) -> torch.Tensor:
+    """The int64 torch generator, on any device (CUDA's path; tested on the CPU too)."""
     blocks = -(-n // 4)
     s_lo, s_hi = _step_words(step)
     ctr = torch.empty((blocks, 4), dtype=torch.int64, device=device)

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from channel import NoiseKey, philox4x32_10, uniform_numpy, uniform_torch
+from channel.noise import uniform_torch_i64
 
 # Random123 known answers (REFERENCE.md section 4): counter, key -> output words.
 KNOWN_ANSWERS = [
@@ -62,8 +63,10 @@ def test_uniforms_identical_across_implementations(n, device):
     for step in (0, 1, -3, 2**40 + 5):
         a = uniform_numpy(n, key, step)
         b = uniform_torch(n, key, step, device=device).cpu().numpy()
+        c = uniform_torch_i64(n, key, step, 0, device).cpu().numpy()
         assert a.dtype == np.float32 and a.shape == (n,)
         np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(a, c)
 
 
 def test_uniforms_follow_the_block_layout_and_exact_conversion():

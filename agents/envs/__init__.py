@@ -1,0 +1,22 @@
+"""Environments: one batched interface for the trainer and the networked world.
+
+An env hosts B instances and N agent slots:
+    reset() -> obs (B, N, obs_dim) float32
+    step(actions (B, N) int64) -> obs, reward (B,), done (B,) bool, success (B,) bool
+Finished instances reset themselves; `done` and `success` describe the episode that
+just ended there.
+"""
+
+from __future__ import annotations
+
+from .goal import GoalEnv
+
+ENVS = {"goal": GoalEnv}
+
+
+def make(name: str, batch: int, seed: int):
+    try:
+        cls = ENVS[name]
+    except KeyError:
+        raise ValueError(f"unknown env {name!r}; choose one of {', '.join(ENVS)}") from None
+    return cls(batch=batch, seed=seed)

@@ -1,0 +1,116 @@
+"""`ddcl up`: broker, sync service, world and N agents as separate OS processes on
+loopback, live progress, a clean stop (Ctrl-C too), and the result table."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ddcl(*args: str) -> list[str]:
+    return [sys.executable, "-m", "agents.cli", *args]
+
+
+class ProcessGroup:
+    """Children that all stop together: SIGTERM, a grace period, then SIGKILL."""
+
+    def __init__(self, logs: Path):
+        self.logs = logs
+        self.procs: list[tuple[str, subprocess.Popen]] = []
+
+    def start(self, name: str, cmd: list[str], passthrough: bool = False) -> subprocess.Popen:
+        log = None if passthrough else open(self.logs / f"{name}.log", "w")
+        p = subprocess.Popen(cmd, stdout=log or None, stderr=subprocess.STDOUT if log else None)
+        self.procs.append((name, p))
+        return p
+
+    def stop(self, grace_s: float = 5.0) -> None:
+        for _, p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        for _, p in self.procs:
+            try:
+                p.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+def up(args) -> int:
+    out = Path(args.out)
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    endpoint = f"tcp://127.0.0.1:{args.port or free_port()}"
+    group = ProcessGroup(out / "logs")
+    stopping = []
+
+    def on_term(signum, _frame):
+        stopping.append(signum)
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, on_term)
+    try:
+        group.start("broker", ddcl("broker", "serve", "--bind", endpoint))
+        group.start("sync", ddcl("sync", "serve", "--broker", endpoint, "--seed", str(args.seed)))
+        world_cmd = ddcl("world", "--broker", endpoint, "--env", args.env, "--agents", str(args.agents),
+                         "--batch", str(args.batch), "--steps", str(args.steps), "--codec", args.codec,
+                         "--seed", str(args.seed), "--deadline", str(args.deadline), "--out", str(out))
+        world = group.start("world", world_cmd, passthrough=True)
+        for k in range(args.agents):
+            cmd = ddcl("agent", "--broker", endpoint, "--id", f"agent-{k}", "--device", args.device)
+            if args.checkpoint:
+                cmd += ["--checkpoint", args.checkpoint]
+            group.start(f"agent-{k}", cmd)
+        print(f"[up] broker on {endpoint}; {args.agents} agents, B={args.batch}, {args.steps} steps; "
+              f"logs in {out / 'logs'}", file=sys.stderr, flush=True)
+        rc = world.wait()
+    except KeyboardInterrupt:
+        print("[up] stopping", file=sys.stderr)
+        rc = 130
+    finally:
+        group.stop()
+        signal.signal(signal.SIGTERM, old)
+    summary_path = out / "summary.json"
+    if rc == 0 and summary_path.exists():
+        print(render_summary(json.loads(summary_path.read_text())))
+        print(f"\nwrote {out / 'metrics.jsonl'} and {summary_path}")
+    elif rc != 130:
+        print(f"[up] the world exited with status {rc}; see {out / 'logs'}", file=sys.stderr)
+    return rc
+
+
+def render_summary(s: dict) -> str:
+    from bench.common import table
+
+    b, f = s["bytes_per_step"], s["float32_bytes_per_step"]
+    rows = [[d, b[d]["payload"], b[d]["header"], b[d]["framing"], b[d]["total"], f[d]["total"]] for d in ("up", "down", "sum")]
+    ratio = f["sum"]["total"] / b["sum"]["total"] if b["sum"]["total"] else float("nan")
+    m = s["messages"]
+    lines = [
+        f"env {s['env']}, {s['agents']} agents, B={s['batch']}, {s['steps']} steps, codec {s['codec']}",
+        "",
+        "Agent-message bytes per step (on the wire, ZMTP framing included)",
+        table(["direction", "payload", "header", "framing", "total", "as float32"], rows),
+        "",
+        f"bits per message (real): {s['bits_per_message']:.2f} for {s['values_per_message']} values"
+        if s["bits_per_message"] is not None else "bits per message: n/a",
+        f"float32 / {s['codec']} bytes: {ratio:.2f}x",
+        f"messages: sent {m['sent']}, delivered {m['delivered']}, dropped {m['dropped']}, rejected {m['rejected']}",
+        f"success rate {s['success_rate'] if s['success_rate'] is not None else float('nan'):.3f} over "
+        f"{s['episodes']} episodes, mean reward {s['mean_reward']:.4f}, {s['steps_per_second']:.1f} steps/s",
+        f"deadline misses per agent: {s['deadline_misses']}",
+    ]
+    return "\n".join(lines)
+
+

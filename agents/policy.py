@@ -1,0 +1,94 @@
+"""The agent policy and the checkpoint format the trainer writes and agents load."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+CHECKPOINT_FORMAT = "ddcl-checkpoint/1"
+
+
+@dataclass
+class PolicyConfig:
+    obs_dim: int  # observation values per agent
+    n_actions: int  # discrete actions
+    msg_dim: int = 4  # message dimensions (the paper's goal toy: 4)
+    hidden: int = 64  # hidden units
+    delta: float = 0.2  # quantization step (the paper's goal toy: 1/5)
+
+
+class AgentPolicy(nn.Module):
+    """obs -> hidden -> message z; (hidden, mean of heard z_hat) -> action logits."""
+
+    def __init__(self, cfg: PolicyConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.body = nn.Sequential(nn.Linear(cfg.obs_dim, cfg.hidden), nn.Tanh())
+        self.msg_head = nn.Linear(cfg.hidden, cfg.msg_dim)
+        self.act_head = nn.Sequential(
+            nn.Linear(cfg.hidden + cfg.msg_dim, cfg.hidden), nn.Tanh(), nn.Linear(cfg.hidden, cfg.n_actions)
+        )
+
+    def speak(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.body(obs)
+        return h, self.msg_head(h)
+
+    def act(self, h: torch.Tensor, heard: torch.Tensor) -> torch.Tensor:
+        return self.act_head(torch.cat([h, heard], dim=-1))
+
+
+def init_policies(cfg: PolicyConfig, n_agents: int, seed: int) -> list[AgentPolicy]:
+    """Agent k's untrained policy depends only on (cfg, seed, k): every process agrees."""
+    out = []
+    for k in range(n_agents):
+        torch.manual_seed(seed * 1000 + k)
+        out.append(AgentPolicy(cfg))
+    return out
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is unreadable or does not fit the run."""
+
+
+def save_checkpoint(path, env: str, cfg: PolicyConfig, policies: list[AgentPolicy], codec: dict, extra=None) -> None:
+    torch.save(
+        {
+            "format": CHECKPOINT_FORMAT,
+            "env": env,
+            "policy": asdict(cfg),
+            "n_agents": len(policies),
+            "state_dicts": [p.state_dict() for p in policies],
+            "codec": codec,  # {"name": ..., "options": {...}}
+            "extra": extra or {},
+        },
+        Path(path),
+    )
+
+
+def load_checkpoint(path, env: str, obs_dim: int, n_actions: int, n_agents: int) -> tuple[PolicyConfig, list[AgentPolicy], dict]:
+    try:
+        ck = torch.load(Path(path), map_location="cpu", weights_only=False)
+    except (OSError, RuntimeError, EOFError) as e:
+        raise CheckpointError(f"cannot read checkpoint {path}: {e}") from None
+    if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not a {CHECKPOINT_FORMAT} checkpoint")
+    if ck["env"] != env:
+        raise CheckpointError(f"checkpoint {path} is for env {ck['env']!r}, not {env!r}")
+    cfg = PolicyConfig(**ck["policy"])
+    if (cfg.obs_dim, cfg.n_actions, ck["n_agents"]) != (obs_dim, n_actions, n_agents):
+        raise CheckpointError(
+            f"checkpoint {path} has obs_dim={cfg.obs_dim}, n_actions={cfg.n_actions}, "
+            f"agents={ck['n_agents']}; the run needs {obs_dim}, {n_actions}, {n_agents}"
+        )
+    policies = []
+    for sd in ck["state_dicts"]:
+        p = AgentPolicy(cfg)
+        try:
+            p.load_state_dict(sd)
+        except RuntimeError as e:
+            raise CheckpointError(f"checkpoint {path} does not fit the policy: {e}") from None
+        policies.append(p)
+    return cfg, policies, ck

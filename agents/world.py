@@ -1,0 +1,195 @@
+"""The world process: B instances of the environment, driven in lockstep.
+
+Per step: announce the step to the broker (per-step accounting), send each agent its
+observations, collect every agent's actions until the per-step deadline, step the env.
+An agent whose actions miss the deadline gets action 0 ("stay"/"gas") for that step,
+counted in `deadline_misses`; a restarted agent re-joins and is sent the config again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from broker import protocol as P
+from broker.peer import Peer
+from channel import ChannelError, frame
+
+from . import lockstep as L
+from .envs import make
+
+log = logging.getLogger("ddcl.world")
+
+
+@dataclass
+class WorldConfig:
+    env: str = "goal"  # environment name
+    agents: int = 2  # agent processes (slots)
+    batch: int = 1  # parallel env instances B
+    steps: int = 500  # lockstep steps to run
+    codec: str = "rice"  # message codec
+    delta: float = 0.2  # quantization step for untrained policies
+    msg_dim: int = 4  # message dimensions for untrained policies
+    seed: int = 0  # env seed and untrained-policy seed
+    deadline_s: float = 1.0  # per-step wait for actions
+    join_timeout_s: float = 60.0  # wait for all agents to join before step 0
+
+
+class World:
+    def __init__(self, endpoint: str, cfg: WorldConfig, out: Path | None, progress=True):
+        self.cfg = cfg
+        self.out = Path(out) if out else None
+        self.progress = progress
+        self.env = make(cfg.env, cfg.batch, cfg.seed)
+        if cfg.agents != self.env.n_agents:
+            raise ValueError(f"env {cfg.env} has {self.env.n_agents} agent slots, not {cfg.agents}")
+        self.peer = Peer(endpoint, b"world", P.WORLD_ID)
+        self.joined: set[bytes] = set()
+        self.agent_stats: dict[int, dict] = {}
+        self.misses = [0] * cfg.agents
+        self.late = 0
+
+    def agent_config(self) -> bytes:
+        c = self.cfg
+        return P.pack({"op": L.CONFIG, "env": c.env, "agents": c.agents, "batch": c.batch, "codec": c.codec,
+                       "delta": c.delta, "msg_dim": c.msg_dim, "policy_seed": c.seed})
+
+    def _control(self, src: bytes, body: bytes) -> None:
+        req = P.unpack(body)
+        if req.get("op") == L.JOIN:
+            self.joined.add(src)
+            self.peer.send_to(src, self.agent_config())
+        elif req.get("op") == L.AGENT_STATS:
+            self.agent_stats[int(req["agent"])] = req
+
+    def _pump(self, timeout_s: float, on_frame=None) -> None:
+        msg = self.peer.recv(timeout_s)
+        if msg is None or msg[0] != P.DELIVER or len(msg) != 3:
+            return
+        src, body = msg[1], msg[2]
+        if P.is_channel_frame(body):
+            if on_frame:
+                on_frame(src, body)
+        else:
+            try:
+                self._control(src, body)
+            except Exception as e:  # a bad control message must not stop the world
+                log.warning("bad control message from %s: %s", src, e)
+
+    def wait_for_agents(self) -> None:
+        want = {P.agent_id(k) for k in range(self.cfg.agents)}
+        deadline = time.monotonic() + self.cfg.join_timeout_s
+        while not want <= self.joined:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"agents missing after {self.cfg.join_timeout_s}s: "
+                                   f"{sorted(x.decode() for x in want - self.joined)}")
+            self.peer.heartbeat_if_idle()
+            self._pump(0.2)
+
+    def run(self, should_stop=lambda: False) -> dict:
+        cfg, env = self.cfg, self.env
+        self.wait_for_agents()
+        obs = env.reset()
+        first = np.ones(cfg.batch, dtype=bool)
+        metrics = open(self.out / "metrics.jsonl", "w") if self.out else None
+        episodes = successes = 0
+        reward_sum = 0.0
+        start = last_print = time.monotonic()
+        step = 0
+        for step in range(cfg.steps):
+            if should_stop():
+                break
+            t0 = time.monotonic()
+            self.peer.send_parts([P.STEP, P.pack(step)])
+            for k in range(cfg.agents):
+                self.peer.send_to(P.agent_id(k), L.pack_obs(step, obs[:, k], first))
+            actions = self.collect_actions(step)
+            obs, reward, done, success = env.step(actions)
+            first = done
+            episodes += int(done.sum())
+            successes += int(success.sum())
+            reward_sum += float(reward.sum())
+            if metrics:
+                metrics.write(json.dumps({"step": step, "latency_s": time.monotonic() - t0, "reward": float(reward.mean()),
+                                          "episodes_done": int(done.sum()), "successes": int(success.sum()),
+                                          "deadline_misses": list(self.misses)}) + "\n")
+            now = time.monotonic()
+            if self.progress and now - last_print >= 1.0:
+                last_print = now
+                rate = (step + 1) / (now - start)
+                sr = successes / episodes if episodes else float("nan")
+                print(f"[world] step {step + 1}/{cfg.steps}  {rate:.0f} steps/s  episodes {episodes}  "
+                      f"success {sr:.3f}", file=sys.stderr, flush=True)
+        elapsed = time.monotonic() - start
+        steps_done = step + 1 if cfg.steps else 0
+        if metrics:
+            metrics.close()
+        self.finish_agents()
+        broker_stats = self.peer.stats()
+        summary = self.summary(broker_stats, steps_done, elapsed, episodes, successes, reward_sum)
+        if self.out:
+            (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
+        self.peer.close()
+        return summary
+
+    def collect_actions(self, step: int) -> np.ndarray:
+        cfg = self.cfg
+        actions = np.zeros((cfg.batch, cfg.agents), dtype=np.int64)  # 0 is the default action
+        got: set[int] = set()
+
+        def on_frame(src: bytes, body: bytes) -> None:
+            try:
+                f = frame.unpack(body)
+                k = P.agent_index(src)
+                if k is None or k >= cfg.agents or f.sender != k:
+                    return
+                if f.stamp != step:
+                    self.late += 1  # an answer to a step that already timed out
+                    return
+                actions[:, k] = L.unpack_actions(f, cfg.batch, self.env.n_actions)
+                got.add(k)
+            except ChannelError as e:
+                log.warning("bad action frame from %s: %s", src, e)
+
+        deadline = time.monotonic() + cfg.deadline_s
+        while len(got) < cfg.agents and (left := deadline - time.monotonic()) > 0:
+            self._pump(left, on_frame)
+        for k in set(range(cfg.agents)) - got:
+            self.misses[k] += 1
+        return actions
+
+    def finish_agents(self) -> None:
+        for k in range(self.cfg.agents):
+            self.peer.send_to(P.agent_id(k), P.pack({"op": L.END}))
+        deadline = time.monotonic() + 3.0
+        while len(self.agent_stats) < self.cfg.agents and (left := deadline - time.monotonic()) > 0:
+            self._pump(left)
+
+    def summary(self, b: dict, steps: int, elapsed: float, episodes: int, successes: int, reward_sum: float) -> dict:
+        cfg = self.cfg
+        msgs = sum(s["messages"] for s in self.agent_stats.values())
+        bits = sum(s["payload_bits"] for s in self.agent_stats.values())
+        return {
+            "env": cfg.env, "agents": cfg.agents, "batch": cfg.batch, "steps": steps, "codec": cfg.codec,
+            "bytes_per_step": b["bytes_per_step"],
+            "float32_bytes_per_step": b["float32_bytes_per_step"],
+            "bits_per_message": bits / msgs if msgs else None,
+            "values_per_message": cfg.batch * cfg.msg_dim,
+            "messages": b["messages"],
+            "success_rate": successes / episodes if episodes else None,
+            "episodes": episodes,
+            "mean_reward": reward_sum / max(steps * cfg.batch, 1),
+            "steps_per_second": steps / elapsed if elapsed > 0 else None,
+            "deadline_misses": self.misses,
+            "late_actions": self.late,
+            "silent_peers": sum(s["silent_peers"] for s in self.agent_stats.values()),
+            "agents_reporting": sorted(self.agent_stats),
+            "broker": {k: b[k] for k in ("by_kind_per_step", "other", "links", "steps")},
+            "config": asdict(cfg),
+        }

@@ -1,0 +1,95 @@
+"""The DEALER side: one class every role (agent, world, sync, CLI) talks to the broker with."""
+
+from __future__ import annotations
+
+import time
+
+import zmq
+
+from . import protocol as P
+
+
+class BrokerError(RuntimeError):
+    """The broker refused a request or did not answer in time."""
+
+
+class Peer:
+    """A registered DEALER connection to the broker. Use as a context manager."""
+
+    def __init__(self, endpoint: str, role: bytes, wanted_id: bytes = b"", timeout_s: float = 10.0, ctx=None):
+        self.ctx = ctx or zmq.Context.instance()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.SNDHWM, P.HWM)
+        self.sock.setsockopt(zmq.RCVHWM, P.HWM)
+        self.sock.setsockopt(zmq.MAXMSGSIZE, P.MAX_MSG_BYTES)
+        self.sock.connect(endpoint)
+        self.endpoint = endpoint
+        self.role = role
+        self.last_sent = time.monotonic()
+        self.id = self._register(wanted_id, timeout_s) if role != b"cli" else b""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self, bye: bool = True) -> None:
+        if self.sock.closed:
+            return
+        if bye and self.id:
+            try:
+                self.sock.send(P.BYE, zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass
+        self.sock.close(0)
+
+    def _register(self, wanted_id: bytes, timeout_s: float) -> bytes:
+        self.sock.send_multipart([P.REGISTER, self.role, wanted_id])
+        parts = self.recv(timeout_s)
+        if parts is None:
+            raise BrokerError(f"no answer from the broker at {self.endpoint} in {timeout_s}s")
+        if parts[0] == P.ERROR:
+            raise BrokerError(parts[1].decode(errors="replace"))
+        if parts[0] != P.REGISTERED:
+            raise BrokerError(f"unexpected reply to REGISTER: {parts[0]!r}")
+        return parts[1]
+
+    def send_parts(self, parts: list[bytes]) -> None:
+        self.sock.send_multipart(parts, copy=False)
+        self.last_sent = time.monotonic()
+
+    def broadcast_frame(self, frame: bytes) -> None:
+        """An agent message: one ZeroMQ frame, broadcast by the broker to the peer agents."""
+        self.send_parts([frame])
+
+    def send_to(self, dest: bytes, body: bytes) -> None:
+        self.send_parts([P.SEND, dest, body])
+
+    def heartbeat_if_idle(self) -> None:
+        if time.monotonic() - self.last_sent >= P.HEARTBEAT_S:
+            self.send_parts([P.HEARTBEAT])
+
+    def recv(self, timeout_s: float | None) -> list[bytes] | None:
+        """The next message, or None after timeout_s (None: wait forever)."""
+        if timeout_s is not None and not self.sock.poll(max(0, int(timeout_s * 1000))):
+            return None
+        return self.sock.recv_multipart()
+
+    def request(self, parts: list[bytes], reply_cmd: bytes, timeout_s: float = 5.0):
+        """Send a command and wait for its reply (ignoring anything else); msgpack-decoded."""
+        self.send_parts(parts)
+        deadline = time.monotonic() + timeout_s
+        while (left := deadline - time.monotonic()) > 0:
+            msg = self.recv(left)
+            if msg is None:
+                break
+            if msg[0] == P.ERROR:
+                raise BrokerError(msg[1].decode(errors="replace"))
+            if msg[0] == reply_cmd:
+                return P.unpack(msg[1])
+        raise BrokerError(f"no reply from the broker at {self.endpoint} in {timeout_s}s")
+
+    def stats(self, timeout_s: float = 5.0) -> dict:
+        return self.request([P.STATS], P.STATS_REPLY, timeout_s)

@@ -1,0 +1,76 @@
+"""Wire protocol between the broker and its peers: every constant in one place.
+
+A peer is a DEALER; the broker one ROUTER. Two message shapes travel:
+
+- a DDCL agent message: ONE ZeroMQ frame holding a channel frame (first byte 0x40..0x7F,
+  the channel's version 1); the broker broadcasts it to the sender's peer agents. One
+  frame keeps an agent message's overhead to the channel header plus 2 bytes of ZMTP.
+- a command: a multipart message whose first frame is one command byte (0x01..0x3F):
+
+    REGISTER   [cmd, role, wanted id or b""]      -> REGISTERED [cmd, id] | ERROR
+    HEARTBEAT  [cmd]                              (any message also proves liveness)
+    SEND       [cmd, destination id, body]        -> to destination: DELIVER [cmd, src, body]
+    STEP       [cmd, step (msgpack)]              the world marks a lockstep boundary
+    STATS      [cmd]                              -> STATS_REPLY [cmd, msgpack dict]
+    CONTROL    [cmd, msgpack request]             -> CONTROL_REPLY [cmd, msgpack reply]
+    BYE        [cmd]                              the peer leaves
+    ERROR      [cmd, utf-8 text]                  the broker refused the last message
+
+A SEND body is a channel frame (observations, actions) or a msgpack map (control
+between world and agents); the broker checks channel frames strictly.
+"""
+
+from __future__ import annotations
+
+import msgpack
+
+REGISTER = b"\x01"
+REGISTERED = b"\x02"
+HEARTBEAT = b"\x03"
+SEND = b"\x04"
+DELIVER = b"\x05"
+STEP = b"\x06"
+STATS = b"\x07"
+STATS_REPLY = b"\x08"
+ERROR = b"\x09"
+BYE = b"\x0a"
+CONTROL = b"\x0b"
+CONTROL_REPLY = b"\x0c"
+
+ROLES = (b"agent", b"world", b"sync", b"cli")
+WORLD_ID = b"world"
+SYNC_ID = b"sync"
+WORLD_SENDER = 0xFF  # the world's sender id inside channel frames
+
+DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
+HEARTBEAT_S = 1.0
+LIVENESS = 3  # intervals of silence before a peer is dead
+MAX_MSG_BYTES = 1 << 22  # MAXMSGSIZE: larger messages are cut off by libzmq itself
+HWM = 100_000
+
+
+def is_channel_frame(part: bytes) -> bool:
+    return len(part) > 0 and part[0] >> 6 == 1
+
+
+def zmtp_framing(size: int) -> int:
+    """ZMTP 3 bytes around one frame body: flags + 1-byte size up to 255, else 8-byte size."""
+    return 2 if size <= 255 else 9
+
+
+def pack(obj) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def unpack(data: bytes):
+    return msgpack.unpackb(data, raw=False, strict_map_key=False)
+
+
+def agent_id(index: int) -> bytes:
+    return b"agent-%d" % index
+
+
+def agent_index(peer_id: bytes) -> int | None:
+    if peer_id.startswith(b"agent-") and peer_id[6:].isdigit():
+        return int(peer_id[6:])
+    return None
