@@ -3,8 +3,9 @@
 Per step: observation from the world -> policy speaks -> quantize + encode with noise
 from this agent's own step view -> broadcast through the broker -> decode every peer's
 message with noise regenerated here -> act on the mean heard z_hat -> actions to the world.
-A peer whose message misses the wait deadline counts as silent (zeros heard), so a dead
-peer slows the step but never stops it.
+A peer whose message misses the wait (half the world's per-step deadline) counts as
+silent (zeros heard), so a dead peer slows the step but never stops it, and the live
+agents still answer the world in time.
 """
 
 from __future__ import annotations
@@ -48,13 +49,12 @@ def pick_device(name: str) -> torch.device:
 
 class Agent:
     def __init__(self, endpoint: str, wanted_id: bytes = b"", device: str = "auto", checkpoint: str | None = None,
-                 peer_wait_s: float = 0.5, record: bool = False):
+                 record: bool = False):
         self.peer = Peer(endpoint, b"agent", wanted_id)
         self.index = P.agent_index(self.peer.id)
         self.device = pick_device(device)
         torch.set_num_threads(1)  # tiny per-step batches; many processes share the cores
         self.checkpoint = checkpoint
-        self.peer_wait_s = peer_wait_s
         self.recording = record
         self.stats = AgentStats()
         self.epoch = fetch_epoch(self.peer)
@@ -78,9 +78,13 @@ class Agent:
         log.info("agent %d ready on %s: env %s, B=%d, codec %s", self.index, self.device, cfg["env"], cfg["batch"], cfg["codec"])
 
     def run(self, should_stop=lambda: False) -> AgentStats:
-        self.peer.send_to(P.WORLD_ID, P.pack({"op": L.JOIN}))
+        last_join = 0.0
         try:
             while not should_stop():
+                if self.config is None and time.monotonic() - last_join > 1.0:
+                    # until the world answers: it may not have registered yet
+                    self.peer.send_to(P.WORLD_ID, P.pack({"op": L.JOIN}))
+                    last_join = time.monotonic()
                 self.peer.heartbeat_if_idle()
                 msg = self.peer.recv(0.2)
                 if msg is None:
@@ -123,13 +127,13 @@ class Agent:
     @torch.no_grad()
     def step(self, step: int, obs: np.ndarray) -> None:
         batch, n = self.config["batch"], self.config["agents"]
-        h, z = self.policy.speak(torch.from_numpy(obs).to(self.device))
+        h, z = self.policy.speak(torch.from_numpy(np.ascontiguousarray(obs)).to(self.device))
         z_hat, data, nbits = self.channel.speak(z, self.index, step)
         self.peer.broadcast_frame(data)
         self.stats.messages += 1
         self.stats.payload_bits += nbits
         peers = [j for j in range(n) if j != self.index]
-        deadline = time.monotonic() + self.peer_wait_s
+        deadline = time.monotonic() + self.config["peer_wait_s"]  # half the world's deadline
         while any(j not in self.inbox for j in peers) and (left := deadline - time.monotonic()) > 0:
             msg = self.peer.recv(left)
             if msg is not None and len(msg) == 1:

@@ -46,9 +46,7 @@ class World:
         self.cfg = cfg
         self.out = Path(out) if out else None
         self.progress = progress
-        self.env = make(cfg.env, cfg.batch, cfg.seed)
-        if cfg.agents != self.env.n_agents:
-            raise ValueError(f"env {cfg.env} has {self.env.n_agents} agent slots, not {cfg.agents}")
+        self.env = make(cfg.env, cfg.batch, cfg.seed, cfg.agents)
         self.peer = Peer(endpoint, b"world", P.WORLD_ID)
         self.joined: set[bytes] = set()
         self.agent_stats: dict[int, dict] = {}
@@ -58,7 +56,8 @@ class World:
     def agent_config(self) -> bytes:
         c = self.cfg
         return P.pack({"op": L.CONFIG, "env": c.env, "agents": c.agents, "batch": c.batch, "codec": c.codec,
-                       "delta": c.delta, "msg_dim": c.msg_dim, "policy_seed": c.seed})
+                       "delta": c.delta, "msg_dim": c.msg_dim, "policy_seed": c.seed,
+                       "peer_wait_s": c.deadline_s / 2})
 
     def _control(self, src: bytes, body: bytes) -> None:
         req = P.unpack(body)

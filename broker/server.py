@@ -91,10 +91,11 @@ class Broker:
         if cmd == P.SEND and len(parts) == 3:
             self._send(pid, routing, link, parts)
             return
-        self.acct.record("up", "control", link, parts)
         if cmd == P.REGISTER and len(parts) == 3:
-            self._register(routing, parts[1], parts[2])
-        elif pid is None and cmd != P.STATS and cmd != P.CONTROL:
+            self._register(routing, parts)  # accounts under the id it grants
+            return
+        self.acct.record("up", "control", link, parts)
+        if pid is None and cmd != P.STATS and cmd != P.CONTROL:
             self.acct.other["rejected"] += 1
             self.reply(routing, "?", [P.ERROR, b"register first"])
         elif cmd == P.HEARTBEAT and len(parts) == 1:
@@ -114,26 +115,30 @@ class Broker:
             self.acct.other["rejected"] += 1
             self.reply(routing, link, [P.ERROR, b"malformed command"])
 
-    def _register(self, routing: bytes, role: bytes, wanted: bytes) -> None:
+    def _register(self, routing: bytes, parts: list[bytes]) -> None:
+        _, role, wanted = parts
+        pid = self._grant_id(routing, role, wanted)
+        self.acct.record("up", "control", (pid or b"?").decode(errors="replace"), parts)
+        if pid is not None:
+            old = self.peers.get(pid)
+            if old is not None and old.routing != routing:
+                log.info("peer %s re-registered: the new connection takes over", pid.decode())
+                self.by_routing.pop(old.routing, None)
+            self.peers[pid] = PeerInfo(pid, role, routing, time.monotonic())
+            self.by_routing[routing] = pid
+            self.reply(routing, pid.decode(), [P.REGISTERED, pid])
+
+    def _grant_id(self, routing: bytes, role: bytes, wanted: bytes) -> bytes | None:
+        """The id this registration gets, or None after replying with an ERROR."""
         if role not in P.ROLES:
             self.reply(routing, "?", [P.ERROR, b"unknown role %s" % role[:32]])
-            return
-        if role == b"cli":
-            pid = b"cli-%d" % len(self.by_routing)
-        elif role == b"agent":
+            return None
+        if role == b"agent":
             if wanted and P.agent_index(wanted) is None:
                 self.reply(routing, "?", [P.ERROR, b"agent ids look like agent-K"])
-                return
-            pid = wanted or self._free_agent_id()
-        else:
-            pid = wanted or role
-        old = self.peers.get(pid)
-        if old is not None and old.routing != routing:
-            log.info("peer %s re-registered: the new connection takes over", pid.decode())
-            self.by_routing.pop(old.routing, None)
-        self.peers[pid] = PeerInfo(pid, role, routing, time.monotonic())
-        self.by_routing[routing] = pid
-        self.reply(routing, pid.decode(), [P.REGISTERED, pid])
+                return None
+            return wanted or self._free_agent_id()
+        return wanted or role
 
     def _free_agent_id(self) -> bytes:
         k = 0

@@ -14,9 +14,9 @@ from .goal import GoalEnv
 ENVS = {"goal": GoalEnv}
 
 
-def make(name: str, batch: int, seed: int):
+def make(name: str, batch: int, seed: int, agents: int = 2):
     try:
         cls = ENVS[name]
     except KeyError:
         raise ValueError(f"unknown env {name!r}; choose one of {', '.join(ENVS)}") from None
-    return cls(batch=batch, seed=seed)
+    return cls(batch=batch, seed=seed, agents=agents)

@@ -1,0 +1,45 @@
+"""The same run in one process: env, policies and the real message path (quantize,
+encode, frame, parse, decode) with no sockets. The networked run must match it bit for
+bit; the trainer's evaluation uses the same path."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from channel import codecs
+
+from .envs import make
+from .message import MessageChannel
+from .policy import PolicyConfig, init_policies
+from .world import WorldConfig
+
+
+@torch.no_grad()
+def run_inprocess(cfg: WorldConfig, run_seed: int, epoch_seed: int) -> list[list[dict]]:
+    """Per agent, per step: the z_hat it sent, the z_hat it decoded per peer, its actions."""
+    env = make(cfg.env, cfg.batch, cfg.seed, cfg.agents)
+    pcfg = PolicyConfig(env.obs_dim, env.n_actions, cfg.msg_dim, delta=cfg.delta)
+    policies = [p.eval() for p in init_policies(pcfg, cfg.agents, cfg.seed)]
+    channel = MessageChannel(codecs.get(cfg.codec), pcfg.delta, run_seed, epoch_seed)
+    shape = (cfg.batch, pcfg.msg_dim)
+    records: list[list[dict]] = [[] for _ in range(cfg.agents)]
+    obs = env.reset()
+    for step in range(cfg.steps):
+        spoken = []
+        for k, p in enumerate(policies):
+            h, z = p.speak(torch.from_numpy(np.ascontiguousarray(obs[:, k])))
+            z_hat, data, _ = channel.speak(z, k, step)
+            spoken.append((h, z_hat, data))
+        actions = np.zeros((cfg.batch, cfg.agents), dtype=np.int64)
+        for k, p in enumerate(policies):
+            received = {}
+            for j, (_, _, data) in enumerate(spoken):
+                if j != k:
+                    sender, zh = channel.hear(data, step, shape)
+                    received[sender] = zh
+            heard = sum(received.values()) / max(cfg.agents - 1, 1)
+            actions[:, k] = p.act(spoken[k][0], torch.from_numpy(np.asarray(heard, dtype=np.float32))).argmax(-1).numpy()
+            records[k].append({"step": step, "z_hat": spoken[k][1].numpy(), "received": received, "actions": actions[:, k].copy()})
+        obs, _, _, _ = env.step(actions)
+    return records

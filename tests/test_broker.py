@@ -1,0 +1,164 @@
+"""The broker as a real process: routing, rejection of bad input, byte accounting."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import numpy as np
+import pytest
+import zmq
+
+from broker import protocol as P
+from broker.peer import BrokerError, Peer
+from channel import codecs, frame
+from tests.conftest import free_port, wait_port
+
+RICE = codecs.get("rice")
+
+
+def message(sender: int, values) -> bytes:
+    return frame.pack(kind=frame.Kind.MESSAGE, sender=sender, codec=RICE.wire_id, count=len(values), payload=RICE.encode(values))
+
+
+def stats(endpoint: str) -> dict:
+    with Peer(endpoint, b"cli") as p:
+        return p.stats()
+
+
+def test_assigns_ids_routes_broadcasts_and_counts(procs):
+    ep = procs.broker()
+    with Peer(ep, b"agent") as a0, Peer(ep, b"agent") as a1, Peer(ep, b"agent") as a2, Peer(ep, b"world", P.WORLD_ID) as w:
+        assert (a0.id, a1.id, a2.id) == (b"agent-0", b"agent-1", b"agent-2")
+        data = message(0, [1, -2, 0, 3])
+        a0.broadcast_frame(data)
+        assert a1.recv(5) == [data] and a2.recv(5) == [data]
+        assert a0.recv(0.2) is None  # not echoed to the sender, nor sent to the world
+        assert w.recv(0.2) is None
+        a1.send_to(P.WORLD_ID, b"\x81\xa2op\xa1x")
+        assert w.recv(5) == [P.DELIVER, b"agent-1", b"\x81\xa2op\xa1x"]
+        a1.send_to(b"agent-9", b"\x80")  # unknown destination: counted, not fatal
+        s = stats(ep)
+    assert s["messages"] == {"sent": 1, "delivered": 1, "dropped": 0, "rejected": 0}
+    assert s["other"]["unknown_destination"] == 1
+    header = len(data) - len(RICE.encode([1, -2, 0, 3]))
+    up = s["totals"]["up"]["message"]
+    assert up == {"payload": len(data) - header, "header": header, "framing": 2, "total": len(data) + 2}
+    assert s["totals"]["down"]["message"]["total"] == 2 * (len(data) + 2)
+
+
+def test_malformed_input_is_counted_and_the_broker_keeps_serving(procs):
+    ep = procs.broker()
+    port = int(ep.rsplit(":", 1)[1])
+    for junk in (b"GET / HTTP/1.1\r\n\r\n", bytes(range(256)) * 4, b"\xff" * 10 + b"\x7f" + b"\x00" * 100):
+        with socket.create_connection(("127.0.0.1", port)) as raw:  # not even ZMTP
+            raw.sendall(junk)
+            time.sleep(0.1)
+    with Peer(ep, b"agent") as a0, Peer(ep, b"agent") as a1:
+        a0.broadcast_frame(b"\x40\x00\x00\xff\xff\xff\xff\x7f")  # count too large
+        a0.broadcast_frame(message(5, [1, 2]))  # claims another sender id
+        a0.send_parts([b"\x3f", b"junk"])  # unknown command
+        err = a0.recv(5)
+        assert err[0] == P.ERROR
+        a0.send_to(P.WORLD_ID, b"\x40\x01")  # truncated observation frame
+        assert a0.recv(5)[0] == P.ERROR
+        good = message(0, [0, 0, 1, 0])
+        a0.broadcast_frame(good)
+        assert a1.recv(5) == [good]
+        s = stats(ep)
+    assert s["messages"] == {"sent": 3, "delivered": 1, "dropped": 0, "rejected": 2}
+    assert s["other"]["rejected"] == 2
+    assert procs.procs["broker"].poll() is None
+
+
+def test_unregistered_and_bad_registrations_are_refused(procs):
+    ep = procs.broker()
+    with pytest.raises(BrokerError, match="unknown role"):
+        Peer(ep, b"wizard")
+    with pytest.raises(BrokerError, match="agent-K"):
+        Peer(ep, b"agent", b"bob")
+    ctx = zmq.Context.instance()
+    s = ctx.socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    s.connect(ep)
+    s.send_multipart([P.SEND, P.WORLD_ID, b"\x80"])
+    assert s.poll(5000) and s.recv_multipart() == [P.ERROR, b"register first"]
+    s.close()
+
+
+def test_dead_peers_expire_and_restarted_agents_reclaim_their_id(procs):
+    ep = procs.broker()
+    a = Peer(ep, b"agent", b"agent-3")
+    a.close(bye=False)  # vanishes without a word
+    time.sleep(P.LIVENESS * P.HEARTBEAT_S + 1.5)
+    assert "agent-3" not in stats(ep)["peers"]
+    with Peer(ep, b"agent", b"agent-3") as again, Peer(ep, b"agent") as other:
+        assert again.id == b"agent-3"
+        other.broadcast_frame(message(P.agent_index(other.id), [1]))
+        assert again.recv(5) is not None
+
+
+class CountingRelay:
+    """A TCP relay that counts every byte each way: an independent view of the wire."""
+
+    def __init__(self, target_port: int):
+        self.srv = socket.create_server(("127.0.0.1", 0))
+        self.port = self.srv.getsockname()[1]
+        self.target = target_port
+        self.up = self.down = 0
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        client, _ = self.srv.accept()
+        server = socket.create_connection(("127.0.0.1", self.target))
+        threading.Thread(target=self._pump, args=(client, server, "up"), daemon=True).start()
+        threading.Thread(target=self._pump, args=(server, client, "down"), daemon=True).start()
+
+    def _pump(self, src, dst, direction):
+        while data := src.recv(65536):
+            with self.lock:
+                setattr(self, direction, getattr(self, direction) + len(data))
+            dst.sendall(data)
+
+    def counts(self):
+        with self.lock:
+            return self.up, self.down
+
+    def settle(self, quiet_s: float = 0.3):
+        last = None
+        while (now := self.counts()) != last:
+            last = now
+            time.sleep(quiet_s)
+        return now
+
+
+def test_broker_byte_count_equals_the_bytes_on_the_socket(procs):
+    ep = procs.broker()
+    relay = CountingRelay(int(ep.rsplit(":", 1)[1]))
+    ctx = zmq.Context.instance()
+    with Peer(ep, b"agent") as other:
+        s = ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        s.connect(f"tcp://127.0.0.1:{relay.port}")
+        time.sleep(0.3)
+        greeting = relay.settle()  # ZMTP greeting + READY handshake, which the broker cannot see
+        assert greeting[0] > 64 and greeting[1] > 64
+        s.send_multipart([P.REGISTER, b"agent", b"agent-7"])
+        assert s.recv_multipart() == [P.REGISTERED, b"agent-7"]
+        rng = np.random.default_rng(0)
+        for n in (1, 4, 100, 700):  # small and > 255-byte frames
+            s.send(message(7, np.round(rng.laplace(0, 30, n)).astype(int)))
+            other.broadcast_frame(message(P.agent_index(other.id), np.round(rng.laplace(0, 3, n)).astype(int)))
+        s.send_multipart([P.HEARTBEAT])
+        s.send_multipart([P.SEND, b"agent-0", b"\x80"])
+        for _ in range(4):
+            assert s.poll(5000)
+            s.recv_multipart()
+        assert other.recv(5) is not None and other.recv(0.2) is not None
+        up, down = relay.settle()
+        link = stats(ep)["links"]["agent-7"]
+        s.close()
+    assert link["up"] == up - greeting[0]
+    assert link["down"] == down - greeting[1]

@@ -1,0 +1,95 @@
+"""Whole runs with every role its own OS process."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from agents.inprocess import run_inprocess
+from agents.world import WorldConfig
+from tests.conftest import ROOT, free_port
+
+
+def test_ddcl_up_writes_summary_and_metrics(tmp_path):
+    out = tmp_path / "run"
+    r = subprocess.run([sys.executable, "-m", "agents.cli", "up", "--steps", "60", "--batch", "4", "--codec", "rice",
+                        "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=180,
+                       env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "bytes per step" in r.stdout.lower()
+    s = json.loads((out / "summary.json").read_text())
+    assert (s["steps"], s["agents"], s["batch"], s["codec"]) == (60, 2, 4, "rice")
+    m = s["messages"]
+    assert m["sent"] == m["delivered"] + m["dropped"] + m["rejected"] == 2 * 60
+    for table in (s["bytes_per_step"], s["float32_bytes_per_step"]):
+        for d in ("up", "down", "sum"):
+            assert table[d]["total"] == pytest.approx(table[d]["payload"] + table[d]["header"] + table[d]["framing"])
+        assert table["sum"]["total"] == pytest.approx(table["up"]["total"] + table["down"]["total"])
+    # float32 pricing of the same messages: 4 bytes per value, 16 values, 2 agents.
+    assert s["float32_bytes_per_step"]["up"]["payload"] == 2 * 4 * 16
+    assert s["bytes_per_step"]["up"]["total"] < s["float32_bytes_per_step"]["up"]["total"]
+    assert 0 < s["bits_per_message"] < 32 * 16
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 60 and json.loads(lines[-1])["step"] == 59
+    assert s["success_rate"] is None or 0 <= s["success_rate"] <= 1
+
+
+def test_networked_run_matches_in_process_run_bit_for_bit(procs, tmp_path):
+    cfg = WorldConfig(steps=25, batch=3, codec="rice", seed=4)
+    ep = procs.broker()
+    procs.start("sync", "sync", "serve", "--broker", ep, "--seed", "4", "--epoch-seed", "9")
+    for k in range(2):
+        procs.start(f"agent-{k}", "agent", "--broker", ep, "--id", f"agent-{k}", "--device", "cpu",
+                    "--record", str(tmp_path / f"rec{k}.pkl"))
+    world = procs.start("world", "world", "--broker", ep, "--steps", "25", "--batch", "3", "--codec", "rice",
+                        "--seed", "4", "--out", str(tmp_path / "run"))
+    assert world.wait(120) == 0, procs.log("world")
+    for k in range(2):
+        assert procs.procs[f"agent-{k}"].wait(30) == 0, procs.log(f"agent-{k}")
+    torch.set_num_threads(1)
+    expected = run_inprocess(cfg, run_seed=4, epoch_seed=9)
+    for k in range(2):
+        got = pickle.loads((tmp_path / f"rec{k}.pkl").read_bytes())
+        assert len(got) == len(expected[k]) == 25
+        for g, e in zip(got, expected[k]):
+            assert g["step"] == e["step"]
+            np.testing.assert_array_equal(g["z_hat"], e["z_hat"])
+            np.testing.assert_array_equal(g["actions"], e["actions"])
+            assert g["received"].keys() == e["received"].keys() == {1 - k}
+            np.testing.assert_array_equal(g["received"][1 - k], e["received"][1 - k])
+    # And the receiver's reconstruction is the sender's z_hat, bit for bit.
+    a0 = pickle.loads((tmp_path / "rec0.pkl").read_bytes())
+    a1 = pickle.loads((tmp_path / "rec1.pkl").read_bytes())
+    for x, y in zip(a0, a1):
+        np.testing.assert_array_equal(x["z_hat"], y["received"][0])
+
+
+def test_killed_agent_misses_deadlines_then_rejoins(procs, tmp_path):
+    ep = procs.broker()
+    procs.start("sync", "sync", "serve", "--broker", ep)
+    procs.start("agent-0", "agent", "--broker", ep, "--id", "agent-0", "--device", "cpu")
+    procs.start("agent-1", "agent", "--broker", ep, "--id", "agent-1", "--device", "cpu")
+    world = procs.start("world", "world", "--broker", ep, "--steps", "400", "--deadline", "0.2", "--out", str(tmp_path / "run"))
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.monotonic() + 60
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) > 20):
+        assert time.monotonic() < deadline, procs.log("world")
+        time.sleep(0.1)
+    procs.procs["agent-1"].send_signal(signal.SIGKILL)
+    time.sleep(2.0)  # the world keeps stepping on deadlines meanwhile
+    procs.start("agent-1b", "agent", "--broker", ep, "--id", "agent-1", "--device", "cpu")
+    assert world.wait(180) == 0, procs.log("world")
+    s = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert s["steps"] == 400
+    assert s["deadline_misses"][0] == 0 and s["deadline_misses"][1] >= 3
+    last = [json.loads(x) for x in metrics.read_text().splitlines()[-20:]]
+    assert last[0]["deadline_misses"] == last[-1]["deadline_misses"]  # rejoined: no new misses
