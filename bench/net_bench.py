@@ -1,0 +1,94 @@
+"""`ddcl bench net`: the raw pyzmq DEALER<->ROUTER round trip between two processes (the
+floor), then lockstep steps/s and per-step latency of whole networked runs.
+
+A lockstep step is 6 sequential one-way hops (world->broker->agent observations,
+agent->broker->agents messages, agent->broker->world actions), so its latency is also
+shown as a multiple of floor/2 x 6 = 3 round trips.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import zmq
+
+from .common import table
+
+HOPS_PER_STEP = 6
+
+_ECHO = """
+import sys, zmq
+ctx = zmq.Context(); s = ctx.socket(zmq.ROUTER); s.setsockopt(zmq.LINGER, 0)
+s.bind(sys.argv[1]); print("ready", flush=True)
+while True:
+    m = s.recv_multipart()
+    if m[-1] == b"stop": break
+    s.send_multipart(m)
+"""
+
+
+def pyzmq_round_trip(n: int = 3000) -> float:
+    """Median seconds for one DEALER->ROUTER->DEALER round trip across two processes."""
+    from agents.launcher import free_port
+
+    ep = f"tcp://127.0.0.1:{free_port()}"
+    echo = subprocess.Popen([sys.executable, "-c", _ECHO, ep], stdout=subprocess.PIPE, text=True)
+    echo.stdout.readline()
+    ctx = zmq.Context.instance()
+    s = ctx.socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    s.connect(ep)
+    samples = []
+    for i in range(n):
+        t = time.perf_counter()
+        s.send(b"x" * 16)
+        s.recv()
+        if i >= 100:
+            samples.append(time.perf_counter() - t)
+    s.send(b"stop")
+    echo.wait(5)
+    s.close()
+    return statistics.median(samples)
+
+
+def lockstep(agents: int, batch: int, steps: int) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "run"
+        cmd = [sys.executable, "-m", "agents.cli", "up", "--agents", str(agents), "--batch", str(batch),
+               "--steps", str(steps), "--out", str(out), "--device", "cpu"]
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600)
+        summary = json.loads((out / "summary.json").read_text())
+        lat = [json.loads(x)["latency_s"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+    lat = lat[len(lat) // 10:]  # drop the warm-up
+    return {"steps_per_s": summary["steps_per_second"], "p50": statistics.median(lat),
+            "p90": sorted(lat)[int(0.9 * len(lat))], "header_framing": per_message_overhead(summary)}
+
+
+def per_message_overhead(summary: dict) -> float:
+    up = summary["bytes_per_step"]["up"]
+    per_msg = summary["agents"]  # each agent sends one message per step
+    return (up["header"] + up["framing"]) / per_msg
+
+
+def run(steps: int = 300, agents: str = "2,4,8", batches: str = "1,256") -> str:
+    floor = pyzmq_round_trip()
+    bound = floor / 2 * HOPS_PER_STEP
+    rows = []
+    for n in [int(x) for x in agents.split(",")]:
+        for b in [int(x) for x in batches.split(",")]:
+            r = lockstep(n, b, steps)
+            rows.append([n, b, r["steps_per_s"], r["p50"] * 1e3, r["p90"] * 1e3, r["p50"] / bound, r["header_framing"]])
+    return "\n".join([
+        f"machine: {platform.machine()}, {platform.python_version()}, pyzmq {zmq.__version__}, libzmq {zmq.zmq_version()}",
+        f"floor: pyzmq DEALER<->ROUTER round trip {floor * 1e6:.0f} us (median); "
+        f"bound per step = {HOPS_PER_STEP} hops x floor/2 = {bound * 1e6:.0f} us",
+        "",
+        table(["agents", "B", "steps/s", "p50 ms", "p90 ms", "p50 / bound", "hdr+framing B/msg"], rows),
+    ])
