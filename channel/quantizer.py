@@ -24,6 +24,7 @@ class _DitheredRound(torch.autograd.Function):
     @staticmethod
     def forward(ctx, z, delta, u):
         m = torch.round(z / delta + u)
+        ctx.mark_non_differentiable(m)
         return delta * (m - u), m
 
     @staticmethod
@@ -44,12 +45,13 @@ def quantize(z: torch.Tensor, delta, u: torch.Tensor, check: bool = True):
 
     Returns (z_hat, m): z_hat carries the identity gradient to z; m holds the integers
     (as float32) that go on the wire. With `check`, non-finite or out-of-range input
-    raises QuantizerError before anything is produced (costs one device sync).
+    raises QuantizerError before anything can be encoded (costs one device sync).
     """
     delta = torch.as_tensor(delta, dtype=z.dtype, device=z.device)
-    if check:
-        _check_range(float((z.detach() / delta).abs().max()) if z.numel() else 0.0)
-    return _DitheredRound.apply(z, delta, u)
+    z_hat, m = _DitheredRound.apply(z, delta, u)
+    if check and m.numel():
+        _check_range(float(m.abs().max()))  # NaN and inf in z reach m unchanged
+    return z_hat, m
 
 
 def quantize_numpy(z: np.ndarray, delta, u: np.ndarray) -> np.ndarray:
