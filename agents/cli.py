@@ -18,6 +18,14 @@ DEFAULT_BROKER = os.environ.get("DDCL_BROKER", "tcp://127.0.0.1:5555")
 DEFAULT_BIND = os.environ.get("DDCL_BIND", "tcp://127.0.0.1:5555")
 
 
+def field_docs(cls) -> dict[str, str]:
+    """The one-line comment after each dataclass field: the config's own documentation."""
+    import inspect
+    import re
+
+    return dict(re.findall(r"^\s+(\w+): [^=]+=[^#]+#\s*(.+)$", inspect.getsource(cls), re.M))
+
+
 def stop_flag():
     """SIGINT/SIGTERM set a flag the role's loop polls, so every socket closes cleanly."""
     flag = []
@@ -101,6 +109,44 @@ def _up(args) -> int:
     return up(args)
 
 
+def _train(args) -> int:
+    from pathlib import Path
+
+    from agents.train import TrainConfig, train
+
+    fields = {f: getattr(args, f) for f in TrainConfig.__dataclass_fields__ if getattr(args, f, None) is not None}
+    cfg = TrainConfig(**fields)
+    try:
+        cfg.validate()
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    s = train(cfg, out)
+    f = s["final"]
+    print(f"success {f['success_rate']:.3f}; real bits per message ({cfg.codec}): "
+          + ", ".join(f"agent {k} {a['bits_per_message'][cfg.codec]:.2f}" for k, a in enumerate(f["agents"]))
+          + f"; {s['env_steps_per_s']:.0f} env steps/s on {s['device']}; wrote {out}/checkpoint.pt")
+    if "goal_frequency_fit" in s:
+        g = s["goal_frequency_fit"]
+        print(f"goal: speaker {g['mean_bits']:.2f} bits/msg (Shannon bound {g['shannon_bound_bits']:.2f}), "
+              f"r(goal probability, bits) = {g['pearson_r']:.3f}")
+    return 0
+
+
+def _report(args) -> int:
+    from agents.report import report
+
+    try:
+        for path in report(args.run):
+            print(f"wrote {path}")
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def _bench_channel(args) -> int:
     from bench import channel_bench
 
@@ -152,6 +198,20 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--device", default="auto", help="agent torch device: auto, cpu, cuda (default auto)")
     up.add_argument("--checkpoint", help="policy checkpoint for the agents (default: untrained, seeded)")
     up.set_defaults(func=_up)
+
+    tr = sub.add_parser("train", help="train DDCL policies in-process (A2C); write a checkpoint")
+    from agents.train import TrainConfig
+
+    docs = field_docs(TrainConfig)
+    for name, f in TrainConfig.__dataclass_fields__.items():
+        tr.add_argument("--" + name.replace("_", "-"), dest=name, type=type(f.default),
+                        help=f"{docs.get(name, '')} (default {f.default})")
+    tr.add_argument("--out", default="runs/train", help="output folder (default runs/train)")
+    tr.set_defaults(func=_train)
+
+    rp = sub.add_parser("report", help="PNG plots of a `ddcl train` folder")
+    rp.add_argument("run", help="the folder `ddcl train --out` wrote")
+    rp.set_defaults(func=_report)
 
     broker = sub.add_parser("broker", help="the ZeroMQ broker and its CLI")
     bsub = broker.add_subparsers(dest="broker_cmd", required=True, metavar="ACTION")

@@ -37,7 +37,11 @@ class FactorizedPrior(nn.Module):
     def __init__(self, dims: int, radius: int = 16):
         super().__init__()
         self.lo = -radius
-        self.logits = nn.Parameter(torch.zeros(dims, 2 * radius + 2))
+        # Start from a discretized Laplace(0, 1) with a little escape mass, not uniform:
+        # initial messages near zero then cost a few bits, not log2(2 * radius + 2) each.
+        v = torch.arange(-radius, radius + 1, dtype=torch.float32).abs()
+        start = torch.cat([-v, torch.tensor([-float(radius)])])
+        self.logits = nn.Parameter(start.repeat(dims, 1))
 
     def probs(self) -> torch.Tensor:
         return torch.softmax(self.logits, dim=-1)

@@ -1,0 +1,276 @@
+"""`ddcl train`: A2C with a learned (centralized) value baseline; every agent's message goes
+through the real DDCL channel (Philox dither, quantizer, straight-through gradient), and
+the listener's policy gradient flows through z_hat into the speaker (DIAL/DDCL style).
+
+Loss = policy + value_coef * value - entropy_coef * entropy + lam * rate bits per message.
+Evaluation runs greedy episodes and encodes the messages for real with every codec:
+bits per message are bytes on the wire, the surrogate is reported beside them.
+Reads top to bottom: config, setup, rollout, update, evaluation, checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from channel import NoiseKey, codecs, quantize, uniform_torch
+from channel.codecs import CategoricalModel
+from channel.rate import RATE_LOSSES, FactorizedPrior, rate_bits, surrogate_bits
+
+from .agent import pick_device
+from .envs import ENVS, make
+from .policy import PolicyConfig, init_policies, save_checkpoint
+
+EPOCH_SEED = 1  # training uses one fixed epoch; the networked run asks the sync service
+
+
+@dataclass
+class TrainConfig:
+    env: str = "goal"  # environment name
+    agents: int = 2  # agent slots
+    codec: str = "range"  # codec whose real bits are reported (and whose length `codelength` uses)
+    rate_loss: str = "entropy"  # surrogate | codelength | entropy
+    lam: float = 0.01  # rate penalty weight, per bit per message
+    lam_warmup: float = 0.3  # fraction of updates over which lam ramps up from 0
+    delta: float = 0.2  # quantization step
+    msg_dim: int = 4  # message dimensions
+    hidden: int = 64  # hidden units
+    batch: int = 256  # parallel env instances
+    rollout: int = 10  # env steps per update
+    updates: int = 1500  # gradient updates
+    lr: float = 3e-3  # Adam learning rate
+    gamma: float = 0.95  # discount
+    entropy_coef: float = 0.01  # action-entropy bonus
+    value_coef: float = 0.5  # value-loss weight
+    prior_radius: int = 16  # entropy prior covers -radius..radius, escape beyond
+    prior_lr: float = 1e-2  # Adam learning rate of the entropy prior's logits
+    seed: int = 0  # everything random derives from this
+    eval_every: int = 250  # updates between evaluations
+    device: str = "auto"  # auto | cpu | cuda
+
+    def validate(self) -> None:
+        if self.env not in ENVS:
+            raise ValueError(f"unknown env {self.env!r}; choose one of {', '.join(ENVS)}")
+        if self.codec not in codecs.NAMES:
+            raise ValueError(f"unknown codec {self.codec!r}; choose one of {', '.join(codecs.NAMES)}")
+        if self.rate_loss not in RATE_LOSSES:
+            raise ValueError(f"unknown rate loss {self.rate_loss!r}; choose one of {', '.join(RATE_LOSSES)}")
+        for name in ("delta", "lr", "batch", "rollout", "updates", "msg_dim", "hidden"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.lam < 0 or not 0 < self.gamma <= 1 or not 0 <= self.lam_warmup <= 1:
+            raise ValueError("lam must be >= 0, gamma in (0, 1] and lam_warmup in [0, 1]")
+
+
+class Critic(nn.Module):
+    def __init__(self, n_inputs: int, hidden: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(n_inputs, hidden), nn.Tanh(), nn.Linear(hidden, 1))
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.net(obs.flatten(1)).squeeze(-1)
+
+
+def communicate(policies, priors, obs, cfg, codec, step, device):
+    """One round: every agent speaks through the channel and acts on what it heard."""
+    hs, z_hats, ms, rates, surrogates = [], [], [], [], []
+    for k, p in enumerate(policies):
+        h, z = p.speak(obs[:, k])
+        u = uniform_torch(z.numel(), NoiseKey(cfg.seed, EPOCH_SEED, k), step, device=device).view_as(z)
+        z_hat, m = quantize(z, cfg.delta, u)
+        hs.append(h)
+        z_hats.append(z_hat)
+        ms.append(m)
+        rates.append(rate_bits(cfg.rate_loss, z, z_hat, cfg.delta, codec, priors[k] if priors else None))
+        surrogates.append(surrogate_bits(z.detach(), cfg.delta))
+    n = len(policies)
+    logits = []
+    for k, p in enumerate(policies):
+        heard = sum(z_hats[j] for j in range(n) if j != k) / max(n - 1, 1)
+        logits.append(p.act(hs[k], heard))
+    return torch.stack(logits, 1), torch.stack(ms, 1), torch.stack(rates, 1), torch.stack(surrogates, 1)
+
+
+@torch.no_grad()
+def evaluate(policies, priors, cfg: TrainConfig, seed: int, models: list[CategoricalModel] | None = None) -> dict:
+    """Greedy episodes on cfg.batch fresh instances; real bits of every codec per agent."""
+    device = next(policies[0].parameters()).device
+    env = make(cfg.env, cfg.batch, seed, cfg.agents)
+    codec = codecs.get(cfg.codec)
+    obs = env.reset()
+    active = np.ones(cfg.batch, dtype=bool)
+    success = np.zeros(cfg.batch, dtype=bool)
+    sent: list[list[np.ndarray]] = [[] for _ in range(cfg.agents)]  # per agent: (active, D) per step
+    goals: list[np.ndarray] = []
+    first_goal = env.goal_idx.copy() if hasattr(env, "goal_idx") else np.zeros(cfg.batch, int)
+    surrogate = np.zeros(cfg.agents)
+    count = 0
+    for step in range(env.max_steps):
+        o = torch.from_numpy(obs).to(device)
+        logits, m, _, sur = communicate(policies, priors, o, cfg, codec, 10**9 + step, device)
+        m = m.cpu().numpy().astype(np.int64)
+        for k in range(cfg.agents):
+            sent[k].append(m[active, k])
+        goals.append(env.goal_idx[active].copy() if hasattr(env, "goal_idx") else np.zeros(int(active.sum()), int))
+        surrogate += sur[torch.from_numpy(active).to(device)].sum(0).cpu().numpy()
+        count += int(active.sum())
+        obs, _, done, succ = env.step(logits.argmax(-1).cpu().numpy())
+        success |= active & succ
+        active &= ~done
+        if not active.any():
+            break
+    if models is None:
+        models = [p.export() for p in priors] if priors else calibrate(policies, cfg, seed + 7919)
+    result = {"success_rate": float(success.mean()), "messages": count, "agents": [],
+              "success_by_goal": {int(g): float(success[first_goal == g].mean()) for g in np.unique(first_goal)}}
+    for k in range(cfg.agents):
+        per_codec = {}
+        for name in codecs.NAMES:
+            c = codecs.get(name, model=models[k]) if name == "range" else codecs.get(name)
+            bits = sum(c.encode_bits(batch.reshape(-1))[1] for batch in sent[k] if batch.size)
+            per_codec[name] = bits / count
+        per_goal = {}
+        all_m, all_g = np.concatenate(sent[k]), np.concatenate(goals)
+        c = codecs.get(cfg.codec, model=models[k]) if cfg.codec == "range" else codecs.get(cfg.codec)
+        for g in np.unique(all_g):
+            sel = all_m[all_g == g]
+            per_goal[int(g)] = c.encode_bits(sel.reshape(-1))[1] / len(sel)
+        result["agents"].append({"bits_per_message": per_codec, "surrogate_bits": float(surrogate[k] / count),
+                                 "bits_per_goal": per_goal})
+    result["models"] = [m.to_dict() for m in models]
+    return result
+
+
+@torch.no_grad()
+def calibrate(policies, cfg: TrainConfig, seed: int) -> list[CategoricalModel]:
+    """For runs without a learned prior: per-agent, per-dimension value frequencies from a
+    calibration rollout (its own seed), as the range codec's shared model."""
+    device = next(policies[0].parameters()).device
+    env = make(cfg.env, cfg.batch, seed, cfg.agents)
+    codec = codecs.get(cfg.codec)
+    r = cfg.prior_radius
+    counts = np.ones((cfg.agents, cfg.msg_dim, 2 * r + 2))  # add-one smoothing, escape last
+    obs = env.reset()
+    for step in range(env.max_steps):
+        logits, m, _, _ = communicate(policies, None, torch.from_numpy(obs).to(device), cfg, codec, 2 * 10**9 + step, device)
+        m = m.cpu().numpy().astype(np.int64)
+        idx = np.where(np.abs(m) <= r, m + r, 2 * r + 1)
+        for k in range(cfg.agents):
+            for d in range(cfg.msg_dim):
+                np.add.at(counts[k, d], idx[:, k, d], 1)
+        obs, _, _, _ = env.step(logits.argmax(-1).cpu().numpy())
+    return [CategoricalModel(-r, counts[k]) for k in range(cfg.agents)]
+
+
+def train(cfg: TrainConfig, out: Path | None = None, progress=True) -> dict:
+    cfg.validate()
+    torch.manual_seed(cfg.seed)
+    device = pick_device(cfg.device)
+    env = make(cfg.env, cfg.batch, cfg.seed, cfg.agents)
+    pcfg = PolicyConfig(env.obs_dim, env.n_actions, cfg.msg_dim, cfg.hidden, cfg.delta)
+    policies = [p.to(device) for p in init_policies(pcfg, cfg.agents, cfg.seed)]
+    critic = Critic(cfg.agents * env.obs_dim, cfg.hidden).to(device)
+    priors = [FactorizedPrior(cfg.msg_dim, cfg.prior_radius).to(device) for _ in range(cfg.agents)] \
+        if cfg.rate_loss == "entropy" else None
+    codec = codecs.get(cfg.codec)
+    params = [q for m in [*policies, critic] for q in m.parameters()]
+    prior_params = [q for m in priors or [] for q in m.parameters()]
+    opt = torch.optim.Adam([{"params": params}, {"params": prior_params, "lr": cfg.prior_lr}], lr=cfg.lr)
+    log = open(out / "train.jsonl", "w") if out else None
+    obs = env.reset()
+    episodes = successes = 0
+    start = time.monotonic()
+    step = 0
+    history = []
+    for update in range(1, cfg.updates + 1):
+        logps, values, ents, rewards, dones, rates = [], [], [], [], [], []
+        for _ in range(cfg.rollout):
+            o = torch.from_numpy(obs).to(device)
+            logits, _, rate, _ = communicate(policies, priors, o, cfg, codec, step, device)
+            dist = torch.distributions.Categorical(logits=logits)
+            actions = dist.sample()
+            obs, reward, done, success = env.step(actions.cpu().numpy())
+            logps.append(dist.log_prob(actions).sum(-1))
+            ents.append(dist.entropy().sum(-1))
+            values.append(critic(o))
+            rewards.append(torch.from_numpy(reward).to(device))
+            dones.append(torch.from_numpy(done.astype(np.float32)).to(device))
+            rates.append(rate)
+            episodes += int(done.sum())
+            successes += int(success.sum())
+            step += 1
+        with torch.no_grad():
+            ret = critic(torch.from_numpy(obs).to(device))
+        returns = []
+        for r, d in zip(reversed(rewards), reversed(dones)):
+            ret = r + cfg.gamma * ret * (1 - d)
+            returns.append(ret)
+        returns = torch.stack(returns[::-1])
+        values = torch.stack(values)
+        adv = (returns - values).detach()
+        rate_mean = torch.stack(rates).mean()
+        lam = cfg.lam * min(1.0, update / max(cfg.lam_warmup * cfg.updates, 1))  # learn to talk, then to be brief
+        loss = (-(torch.stack(logps) * adv).mean() + cfg.value_coef * (returns - values).pow(2).mean()
+                - cfg.entropy_coef * torch.stack(ents).mean() + lam * rate_mean)
+        opt.zero_grad()
+        loss.backward()
+        nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        if update % cfg.eval_every == 0 or update == cfg.updates:
+            ev = evaluate([p.eval() for p in policies], priors, cfg, cfg.seed + 104729)
+            for p in policies:
+                p.train()
+            row = {"update": update, "env_steps": step * cfg.batch, "wall_s": time.monotonic() - start,
+                   "train_success": successes / max(episodes, 1), "rate_loss_bits": float(rate_mean.detach()),
+                   "eval_success": ev["success_rate"],
+                   "bits": [a["bits_per_message"][cfg.codec] for a in ev["agents"]],
+                   "surrogate": [a["surrogate_bits"] for a in ev["agents"]]}
+            history.append(row)
+            if log:
+                log.write(json.dumps(row) + "\n")
+                log.flush()
+            if progress:
+                print(f"[train] update {update}/{cfg.updates}  {row['env_steps'] / row['wall_s']:.0f} env steps/s  "
+                      f"train success {row['train_success']:.3f}  eval success {row['eval_success']:.3f}  "
+                      f"{cfg.codec} bits/msg {['%.2f' % b for b in row['bits']]}  "
+                      f"surrogate {['%.2f' % b for b in row['surrogate']]}", file=sys.stderr, flush=True)
+            episodes = successes = 0
+    if log:
+        log.close()
+    final = evaluate([p.eval() for p in policies], priors, cfg, cfg.seed + 15485863)
+    summary = {"config": asdict(cfg), "final": final, "history": history,
+               "wall_s": time.monotonic() - start, "env_steps": step * cfg.batch,
+               "env_steps_per_s": step * cfg.batch / (time.monotonic() - start), "device": str(device)}
+    if cfg.env == "goal":
+        summary["goal_frequency_fit"] = goal_fit(final, cfg.codec)
+    if out:
+        models = final["models"]
+        codec_spec = {"name": cfg.codec, "options": {"model": models[0]} if cfg.codec == "range" else {},
+                      "models": models if cfg.codec == "range" else None}
+        save_checkpoint(out / "checkpoint.pt", cfg.env, pcfg, [p.cpu() for p in policies], codec_spec,
+                        extra={"train_config": asdict(cfg)})
+        (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def goal_fit(ev: dict, codec: str) -> dict:
+    """Speaker's real bits per goal against goal probability: the paper's Pearson r."""
+    from .envs.goal import GOAL_P
+
+    per_goal = ev["agents"][0]["bits_per_goal"]
+    g = sorted(per_goal)
+    p = np.array([GOAL_P[i] for i in g])
+    bits = np.array([per_goal[i] for i in g])
+    r = float(np.corrcoef(p, bits)[0, 1]) if len(g) > 2 and bits.std() > 0 else float("nan")
+    shannon = float(-(GOAL_P * np.log2(GOAL_P)).sum())
+    return {"goals": g, "probability": p.tolist(), "bits": bits.tolist(), "pearson_r": r,
+            "shannon_bound_bits": shannon, "codec": codec, "mean_bits": float((p * bits).sum() / p.sum()) if len(g) else math.nan}
