@@ -1,30 +1,41 @@
 """The agent process: one agent slot across all B instances of the world.
 
 Per step: observation from the world -> policy speaks -> quantize + encode with noise
-from this agent's own step view -> broadcast through the broker -> decode every peer's
-message with noise regenerated here -> act on the mean heard z_hat -> actions to the world.
-A peer whose message misses the wait (half the world's per-step deadline) counts as
-silent (zeros heard), so a dead peer slows the step but never stops it, and the live
-agents still answer the world in time.
+keyed by this agent's own clock view and epoch seed -> broadcast through the broker ->
+decode every peer's message with noise regenerated here (at the step the sync mode
+gives: own view, the sender's stamp, or its low bits resolved near the own view) -> act
+on the mean heard z_hat -> actions to the world. A peer whose message misses the wait
+(half the world's per-step deadline) counts as silent (zeros heard), so a dead peer
+slows the step but never stops it, and the live agents still answer the world in time.
+
+Beacons (from the sync service only; others are counted and ignored) update the epoch
+table and correct the clock; clock faults come from the broker. With an oracle folder
+the agent logs, off the data plane, the noise (step, seed) of every frame it sends and
+every frame it decodes (agents/desync.py turns that into desync figures).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from broker import protocol as P
+from broker.bus import EMBEDDED, Publisher
 from broker.peer import Peer
 from broker.sync import fetch_epoch
 from channel import ChannelError, codecs, frame
 
 from . import lockstep as L
+from .clock import Clock
 from .envs import ENVS
-from .message import MessageChannel
+from .message import MessageChannel, SyncMode
 from .policy import PolicyConfig, init_policies, load_checkpoint
 
 log = logging.getLogger("ddcl.agent")
@@ -34,11 +45,27 @@ log = logging.getLogger("ddcl.agent")
 class AgentStats:
     messages: int = 0
     payload_bits: int = 0
-    heard: int = 0
     silent_peers: int = 0  # peer messages that missed the wait deadline
     bad_frames: int = 0
+    bad_beacons: int = 0  # beacons from anyone but the sync service
+    beacons: int = 0
     steps: int = 0
     record: list = field(default_factory=list)
+
+
+class Epochs:
+    """Known epoch starts and seeds; a step's seed is that of the latest start at or before it."""
+
+    def __init__(self):
+        self.starts: dict[int, int] = {}
+
+    def update(self, announcement: dict) -> None:
+        for start, seed in announcement["epochs"]:
+            self.starts[int(start)] = int(seed)
+
+    def seed_for(self, step: int) -> int:
+        known = [s for s in self.starts if s <= step]
+        return self.starts[max(known) if known else min(self.starts)]
 
 
 def pick_device(name: str) -> torch.device:
@@ -47,35 +74,56 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def frame_tag(data: bytes) -> str:
+    """The oracle's name for one frame: sender and receiver logs meet on it."""
+    return hashlib.blake2b(data, digest_size=8).hexdigest()
+
+
 class Agent:
     def __init__(self, endpoint: str, wanted_id: bytes = b"", device: str = "auto", checkpoint: str | None = None,
-                 record: bool = False):
-        self.peer = Peer(endpoint, b"agent", wanted_id)
+                 record: bool = False, curve=None, bus_url: str = "embedded", run: str = "default"):
+        self.peer = Peer(endpoint, b"agent", wanted_id, curve=curve)
+        # embedded: the broker itself publishes registrations and last wills
+        self.bus = Publisher(bus_url, run, self.peer.id.decode()) if bus_url != EMBEDDED else None
         self.index = P.agent_index(self.peer.id)
         self.device = pick_device(device)
         torch.set_num_threads(1)  # tiny per-step batches; many processes share the cores
         self.checkpoint = checkpoint
         self.recording = record
         self.stats = AgentStats()
-        self.epoch = fetch_epoch(self.peer)
+        self.epochs = Epochs()
+        reply = fetch_epoch(self.peer)
+        self.epochs.update(reply)
+        self.run_seed = int(reply["run_seed"])
+        self.clock = Clock()
         self.config = None
+        self.oracle = None
+        self.world_step = 0
         self.inbox: dict[int, bytes] = {}  # latest unconsumed message per peer sender
 
     def configure(self, cfg: dict) -> None:
         env = ENVS[cfg["env"]]
         n = cfg["agents"]
         if self.checkpoint:
-            pcfg, policies, _ = load_checkpoint(self.checkpoint, cfg["env"], env.obs_dim, env.n_actions, n)
+            pcfg, policies, ck = load_checkpoint(self.checkpoint, cfg["env"], env.obs_dim, env.n_actions, n)
+            models = (ck["codec"] or {}).get("models")
+            coders = [codecs.get("range", model=m) for m in models] if models else None
         else:
             pcfg = PolicyConfig(env.obs_dim, env.n_actions, cfg["msg_dim"], delta=cfg["delta"])
             policies = init_policies(pcfg, n, cfg["policy_seed"])
+            coders = None
         self.policy = policies[self.index].to(self.device).eval()
         self.pcfg = pcfg
         self.env_cls = env
         self.config = cfg
-        codec = codecs.get(cfg["codec"], **cfg.get("codec_options", {}))
-        self.channel = MessageChannel(codec, pcfg.delta, self.epoch["run_seed"], self.epoch["epoch_seed"])
-        log.info("agent %d ready on %s: env %s, B=%d, codec %s", self.index, self.device, cfg["env"], cfg["batch"], cfg["codec"])
+        coders = coders or [codecs.get(cfg["codec"], **cfg.get("codec_options", {}))] * n
+        self.channel = MessageChannel(coders, pcfg.delta, self.run_seed, SyncMode.parse(cfg["sync"]))
+        self.clock.mode, self.clock.tick_s, self.clock.t0 = cfg["clock"], cfg["tick_s"], cfg.get("t0") or 0.0
+        if cfg.get("oracle_dir") and self.oracle is None:
+            path = Path(cfg["oracle_dir"]) / f"oracle-agent-{self.index}.jsonl"
+            self.oracle = open(path, "a")
+        log.info("agent %d ready on %s: env %s, B=%d, codec %s, sync %s", self.index, self.device, cfg["env"],
+                 cfg["batch"], cfg["codec"], cfg["sync"])
 
     def run(self, should_stop=lambda: False) -> AgentStats:
         last_join = 0.0
@@ -91,16 +139,42 @@ class Agent:
                     continue
                 if len(msg) == 1:
                     self._buffer(msg[0])
-                elif msg[0] == P.DELIVER and len(msg) == 3 and msg[1] == P.WORLD_ID:
-                    if not self._from_world(msg[2]):
+                elif msg[0] == P.DELIVER and len(msg) == 3:
+                    if not self._delivered(msg[1], msg[2]):
                         break
         finally:
+            if self.oracle:
+                self.oracle.close()
+            if self.bus:
+                self.bus.close()
             self.peer.close()
         return self.stats
 
     def _buffer(self, data: bytes) -> None:
         if len(data) >= 2:
             self.inbox[data[1]] = data  # byte 1 of a channel frame is its sender
+
+    def _delivered(self, src: bytes, body: bytes) -> bool:
+        """Handle one DELIVER; False when the run is over."""
+        if src == P.WORLD_ID:
+            return self._from_world(body)
+        if P.is_channel_frame(body):
+            return True
+        try:
+            req = P.unpack(body)
+            op = req.get("op")
+        except Exception:  # a malformed control body is dropped, not fatal
+            return True
+        if op == "beacon":
+            if src != P.SYNC_ID:
+                self.stats.bad_beacons += 1
+                return True
+            self.stats.beacons += 1
+            self.epochs.update(req)
+            self.clock.on_beacon(int(req["ref_step"]), float(req["ref_time"]))
+        elif op == "clock" and src == P.BROKER_ID:
+            self.clock.set_faults(float(req["skew"]), float(req["drift_ppm"]), self.world_step)
+        return True
 
     def _from_world(self, body: bytes) -> bool:
         if not P.is_channel_frame(body):
@@ -111,7 +185,8 @@ class Agent:
                 s = self.stats
                 self.peer.send_to(P.WORLD_ID, P.pack({"op": L.AGENT_STATS, "agent": self.index, "messages": s.messages,
                                                       "payload_bits": s.payload_bits, "silent_peers": s.silent_peers,
-                                                      "bad_frames": s.bad_frames}))
+                                                      "bad_frames": s.bad_frames, "bad_beacons": s.bad_beacons,
+                                                      "beacons": s.beacons}))
                 return False
             return True
         if self.config is None:
@@ -127,17 +202,25 @@ class Agent:
     @torch.no_grad()
     def step(self, step: int, obs: np.ndarray) -> None:
         batch, n = self.config["batch"], self.config["agents"]
+        self.world_step = step
+        view = self.clock.view(step)
         h, z = self.policy.speak(torch.from_numpy(np.ascontiguousarray(obs)).to(self.device))
-        z_hat, data, nbits = self.channel.speak(z, self.index, step)
+        seed = self.epochs.seed_for(view)
+        z_hat, data, nbits = self.channel.speak(z, self.index, view, seed)
         self.peer.broadcast_frame(data)
         self.stats.messages += 1
         self.stats.payload_bits += nbits
+        oracle = {"step": step, "sent": [frame_tag(data), view, seed], "heard": []} if self.oracle else None
         peers = [j for j in range(n) if j != self.index]
         deadline = time.monotonic() + self.config["peer_wait_s"]  # half the world's deadline
         while any(j not in self.inbox for j in peers) and (left := deadline - time.monotonic()) > 0:
             msg = self.peer.recv(left)
-            if msg is not None and len(msg) == 1:
+            if msg is None:
+                continue
+            if len(msg) == 1:
                 self._buffer(msg[0])
+            elif msg[0] == P.DELIVER and len(msg) == 3 and msg[1] != P.WORLD_ID:
+                self._delivered(msg[1], msg[2])  # a beacon or clock fault mid-step
         heard, received = np.zeros((batch, self.pcfg.msg_dim), dtype=np.float32), {}
         for j in peers:
             data_j = self.inbox.pop(j, None)
@@ -145,16 +228,20 @@ class Agent:
                 self.stats.silent_peers += 1
                 continue
             try:
-                sender, zh = self.channel.hear(data_j, step, (batch, self.pcfg.msg_dim))
+                sender, zh, rx_step = self.channel.hear(data_j, view, self.epochs.seed_for, (batch, self.pcfg.msg_dim))
             except ChannelError:
                 self.stats.bad_frames += 1
                 continue
             received[sender] = zh
             heard += zh
+            if oracle is not None:
+                oracle["heard"].append([sender, frame_tag(data_j), rx_step, self.epochs.seed_for(rx_step)])
         heard /= max(len(peers), 1)
         logits = self.policy.act(h, torch.from_numpy(heard).to(self.device))
         actions = logits.argmax(dim=-1).cpu().numpy().astype(np.int64)
         self.peer.send_to(P.WORLD_ID, L.pack_actions(self.index, step, actions))
         self.stats.steps += 1
+        if oracle is not None:
+            self.oracle.write(json.dumps(oracle) + "\n")
         if self.recording:
             self.stats.record.append({"step": step, "z_hat": z_hat.cpu().numpy(), "received": received, "actions": actions})

@@ -38,12 +38,33 @@ def stop_flag():
     return lambda: bool(flag)
 
 
+def _curve(args):
+    if not getattr(args, "keys", None):
+        return None
+    from broker.curve import Curve
+
+    return Curve(args.keys)
+
+
 def _broker_serve(args) -> int:
+    from pathlib import Path
+
+    from broker.bus import EMBEDDED, Publisher
+    from broker.faults_file import load_faults
     from broker.server import Broker
 
-    b = Broker(args.bind, heartbeat_s=args.heartbeat)
+    schedule = load_faults(args.faults) if args.faults else []
+    if args.log_dir:
+        Path(args.log_dir).mkdir(parents=True, exist_ok=True)
+    bus = None if args.bus == EMBEDDED else Publisher(args.bus, args.run, "broker")
+    b = Broker(args.bind, heartbeat_s=args.heartbeat, log_dir=args.log_dir, bus=bus, run=args.run, curve=_curve(args))
+    b.schedule(schedule)
     logging.getLogger("ddcl.broker").info("broker listening on %s", b.endpoint)
-    b.serve(stop_flag())
+    try:
+        b.serve(stop_flag())
+    finally:
+        if bus:
+            bus.close()
     return 0
 
 
@@ -52,7 +73,7 @@ def _broker_stats(args) -> int:
     from broker.peer import BrokerError, Peer
 
     try:
-        with Peer(args.broker, b"cli") as p:
+        with Peer(args.broker, b"cli", curve=_curve(args)) as p:
             s = p.stats(args.timeout)
     except BrokerError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -69,10 +90,58 @@ def _broker_stats(args) -> int:
     return 0
 
 
+def _broker_fault(args) -> int:
+    from broker.peer import BrokerError, Peer
+    from broker import protocol as P
+
+    if args.fault_cmd == "list":
+        req = {"op": "fault-list"}
+    elif args.fault_cmd == "clear":
+        if args.all == (args.id is not None):
+            print("error: give a fault ID or --all", file=sys.stderr)
+            return 2
+        req = {"op": "fault-clear", "id": args.id}
+    else:
+        req = {"op": "fault-add", "kind": args.fault_cmd, "target": getattr(args, "agent", None) or args.link,
+               "value": args.value}
+    try:
+        with Peer(args.broker, b"cli", curve=_curve(args)) as p:
+            reply = p.request([P.CONTROL, P.pack(req)], P.CONTROL_REPLY, args.timeout)
+    except BrokerError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if not reply.get("ok"):
+        print(f"error: {reply.get('error')}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(reply, indent=2))
+    elif args.fault_cmd == "list":
+        faults = reply["faults"]
+        print(f"{len(faults)} active fault(s) at step {reply.get('step')}")
+        for f in faults:
+            print(f"  {f['id']:>3}  {f['kind']:<12} {f['target']:<20} {f['value']:g}  (since step {f['step']})")
+    elif args.fault_cmd == "clear":
+        print(f"cleared {', '.join(str(f['id']) for f in reply['cleared']) or 'nothing'}")
+    else:
+        f = reply["fault"]
+        print(f"fault {f['id']}: {f['kind']} {f['target']} {f['value']:g} (step {f['step']})")
+    return 0
+
+
+def _keys_gen(args) -> int:
+    from broker.curve import generate
+
+    for path in generate(args.dir):
+        print(f"wrote {path}")
+    print(f"authorized clients: {args.dir}/authorized/ ; use --keys {args.dir} on every role")
+    return 0
+
+
 def _sync_serve(args) -> int:
     from broker import sync
 
-    sync.serve(args.broker, args.seed, args.epoch_seed, stop_flag())
+    sync.serve(args.broker, args.seed, args.epoch_seed, args.epoch_steps, args.beacon_every, stop_flag(),
+               bus_url=args.bus, run=args.run, curve=_curve(args))
     return 0
 
 
@@ -82,11 +151,17 @@ def _world(args) -> int:
     from agents.world import World, WorldConfig
 
     cfg = WorldConfig(env=args.env, agents=args.agents, batch=args.batch, steps=args.steps, codec=args.codec,
-                      seed=args.seed, deadline_s=args.deadline)
+                      seed=args.seed, deadline_s=args.deadline, sync=args.sync, clock=args.clock, tick_s=args.tick,
+                      run=args.run)
     out = Path(args.out) if args.out else None
     if out:
         out.mkdir(parents=True, exist_ok=True)
-    summary = World(args.broker, cfg, out).run(stop_flag())
+    try:
+        world = World(args.broker, cfg, out, bus_url=args.bus, curve=_curve(args))
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    summary = world.run(stop_flag())
     if not out:
         print(json.dumps(summary, indent=2))
     return 0
@@ -95,7 +170,8 @@ def _world(args) -> int:
 def _agent(args) -> int:
     from agents.agent import Agent
 
-    agent = Agent(args.broker, args.id.encode(), args.device, args.checkpoint, record=bool(args.record))
+    agent = Agent(args.broker, args.id.encode(), args.device, args.checkpoint, record=bool(args.record),
+                  curve=_curve(args), bus_url=args.bus, run=args.run)
     stats = agent.run(stop_flag())
     if args.record:
         with open(args.record, "wb") as fh:
@@ -109,10 +185,36 @@ def _up(args) -> int:
     return up(args)
 
 
+def _sweep(args) -> int:
+    from agents.sweep import sweep_skew
+
+    return sweep_skew(args)
+
+
+def _bus_sub(args) -> int:
+    import asyncio
+
+    from broker.bus import BusClient
+
+    async def main() -> None:
+        async with BusClient(args.bus, args.run, broker=args.broker) as c:
+            await c.subscribe(args.topic)
+            seen = 0
+            while args.count == 0 or seen < args.count:
+                m = await c.next_message(1.0)
+                if m is not None:
+                    seen += 1
+                    print(m.topic, m.payload.decode(errors="replace"), flush=True)
+
+    asyncio.run(main())
+    return 0
+
+
 def _train(args) -> int:
     from pathlib import Path
 
-    from agents.train import TrainConfig, train
+    from agents.train import train
+    from agents.train_config import TrainConfig
 
     fields = {f: getattr(args, f) for f in TrainConfig.__dataclass_fields__ if getattr(args, f, None) is not None}
     cfg = TrainConfig(**fields)
@@ -175,15 +277,27 @@ def _bench_net(args) -> int:
 
 def _add_run_args(p, steps: int = 500) -> None:
     from agents.envs import ENVS
-    from channel.codecs import NAMES
+    from agents.train_config import CODECS
 
     p.add_argument("--env", default="goal", choices=sorted(ENVS), help="environment (default goal)")
     p.add_argument("--agents", type=int, default=2, help="agent processes (default 2)")
     p.add_argument("--batch", type=int, default=1, help="parallel env instances B (default 1)")
     p.add_argument("--steps", type=int, default=steps, help=f"lockstep steps (default {steps})")
-    p.add_argument("--codec", default="rice", choices=NAMES, help="message codec (default rice)")
+    p.add_argument("--codec", default="rice", choices=CODECS, help="message codec (default rice)")
     p.add_argument("--seed", type=int, default=0, help="run seed (default 0)")
     p.add_argument("--deadline", type=float, default=1.0, help="per-step wait for actions, seconds (default 1)")
+    p.add_argument("--sync", default="implicit", help="implicit | stamped | checked:K (default implicit)")
+    p.add_argument("--clock", default="logical", choices=["logical", "wall"], help="noise clock (default logical)")
+    p.add_argument("--tick", type=float, default=0.1, help="wall clock: seconds per step (default 0.1)")
+    _add_common(p)
+
+
+def _add_common(p) -> None:
+    """Bus, run name and CURVE keys: every role takes them."""
+    p.add_argument("--bus", default=os.environ.get("DDCL_BUS", "embedded"),
+                   help="telemetry bus: embedded or mqtt://host:port (env DDCL_BUS; default embedded)")
+    p.add_argument("--run", default=os.environ.get("DDCL_RUN", "default"), help="run name in bus topics (default default)")
+    p.add_argument("--keys", default=os.environ.get("DDCL_KEYS"), help="CURVE keys folder from `ddcl keys gen` (env DDCL_KEYS)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -197,10 +311,13 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--port", type=int, default=0, help="broker TCP port on 127.0.0.1 (default: a free one)")
     up.add_argument("--device", default="auto", help="agent torch device: auto, cpu, cuda (default auto)")
     up.add_argument("--checkpoint", help="policy checkpoint for the agents (default: untrained, seeded)")
+    up.add_argument("--faults", help="TOML file of faults triggered by step (see README)")
+    up.add_argument("--beacon-every", type=int, default=10, help="sync beacon period in steps, 0 = none (default 10)")
+    up.add_argument("--epoch-steps", type=int, default=0, help="rotate the epoch seed every E steps, 0 = never (default 0)")
     up.set_defaults(func=_up)
 
     tr = sub.add_parser("train", help="train DDCL policies in-process (A2C); write a checkpoint")
-    from agents.train import TrainConfig
+    from agents.train_config import TrainConfig
 
     docs = field_docs(TrainConfig)
     for name, f in TrainConfig.__dataclass_fields__.items():
@@ -218,19 +335,88 @@ def build_parser() -> argparse.ArgumentParser:
     b = bsub.add_parser("serve", help="run the broker")
     b.add_argument("--bind", default=DEFAULT_BIND, help=f"ROUTER endpoint (env DDCL_BIND; default {DEFAULT_BIND})")
     b.add_argument("--heartbeat", type=float, default=1.0, help="heartbeat interval, seconds (default 1)")
+    b.add_argument("--log-dir", help="folder for faults.jsonl (the run folder)")
+    b.add_argument("--faults", help="TOML file of faults triggered by world step")
+    _add_common(b)
     b.set_defaults(func=_broker_serve)
     b = bsub.add_parser("stats", help="live per-step byte figures of a running broker")
     b.add_argument("--broker", default=DEFAULT_BROKER, help=f"broker endpoint (env DDCL_BROKER; default {DEFAULT_BROKER})")
     b.add_argument("--json", action="store_true", help="print the raw JSON")
     b.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the broker (default 3)")
+    _add_common(b)
     b.set_defaults(func=_broker_stats)
+
+    f = bsub.add_parser("fault", help="inject, list and clear faults in a running broker")
+    fsub = f.add_subparsers(dest="fault_cmd", required=True, metavar="FAULT")
+    specs = [
+        ("skew", "shift an agent's clock: STEPS (logical) or milliseconds (wall)", "agent", int),
+        ("drift", "make an agent's clock drift: PPM", "agent", float),
+        ("beacon-loss", "drop the next sync beacons to an agent (--count N, default 1)", "agent", None),
+        ("stale-seed", "withhold new epoch seeds (all beacons) from an agent until cleared", "agent", None),
+        ("delay", "hold agent messages MS milliseconds", "link", float),
+        ("drop", "drop agent messages with probability P", "link", float),
+        ("duplicate", "duplicate agent messages with probability P", "link", float),
+        ("reorder", "shuffle agent messages in windows of WINDOW", "link", int),
+    ]
+    for name, text, target, vtype in specs:
+        fp = fsub.add_parser(name, help=text)
+        if target == "agent":
+            fp.add_argument("agent", help="target agent, e.g. agent-1")
+        else:
+            fp.add_argument("--link", default="*", help="agent-J>agent-K, agent-K (all its links) or * (default)")
+        if name == "beacon-loss":
+            fp.add_argument("--count", dest="value", type=int, default=1, help="beacons to drop (default 1)")
+        elif vtype is not None:
+            fp.add_argument("value", type=vtype, help=text.split(": ")[-1] if ": " in text else "value")
+        else:
+            fp.set_defaults(value=None)
+    fsub.add_parser("list", help="the active faults")
+    fc = fsub.add_parser("clear", help="remove one fault (ID) or all (--all)")
+    fc.add_argument("id", type=int, nargs="?", help="fault id from `list`")
+    fc.add_argument("--all", action="store_true", help="remove every fault")
+    for fp in fsub.choices.values():
+        fp.add_argument("--broker", default=DEFAULT_BROKER, help="broker endpoint (env DDCL_BROKER)")
+        fp.add_argument("--json", action="store_true", help="print the raw reply")
+        fp.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the broker (default 3)")
+        fp.add_argument("--keys", default=os.environ.get("DDCL_KEYS"), help="CURVE keys folder (env DDCL_KEYS)")
+        fp.set_defaults(func=_broker_fault)
+
+    keys = sub.add_parser("keys", help="CURVE keys for the control endpoint and data plane")
+    ksub = keys.add_subparsers(dest="keys_cmd", required=True, metavar="ACTION")
+    k = ksub.add_parser("gen", help="write a server and a client keypair, client authorized")
+    k.add_argument("dir", help="keys folder")
+    k.set_defaults(func=_keys_gen)
+
+    sweep = sub.add_parser("sweep", help="run grids of networked runs")
+    swsub = sweep.add_subparsers(dest="sweep_cmd", required=True, metavar="GRID")
+    sw = swsub.add_parser("skew", help="success and bits against clock skew, one line per sync mode")
+    sw.add_argument("--values", default="0,1,2,4,8,16", help="skews of agent-1, in steps (default 0,1,2,4,8,16)")
+    sw.add_argument("--sync", default="implicit,stamped,checked:2", help="sync modes (default implicit,stamped,checked:2)")
+    sw.add_argument("--steps", type=int, default=300, help="steps per run (default 300)")
+    sw.add_argument("--batch", type=int, default=32, help="env instances per run (default 32)")
+    sw.add_argument("--codec", default="rice", help="message codec (default rice)")
+    sw.add_argument("--checkpoint", help="trained policy (default: untrained)")
+    sw.add_argument("--out", default="runs/sweep-skew", help="folder for runs, CSV and PNG (default runs/sweep-skew)")
+    sw.set_defaults(func=_sweep)
+
+    bus = sub.add_parser("bus", help="the control/telemetry bus")
+    bbsub = bus.add_subparsers(dest="bus_cmd", required=True, metavar="ACTION")
+    bs = bbsub.add_parser("sub", help="print bus messages (like mosquitto_sub -t 'ddcl/#' -v)")
+    bs.add_argument("--topic", default="#", help="filter under ddcl/<run>/ (default #)")
+    bs.add_argument("--count", type=int, default=0, help="stop after N messages (default: never)")
+    bs.add_argument("--broker", default=DEFAULT_BROKER, help="broker endpoint for the embedded bus")
+    _add_common(bs)
+    bs.set_defaults(func=_bus_sub)
 
     sync = sub.add_parser("sync", help="the PRNG synchronization service")
     ssub = sync.add_subparsers(dest="sync_cmd", required=True, metavar="ACTION")
     s = ssub.add_parser("serve", help="run the sync service")
     s.add_argument("--broker", default=DEFAULT_BROKER, help="broker endpoint (env DDCL_BROKER)")
     s.add_argument("--seed", type=int, default=0, help="run seed (default 0)")
-    s.add_argument("--epoch-seed", type=int, default=1, help="epoch seed (default 1)")
+    s.add_argument("--epoch-seed", type=int, default=1, help="seed of epoch 0 (default 1)")
+    s.add_argument("--epoch-steps", type=int, default=0, help="rotate the epoch seed every E steps, 0 = never (default 0)")
+    s.add_argument("--beacon-every", type=int, default=10, help="beacon period in world steps, 0 = none (default 10)")
+    _add_common(s)
     s.set_defaults(func=_sync_serve)
 
     w = sub.add_parser("world", help="run the world process (env instances, lockstep)")
@@ -245,6 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda (default auto)")
     a.add_argument("--checkpoint", help="policy checkpoint (default: untrained, seeded from the world's config)")
     a.add_argument("--record", help="pickle every step's z_hat, received z_hat and actions here (for tests)")
+    _add_common(a)
     a.set_defaults(func=_agent)
 
     bench = sub.add_parser("bench", help="benchmarks (not tests): print a table")

@@ -21,7 +21,7 @@ def run_inprocess(cfg: WorldConfig, run_seed: int, epoch_seed: int) -> list[list
     env = make(cfg.env, cfg.batch, cfg.seed, cfg.agents)
     pcfg = PolicyConfig(env.obs_dim, env.n_actions, cfg.msg_dim, delta=cfg.delta)
     policies = [p.eval() for p in init_policies(pcfg, cfg.agents, cfg.seed)]
-    channel = MessageChannel(codecs.get(cfg.codec), pcfg.delta, run_seed, epoch_seed)
+    channel = MessageChannel([codecs.get(cfg.codec)] * cfg.agents, pcfg.delta, run_seed)
     shape = (cfg.batch, pcfg.msg_dim)
     records: list[list[dict]] = [[] for _ in range(cfg.agents)]
     obs = env.reset()
@@ -29,14 +29,14 @@ def run_inprocess(cfg: WorldConfig, run_seed: int, epoch_seed: int) -> list[list
         spoken = []
         for k, p in enumerate(policies):
             h, z = p.speak(torch.from_numpy(np.ascontiguousarray(obs[:, k])))
-            z_hat, data, _ = channel.speak(z, k, step)
+            z_hat, data, _ = channel.speak(z, k, step, epoch_seed)
             spoken.append((h, z_hat, data))
         actions = np.zeros((cfg.batch, cfg.agents), dtype=np.int64)
         for k, p in enumerate(policies):
             received = {}
             for j, (_, _, data) in enumerate(spoken):
                 if j != k:
-                    sender, zh = channel.hear(data, step, shape)
+                    sender, zh, _ = channel.hear(data, step, lambda _: epoch_seed, shape)
                     received[sender] = zh
             heard = sum(received.values()) / max(cfg.agents - 1, 1)
             actions[:, k] = p.act(spoken[k][0], torch.from_numpy(np.asarray(heard, dtype=np.float32))).argmax(-1).numpy()

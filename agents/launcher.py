@@ -61,14 +61,18 @@ def up(args) -> int:
 
     old = signal.signal(signal.SIGTERM, on_term)
     try:
-        group.start("broker", ddcl("broker", "serve", "--bind", endpoint))
-        group.start("sync", ddcl("sync", "serve", "--broker", endpoint, "--seed", str(args.seed)))
+        common = ["--bus", args.bus, "--run", args.run] + (["--keys", args.keys] if args.keys else [])
+        broker_cmd = ddcl("broker", "serve", "--bind", endpoint, "--log-dir", str(out), *common)
+        group.start("broker", broker_cmd + (["--faults", args.faults] if args.faults else []))
+        group.start("sync", ddcl("sync", "serve", "--broker", endpoint, "--seed", str(args.seed),
+                                 "--beacon-every", str(args.beacon_every), "--epoch-steps", str(args.epoch_steps), *common))
         world_cmd = ddcl("world", "--broker", endpoint, "--env", args.env, "--agents", str(args.agents),
                          "--batch", str(args.batch), "--steps", str(args.steps), "--codec", args.codec,
-                         "--seed", str(args.seed), "--deadline", str(args.deadline), "--out", str(out))
+                         "--seed", str(args.seed), "--deadline", str(args.deadline), "--out", str(out),
+                         "--sync", args.sync, "--clock", args.clock, "--tick", str(args.tick), *common)
         world = group.start("world", world_cmd, passthrough=True)
         for k in range(args.agents):
-            cmd = ddcl("agent", "--broker", endpoint, "--id", f"agent-{k}", "--device", args.device)
+            cmd = ddcl("agent", "--broker", endpoint, "--id", f"agent-{k}", "--device", args.device, *common)
             if args.checkpoint:
                 cmd += ["--checkpoint", args.checkpoint]
             group.start(f"agent-{k}", cmd)
@@ -83,11 +87,24 @@ def up(args) -> int:
         signal.signal(signal.SIGTERM, old)
     summary_path = out / "summary.json"
     if rc == 0 and summary_path.exists():
-        print(render_summary(json.loads(summary_path.read_text())))
+        summary = add_desync(out, json.loads(summary_path.read_text()), args.seed)
+        summary_path.write_text(json.dumps(summary, indent=2))
+        print(render_summary(summary))
         print(f"\nwrote {out / 'metrics.jsonl'} and {summary_path}")
     elif rc != 130:
         print(f"[up] the world exited with status {rc}; see {out / 'logs'}", file=sys.stderr)
     return rc
+
+
+def add_desync(out: Path, summary: dict, run_seed: int) -> dict:
+    """Fold the oracle's desync figures into the summary (agents have exited by now)."""
+    from .desync import analyze
+    from .policy import PolicyConfig
+
+    cfg = summary["config"]
+    values = cfg["batch"] * summary.get("values_per_message", PolicyConfig(1, 1).msg_dim)
+    summary["desync"] = analyze(out, cfg["delta"], run_seed, values)
+    return summary
 
 
 def render_summary(s: dict) -> str:
@@ -111,6 +128,10 @@ def render_summary(s: dict) -> str:
         f"{s['episodes']} episodes, mean reward {s['mean_reward']:.4f}, {s['steps_per_second']:.1f} steps/s",
         f"deadline misses per agent: {s['deadline_misses']}",
     ]
+    d = s.get("desync")
+    if d and d["messages"]:
+        lines.append(f"desync ({s['sync']} sync): {100 * d['desynced_fraction']:.1f}% of {d['messages']} decodes used "
+                     f"the wrong noise, mean |z_hat error| {d['mean_error']:.4f}")
     return "\n".join(lines)
 
 

@@ -1,9 +1,15 @@
 """The message path: z -> (z_hat, frame bytes) at the sender; frame bytes -> z_hat at a
-receiver. The networked agent, the in-process runner and the trainer's evaluation all
-call these two functions, so they produce the same bits and the same z_hat."""
+receiver. The networked agent, the in-process runner and the trainer all call these, so
+they produce the same bits and the same z_hat.
+
+The sync mode decides what the frame carries so the receiver finds the sender's noise:
+`implicit` nothing (the receiver's own clock view), `stamped` the full step,
+`checked:K` its K low bits, resolved within +-2**(K-1) of the receiver's view.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -11,31 +17,62 @@ import torch
 
 from channel import ChannelError, NoiseKey, dequantize_numpy, frame, quantize, uniform_numpy, uniform_torch
 from channel.codecs import Codec
+from channel.frame import StampMode, resolve_low_stamp
+
+
+@dataclass(frozen=True)
+class SyncMode:
+    stamp: StampMode = StampMode.NONE
+    bits: int = 0
+
+    @classmethod
+    def parse(cls, text: str) -> "SyncMode":
+        if text == "implicit":
+            return cls()
+        if text == "stamped":
+            return cls(StampMode.FULL)
+        if text.startswith("checked:") and text[8:].isdigit() and 1 <= int(text[8:]) <= frame.MAX_STAMP_BITS:
+            return cls(StampMode.LOW, int(text[8:]))
+        raise ValueError(f"sync mode must be implicit, stamped or checked:K (1 <= K <= {frame.MAX_STAMP_BITS}), got {text!r}")
+
+    def __str__(self) -> str:
+        return {StampMode.NONE: "implicit", StampMode.FULL: "stamped"}.get(self.stamp, f"checked:{self.bits}")
 
 
 @dataclass
 class MessageChannel:
-    codec: Codec
+    codecs: list[Codec]  # per sender: what each agent encodes with
     delta: float
     run_seed: int
-    epoch_seed: int
+    sync: SyncMode = SyncMode()
 
-    def key(self, sender: int) -> NoiseKey:
-        return NoiseKey(self.run_seed, self.epoch_seed, sender)
+    def key(self, sender: int, seed: int) -> NoiseKey:
+        return NoiseKey(self.run_seed, seed, sender)
 
-    def speak(self, z: torch.Tensor, sender: int, step: int) -> tuple[torch.Tensor, bytes, int]:
+    def speak(self, z: torch.Tensor, sender: int, step: int, seed: int) -> tuple[torch.Tensor, bytes, int]:
         """Quantize and encode one message batch (B, D) -> (z_hat, frame, payload bits)."""
-        u = uniform_torch(z.numel(), self.key(sender), step, device=z.device).view_as(z)
+        u = uniform_torch(z.numel(), self.key(sender, seed), step, device=z.device).view_as(z)
         z_hat, m = quantize(z, self.delta, u)
-        payload, nbits = self.codec.encode_bits(m.detach().cpu().numpy().astype(np.int64).reshape(-1))
-        data = frame.pack(kind=frame.Kind.MESSAGE, sender=sender, codec=self.codec.wire_id, count=z.numel(), payload=payload)
+        codec = self.codecs[sender]
+        payload, nbits = codec.encode_bits(m.detach().cpu().numpy().astype(np.int64).reshape(-1))
+        data = frame.pack(kind=frame.Kind.MESSAGE, sender=sender, codec=codec.wire_id, count=z.numel(),
+                          payload=payload, stamp_mode=self.sync.stamp, stamp=step, stamp_bits=self.sync.bits)
         return z_hat, data, nbits
 
-    def hear(self, data: bytes, step: int, shape: tuple[int, int]) -> tuple[int, np.ndarray]:
-        """Decode a peer's frame with noise regenerated from this receiver's step view."""
+    def hear(self, data: bytes, own_step: int, seed_for: Callable[[int], int], shape) -> tuple[int, np.ndarray, int]:
+        """Decode a peer's frame with noise regenerated here -> (sender, z_hat, step used)."""
         f = frame.unpack(data)
-        if f.kind != frame.Kind.MESSAGE or f.codec != self.codec.wire_id or f.count != shape[0] * shape[1]:
-            raise ChannelError(f"unexpected message: kind {f.kind}, codec {f.codec}, count {f.count}")
-        m = self.codec.decode(f.payload, f.count).reshape(shape)
-        u = uniform_numpy(f.count, self.key(f.sender), step).reshape(shape)
-        return f.sender, dequantize_numpy(m, np.float32(self.delta), u)
+        if f.kind != frame.Kind.MESSAGE or f.sender >= len(self.codecs) or f.count != shape[0] * shape[1]:
+            raise ChannelError(f"unexpected message: kind {f.kind}, sender {f.sender}, count {f.count}")
+        codec = self.codecs[f.sender]
+        if f.codec != codec.wire_id or f.stamp_mode != self.sync.stamp:
+            raise ChannelError(f"message from {f.sender} has codec {f.codec}, stamp {f.stamp_mode}")
+        if f.stamp_mode == StampMode.FULL:
+            step = f.stamp
+        elif f.stamp_mode == StampMode.LOW:
+            step = resolve_low_stamp(f.stamp, f.stamp_bits, own_step)
+        else:
+            step = own_step
+        m = codec.decode(f.payload, f.count).reshape(shape)
+        u = uniform_numpy(f.count, self.key(f.sender, seed_for(step)), step).reshape(shape)
+        return f.sender, dequantize_numpy(m, np.float32(self.delta), u), step

@@ -14,7 +14,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -23,51 +23,14 @@ from torch import nn
 
 from channel import NoiseKey, codecs, quantize, uniform_torch
 from channel.codecs import CategoricalModel
-from channel.rate import RATE_LOSSES, FactorizedPrior, rate_bits, surrogate_bits
+from channel.rate import FactorizedPrior, rate_bits, surrogate_bits
 
 from .agent import pick_device
-from .envs import ENVS, make
+from .envs import make
 from .policy import PolicyConfig, init_policies, save_checkpoint
+from .train_config import TrainConfig
 
 EPOCH_SEED = 1  # training uses one fixed epoch; the networked run asks the sync service
-
-
-@dataclass
-class TrainConfig:
-    env: str = "goal"  # environment name
-    agents: int = 2  # agent slots
-    codec: str = "range"  # codec whose real bits are reported (and whose length `codelength` uses)
-    rate_loss: str = "entropy"  # surrogate | codelength | entropy
-    lam: float = 0.01  # rate penalty weight, per bit per message
-    lam_warmup: float = 0.3  # fraction of updates over which lam ramps up from 0
-    delta: float = 0.2  # quantization step
-    msg_dim: int = 4  # message dimensions
-    hidden: int = 64  # hidden units
-    batch: int = 256  # parallel env instances
-    rollout: int = 10  # env steps per update
-    updates: int = 1500  # gradient updates
-    lr: float = 3e-3  # Adam learning rate
-    gamma: float = 0.95  # discount
-    entropy_coef: float = 0.01  # action-entropy bonus
-    value_coef: float = 0.5  # value-loss weight
-    prior_radius: int = 16  # entropy prior covers -radius..radius, escape beyond
-    prior_lr: float = 1e-2  # Adam learning rate of the entropy prior's logits
-    seed: int = 0  # everything random derives from this
-    eval_every: int = 250  # updates between evaluations
-    device: str = "auto"  # auto | cpu | cuda
-
-    def validate(self) -> None:
-        if self.env not in ENVS:
-            raise ValueError(f"unknown env {self.env!r}; choose one of {', '.join(ENVS)}")
-        if self.codec not in codecs.NAMES:
-            raise ValueError(f"unknown codec {self.codec!r}; choose one of {', '.join(codecs.NAMES)}")
-        if self.rate_loss not in RATE_LOSSES:
-            raise ValueError(f"unknown rate loss {self.rate_loss!r}; choose one of {', '.join(RATE_LOSSES)}")
-        for name in ("delta", "lr", "batch", "rollout", "updates", "msg_dim", "hidden"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.lam < 0 or not 0 < self.gamma <= 1 or not 0 <= self.lam_warmup <= 1:
-            raise ValueError("lam must be >= 0, gamma in (0, 1] and lam_warmup in [0, 1]")
 
 
 class Critic(nn.Module):

@@ -21,8 +21,12 @@ from broker import protocol as P
 from broker.peer import Peer
 from channel import ChannelError, frame
 
+from broker.bus import Publisher
+
 from . import lockstep as L
+from .clock import MODES as CLOCK_MODES
 from .envs import make
+from .message import SyncMode
 
 log = logging.getLogger("ddcl.world")
 
@@ -39,15 +43,25 @@ class WorldConfig:
     seed: int = 0  # env seed and untrained-policy seed
     deadline_s: float = 1.0  # per-step wait for actions
     join_timeout_s: float = 60.0  # wait for all agents to join before step 0
+    sync: str = "implicit"  # implicit | stamped | checked:K
+    clock: str = "logical"  # logical | wall
+    tick_s: float = 0.1  # wall clock: seconds per step
+    run: str = "default"  # run name: bus topics are ddcl/<run>/...
 
 
 class World:
-    def __init__(self, endpoint: str, cfg: WorldConfig, out: Path | None, progress=True):
+    def __init__(self, endpoint: str, cfg: WorldConfig, out: Path | None, progress=True, bus_url: str = "embedded",
+                 curve=None):
+        SyncMode.parse(cfg.sync)  # refuse a bad mode before anything starts
+        if cfg.clock not in CLOCK_MODES:
+            raise ValueError(f"clock must be one of {', '.join(CLOCK_MODES)}, got {cfg.clock!r}")
         self.cfg = cfg
+        self.t0 = None
         self.out = Path(out) if out else None
         self.progress = progress
         self.env = make(cfg.env, cfg.batch, cfg.seed, cfg.agents)
-        self.peer = Peer(endpoint, b"world", P.WORLD_ID)
+        self.peer = Peer(endpoint, b"world", P.WORLD_ID, curve=curve)
+        self.bus = Publisher(bus_url, cfg.run, "world", self.peer)
         self.joined: set[bytes] = set()
         self.agent_stats: dict[int, dict] = {}
         self.misses = [0] * cfg.agents
@@ -57,7 +71,8 @@ class World:
         c = self.cfg
         return P.pack({"op": L.CONFIG, "env": c.env, "agents": c.agents, "batch": c.batch, "codec": c.codec,
                        "delta": c.delta, "msg_dim": c.msg_dim, "policy_seed": c.seed,
-                       "peer_wait_s": c.deadline_s / 2})
+                       "peer_wait_s": c.deadline_s / 2, "sync": c.sync, "clock": c.clock, "tick_s": c.tick_s,
+                       "t0": self.t0, "oracle_dir": str(self.out.resolve()) if self.out else None})
 
     def _control(self, src: bytes, body: bytes) -> None:
         req = P.unpack(body)
@@ -94,6 +109,10 @@ class World:
     def run(self, should_stop=lambda: False) -> dict:
         cfg, env = self.cfg, self.env
         self.wait_for_agents()
+        if cfg.clock == "wall":  # step t happens at t0 + t * tick; agents read their clocks against it
+            self.t0 = time.time() + 0.5
+            for k in range(cfg.agents):
+                self.peer.send_to(P.agent_id(k), self.agent_config())
         obs = env.reset()
         first = np.ones(cfg.batch, dtype=bool)
         metrics = open(self.out / "metrics.jsonl", "w") if self.out else None
@@ -104,6 +123,8 @@ class World:
         for step in range(cfg.steps):
             if should_stop():
                 break
+            if self.t0 is not None:
+                time.sleep(max(0.0, self.t0 + step * cfg.tick_s - time.time()))
             t0 = time.monotonic()
             self.peer.send_parts([P.STEP, P.pack(step)])
             for k in range(cfg.agents):
@@ -114,10 +135,12 @@ class World:
             episodes += int(done.sum())
             successes += int(success.sum())
             reward_sum += float(reward.sum())
+            row = json.dumps({"step": step, "latency_s": time.monotonic() - t0, "reward": float(reward.mean()),
+                              "episodes_done": int(done.sum()), "successes": int(success.sum()),
+                              "deadline_misses": list(self.misses)})
+            self.bus.publish("metrics", row.encode())
             if metrics:
-                metrics.write(json.dumps({"step": step, "latency_s": time.monotonic() - t0, "reward": float(reward.mean()),
-                                          "episodes_done": int(done.sum()), "successes": int(success.sum()),
-                                          "deadline_misses": list(self.misses)}) + "\n")
+                metrics.write(row + "\n")
             now = time.monotonic()
             if self.progress and now - last_print >= 1.0:
                 last_print = now
@@ -134,6 +157,7 @@ class World:
         summary = self.summary(broker_stats, steps_done, elapsed, episodes, successes, reward_sum)
         if self.out:
             (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
+        self.bus.close()
         self.peer.close()
         return summary
 
@@ -172,14 +196,16 @@ class World:
 
     def summary(self, b: dict, steps: int, elapsed: float, episodes: int, successes: int, reward_sum: float) -> dict:
         cfg = self.cfg
-        msgs = sum(s["messages"] for s in self.agent_stats.values())
+        frames = sum(s["messages"] for s in self.agent_stats.values())
         bits = sum(s["payload_bits"] for s in self.agent_stats.values())
         return {
             "env": cfg.env, "agents": cfg.agents, "batch": cfg.batch, "steps": steps, "codec": cfg.codec,
             "bytes_per_step": b["bytes_per_step"],
             "float32_bytes_per_step": b["float32_bytes_per_step"],
-            "bits_per_message": bits / msgs if msgs else None,
-            "values_per_message": cfg.batch * cfg.msg_dim,
+            # one frame carries an agent's messages for all B instances
+            "bits_per_message": bits / (frames * cfg.batch) if frames else None,
+            "bits_per_frame": bits / frames if frames else None,
+            "values_per_message": cfg.msg_dim,
             "messages": b["messages"],
             "success_rate": successes / episodes if episodes else None,
             "episodes": episodes,
@@ -188,6 +214,9 @@ class World:
             "deadline_misses": self.misses,
             "late_actions": self.late,
             "silent_peers": sum(s["silent_peers"] for s in self.agent_stats.values()),
+            "beacons_received": sum(s.get("beacons", 0) for s in self.agent_stats.values()),
+            "bad_beacons": sum(s.get("bad_beacons", 0) for s in self.agent_stats.values()),
+            "sync": cfg.sync, "clock": cfg.clock,
             "agents_reporting": sorted(self.agent_stats),
             "broker": {k: b[k] for k in ("by_kind_per_step", "other", "links", "steps")},
             "config": asdict(cfg),

@@ -16,9 +16,12 @@ class BrokerError(RuntimeError):
 class Peer:
     """A registered DEALER connection to the broker. Use as a context manager."""
 
-    def __init__(self, endpoint: str, role: bytes, wanted_id: bytes = b"", timeout_s: float = 10.0, ctx=None):
+    def __init__(self, endpoint: str, role: bytes, wanted_id: bytes = b"", timeout_s: float = 10.0, ctx=None,
+                 curve=None):
         self.ctx = ctx or zmq.Context.instance()
         self.sock = self.ctx.socket(zmq.DEALER)
+        if curve is not None:
+            curve.connect(self.sock)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.SNDHWM, P.HWM)
         self.sock.setsockopt(zmq.RCVHWM, P.HWM)

@@ -13,8 +13,13 @@ A peer is a DEALER; the broker one ROUTER. Two message shapes travel:
     STEP       [cmd, step (msgpack)]              the world marks a lockstep boundary
     STATS      [cmd]                              -> STATS_REPLY [cmd, msgpack dict]
     CONTROL    [cmd, msgpack request]             -> CONTROL_REPLY [cmd, msgpack reply]
+    PUBLISH    [cmd, topic, payload, retain 0|1]  embedded bus: to matching subscribers
+    SUBSCRIBE  [cmd, topic filter]                -> BUS_MESSAGE [cmd, topic, payload, retain]...
     BYE        [cmd]                              the peer leaves
     ERROR      [cmd, utf-8 text]                  the broker refused the last message
+
+SEND to ALL_AGENTS reaches every agent (the sync service's beacons); messages the broker
+itself originates (clock faults for an agent) come as DELIVER from BROKER_ID.
 
 A SEND body is a channel frame (observations, actions) or a msgpack map (control
 between world and agents); the broker checks channel frames strictly.
@@ -36,10 +41,15 @@ ERROR = b"\x09"
 BYE = b"\x0a"
 CONTROL = b"\x0b"
 CONTROL_REPLY = b"\x0c"
+PUBLISH = b"\x0d"
+SUBSCRIBE = b"\x0e"
+BUS_MESSAGE = b"\x0f"
 
 ROLES = (b"agent", b"world", b"sync", b"cli")
 WORLD_ID = b"world"
 SYNC_ID = b"sync"
+BROKER_ID = b"broker"
+ALL_AGENTS = b"*"
 WORLD_SENDER = 0xFF  # the world's sender id inside channel frames
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"

@@ -1,11 +1,15 @@
 """The broker: one ROUTER socket, one loop. Registers peers, routes, keeps heartbeats,
-and accounts every byte in and out (broker/accounting.py)."""
+applies faults, and accounts every byte in and out (broker/accounting.py)."""
 
 from __future__ import annotations
 
+import heapq
+import itertools
+import json
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import zmq
 
@@ -13,6 +17,8 @@ from channel import ChannelError, frame
 
 from . import protocol as P
 from .accounting import Accounting
+from .bus import Hub, Publisher
+from .faults import CLOCK_KINDS, FaultError, FaultTable
 
 log = logging.getLogger("ddcl.broker")
 
@@ -26,7 +32,8 @@ class PeerInfo:
 
 
 class Broker:
-    def __init__(self, endpoint: str = P.DEFAULT_ENDPOINT, heartbeat_s: float = P.HEARTBEAT_S, ctx=None):
+    def __init__(self, endpoint: str = P.DEFAULT_ENDPOINT, heartbeat_s: float = P.HEARTBEAT_S, ctx=None,
+                 log_dir: Path | None = None, bus: Publisher | None = None, run: str = "default", curve=None):
         self.ctx = ctx or zmq.Context.instance()
         self.sock = self.ctx.socket(zmq.ROUTER)
         for opt, val in (
@@ -38,12 +45,22 @@ class Broker:
             (zmq.RCVHWM, P.HWM),
         ):
             self.sock.setsockopt(opt, val)
+        if curve:
+            curve.serve(self.sock)
         self.sock.bind(endpoint)
         self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.heartbeat_s = heartbeat_s
         self.peers: dict[bytes, PeerInfo] = {}
         self.by_routing: dict[bytes, bytes] = {}
         self.acct = Accounting()
+        self.faults = FaultTable()
+        self.scheduled: list[tuple[int, dict]] = []  # (world step, fault request) from a faults file
+        self.pending: list = []  # heap of (due time, seq, peer id, parts, payload) for delayed copies
+        self.reorder: dict[tuple[str, str], list] = {}
+        self.seq = itertools.count()
+        self.fault_log = open(Path(log_dir) / "faults.jsonl", "a") if log_dir else None
+        self.bus = bus  # an MQTT publisher; None: the embedded hub below serves the bus
+        self.hub = Hub(run)
         self.started = time.monotonic()
 
     # -- the loop ---------------------------------------------------------------
@@ -52,17 +69,23 @@ class Broker:
         next_check = time.monotonic() + self.heartbeat_s
         try:
             while not should_stop():
-                if self.sock.poll(int(self.heartbeat_s * 250)):
+                wait = self.heartbeat_s / 4
+                if self.pending:
+                    wait = max(0.0, min(wait, self.pending[0][0] - time.monotonic()))
+                if self.sock.poll(int(wait * 1000)):
                     for _ in range(10_000):  # drain what is queued, then look at the clock
                         try:
                             msg = self.sock.recv_multipart(zmq.NOBLOCK)
                         except zmq.Again:
                             break
                         self.handle(msg[0], msg[1:])
+                self.release_due()
                 if time.monotonic() >= next_check:
                     self.expire_dead()
                     next_check = time.monotonic() + self.heartbeat_s
         finally:
+            if self.fault_log:
+                self.fault_log.close()
             self.sock.close(0)
 
     def expire_dead(self) -> None:
@@ -71,6 +94,7 @@ class Broker:
             if info.last_seen < limit:
                 log.warning("peer %s silent for %d intervals: dead", pid.decode(), P.LIVENESS)
                 self._forget(pid)
+                self.publish_status(pid, "offline")  # the last will
 
     def _forget(self, pid: bytes) -> None:
         info = self.peers.pop(pid, None)
@@ -95,22 +119,25 @@ class Broker:
             self._register(routing, parts)  # accounts under the id it grants
             return
         self.acct.record("up", "control", link, parts)
-        if pid is None and cmd != P.STATS and cmd != P.CONTROL:
+        if pid is None and cmd not in (P.STATS, P.CONTROL, P.PUBLISH, P.SUBSCRIBE):
             self.acct.other["rejected"] += 1
             self.reply(routing, "?", [P.ERROR, b"register first"])
         elif cmd == P.HEARTBEAT and len(parts) == 1:
             pass
-        elif cmd == P.STEP and len(parts) == 2:
-            try:
-                self.acct.mark_step(int(P.unpack(parts[1])))
-            except Exception:  # msgpack raises several unrelated types on garbage
-                self.acct.other["rejected"] += 1
+        elif cmd == P.STEP and len(parts) == 2 and pid == P.WORLD_ID:
+            self._step(parts[1])
         elif cmd == P.STATS and len(parts) == 1:
             self.reply(routing, link, [P.STATS_REPLY, P.pack(self.stats())])
         elif cmd == P.CONTROL and len(parts) == 2:
             self.reply(routing, link, [P.CONTROL_REPLY, P.pack(self.control(parts[1]))])
+        elif cmd == P.PUBLISH and len(parts) == 4:
+            self.publish(parts[1].decode(errors="replace"), parts[2], retain=parts[3] == b"1")
+        elif cmd == P.SUBSCRIBE and len(parts) == 2:
+            for msg in self.hub.subscribe(routing, parts[1].decode(errors="replace")):
+                self.reply(routing, link, msg)
         elif cmd == P.BYE and len(parts) == 1:
             self._forget(pid)
+            self.publish_status(pid, "offline")
         else:
             self.acct.other["rejected"] += 1
             self.reply(routing, link, [P.ERROR, b"malformed command"])
@@ -119,14 +146,18 @@ class Broker:
         _, role, wanted = parts
         pid = self._grant_id(routing, role, wanted)
         self.acct.record("up", "control", (pid or b"?").decode(errors="replace"), parts)
-        if pid is not None:
-            old = self.peers.get(pid)
-            if old is not None and old.routing != routing:
-                log.info("peer %s re-registered: the new connection takes over", pid.decode())
-                self.by_routing.pop(old.routing, None)
-            self.peers[pid] = PeerInfo(pid, role, routing, time.monotonic())
-            self.by_routing[routing] = pid
-            self.reply(routing, pid.decode(), [P.REGISTERED, pid])
+        if pid is None:
+            return
+        old = self.peers.get(pid)
+        if old is not None and old.routing != routing:
+            log.info("peer %s re-registered: the new connection takes over", pid.decode())
+            self.by_routing.pop(old.routing, None)
+        self.peers[pid] = PeerInfo(pid, role, routing, time.monotonic())
+        self.by_routing[routing] = pid
+        self.reply(routing, pid.decode(), [P.REGISTERED, pid])
+        self.publish_status(pid, "online")
+        if role == b"agent":
+            self._push_clock(pid.decode())
 
     def _grant_id(self, routing: bytes, role: bytes, wanted: bytes) -> bytes | None:
         """The id this registration gets, or None after replying with an ERROR."""
@@ -146,6 +177,25 @@ class Broker:
             k += 1
         return P.agent_id(k)
 
+    def _step(self, body: bytes) -> None:
+        try:
+            step = int(P.unpack(body))
+        except Exception:  # msgpack raises several unrelated types on garbage
+            self.acct.other["rejected"] += 1
+            return
+        self.acct.mark_step(step)
+        while self.scheduled and self.scheduled[0][0] <= step:
+            _, req = self.scheduled.pop(0)
+            reply = self.control(P.pack(req))
+            if not reply.get("ok"):
+                log.warning("scheduled fault %s at step %d failed: %s", req, step, reply.get("error"))
+        sync = self.peers.get(P.SYNC_ID)
+        if sync:  # the sync service keeps time by the world's steps
+            self.deliver(sync, [P.STEP, body], "control", 0)
+
+    def agents(self) -> list[PeerInfo]:
+        return [p for p in self.peers.values() if p.role == b"agent"]
+
     def _agent_message(self, pid, link: str, parts: list[bytes]) -> None:
         acct = self.acct
         acct.messages["sent"] += 1
@@ -162,14 +212,56 @@ class Broker:
         header = len(parts[0]) - len(f.payload)
         acct.record("up", "message", link, parts, len(f.payload))
         acct.record_float32("up", header, f.count)
-        recipients = [p for p in self.peers.values() if p.role == b"agent" and p.id != pid]
+        recipients = [p for p in self.agents() if p.id != pid]
         ok = bool(recipients)
         for peer in recipients:
-            if self.deliver(peer, parts, "message", len(f.payload)):
-                acct.record_float32("down", header, f.count)
-            else:
+            copies, delay = self.faults.link_plan(link, peer.id.decode())
+            if copies == 0:
                 ok = False
+                acct.other["fault_dropped"] = acct.other.get("fault_dropped", 0) + 1
+            for _ in range(copies):
+                if not self.route(peer, parts, len(f.payload), header, f.count, delay, link):
+                    ok = False
         acct.messages["delivered" if ok else "dropped"] += 1
+
+    def route(self, peer: PeerInfo, parts, payload: int, header: int, count: int, delay: float, src: str) -> bool:
+        """An agent-message copy: now, after a delay, or through a reorder window."""
+        dst = peer.id.decode()
+        window = self.faults.reorder_window(src, dst)
+        if delay > 0 or window > 1:
+            item = (time.monotonic() + delay, next(self.seq), peer.id, parts, payload, header, count)
+            if window > 1:
+                buf = self.reorder.setdefault((src, dst), [])
+                buf.append(item)
+                if len(buf) >= window:
+                    self.faults.rng.shuffle(buf)
+                    for i, it in enumerate(buf):  # released shuffled, in one burst
+                        heapq.heappush(self.pending, (it[0], next(self.seq) + i, *it[2:]))
+                    buf.clear()
+            else:
+                heapq.heappush(self.pending, item)
+            return True
+        return self._deliver_message(peer, parts, payload, header, count)
+
+    def _deliver_message(self, peer: PeerInfo, parts, payload: int, header: int, count: int) -> bool:
+        if self.deliver(peer, parts, "message", payload):
+            self.acct.record_float32("down", header, count)
+            return True
+        return False
+
+    def release_due(self) -> None:
+        now = time.monotonic()
+        while self.pending and self.pending[0][0] <= now:
+            _, _, pid, parts, payload, header, count = heapq.heappop(self.pending)
+            peer = self.peers.get(pid)
+            if peer is None or not self._deliver_message(peer, parts, payload, header, count):
+                self.acct.other["dropped"] += 1
+
+    def flush_reorder(self) -> None:
+        for buf in self.reorder.values():
+            for it in buf:
+                heapq.heappush(self.pending, it)
+            buf.clear()
 
     def _send(self, pid, routing: bytes, link: str, parts: list[bytes]) -> None:
         _, dest, body = parts
@@ -187,6 +279,13 @@ class Broker:
         if pid is None:
             self.acct.other["rejected"] += 1
             self.reply(routing, link, [P.ERROR, b"register first"])
+            return
+        if dest == P.ALL_AGENTS:
+            for peer in self.agents():
+                if pid == P.SYNC_ID and self.faults.blocks_beacon(peer.id.decode()):
+                    self.acct.other["beacons_lost"] = self.acct.other.get("beacons_lost", 0) + 1
+                    continue
+                self.deliver(peer, [P.DELIVER, pid, body], kind, payload)
             return
         peer = self.peers.get(dest)
         if peer is None:
@@ -212,14 +311,80 @@ class Broker:
             return
         self.acct.record("down", "control", link, parts)
 
+    # -- faults and control ---------------------------------------------------------
+
+    def control(self, request: bytes) -> dict:
+        """CONTROL requests: fault-add, fault-list, fault-clear. Errors change nothing."""
+        try:
+            req = P.unpack(request)
+        except Exception:  # msgpack raises several unrelated types on garbage
+            return {"ok": False, "error": "malformed control message"}
+        if not isinstance(req, dict):
+            return {"ok": False, "error": "a control request is a map with an 'op'"}
+        op = req.get("op")
+        try:
+            if op == "fault-add":
+                fault = self.faults.validate(req, {p.id.decode() for p in self.agents()})
+                self.faults.add(fault, self.acct.step)
+                self._fault_changed("add", [fault])
+                return {"ok": True, "fault": fault.as_dict()}
+            if op == "fault-clear":
+                fid = req.get("id")
+                if fid is not None and (isinstance(fid, bool) or not isinstance(fid, int)):
+                    raise FaultError(f"fault id must be an integer, got {fid!r}")
+                gone = self.faults.clear(fid)
+                self._fault_changed("clear", gone)
+                return {"ok": True, "cleared": [f.as_dict() for f in gone]}
+            if op == "fault-list":
+                return {"ok": True, "faults": self.faults.listing(), "step": self.acct.step}
+        except FaultError as e:
+            return {"ok": False, "error": str(e)}
+        return {"ok": False, "error": f"unknown control op {op!r}; use fault-add, fault-list or fault-clear"}
+
+    def schedule(self, entries: list[tuple[int, dict]]) -> None:
+        self.scheduled = sorted(entries, key=lambda e: e[0])
+
+    def _fault_changed(self, action: str, faults) -> None:
+        for f in faults:
+            log.info("fault %s: %s", action, f.as_dict())
+            if self.fault_log:
+                self.fault_log.write(json.dumps({"action": action, "step": self.acct.step, "time": time.time(),
+                                                 "fault": f.as_dict()}) + "\n")
+                self.fault_log.flush()
+            if f.kind in CLOCK_KINDS:
+                self._push_clock(f.target)
+        if any(f.kind == "reorder" for f in faults) and action == "clear":
+            self.flush_reorder()
+        self.publish("faults", json.dumps(self.faults.listing()).encode(), retain=True)
+
+    def _push_clock(self, agent: str) -> None:
+        peer = self.peers.get(agent.encode())
+        if peer:
+            body = P.pack({"op": "clock", **self.faults.clock_of(agent)})
+            self.deliver(peer, [P.DELIVER, P.BROKER_ID, body], "control", 0)
+
+    # -- telemetry ------------------------------------------------------------------
+
+    def publish(self, topic: str, payload: bytes, retain: bool) -> None:
+        if self.bus is not None:
+            self.bus.publish(topic, payload, retain=retain)
+            return
+        for routing, parts in self.hub.publish(topic, payload, retain):
+            try:
+                self.sock.send_multipart([routing] + parts, zmq.NOBLOCK)
+            except zmq.ZMQError:  # a subscriber that went away
+                self.hub.drop(routing)
+                continue
+            self.acct.record("down", "control", "bus", parts)
+
+    def publish_status(self, pid: bytes, status: str) -> None:
+        self.publish(f"status/{pid.decode(errors='replace')}", status.encode(), retain=True)
+
     # -- introspection ----------------------------------------------------------------
 
     def stats(self) -> dict:
         s = self.acct.snapshot()
         s["peers"] = {p.id.decode(): p.role.decode() for p in self.peers.values()}
         s["uptime_s"] = time.monotonic() - self.started
+        s["faults"] = self.faults.listing()
         return s
-
-    def control(self, request: bytes) -> dict:
-        """Control requests (faults, issue 4) arrive here; none are defined yet."""
-        return {"ok": False, "error": "no control requests are supported by this broker"}

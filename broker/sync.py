@@ -1,8 +1,16 @@
-"""The PRNG synchronization service (minimal form): owns the run seed and the epoch
-seed, and answers every agent's request for them. Later: rotation, beacons, clocks."""
+"""The PRNG synchronization service: owns the (epoch, seed) schedule and keeps clocks honest.
+
+Epoch e covers world steps [e*E, (e+1)*E) with a seed derived from (run seed, e); every
+beacon (each K world steps, broadcast through the broker) carries the reference step and
+time, the current epoch and the next one, so a rotation is announced up to K steps ahead
+and agents switch at the announced step. An agent that asks (`{"op": "epoch"}`: at start,
+after a restart) gets the same information at once. The world's step reaches the service
+as the broker relays the world's STEP marks.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 
@@ -12,25 +20,68 @@ from .peer import Peer
 log = logging.getLogger("ddcl.sync")
 
 
-def serve(endpoint: str, run_seed: int, epoch_seed: int, should_stop=lambda: False) -> None:
-    with Peer(endpoint, b"sync", P.SYNC_ID) as peer:
-        log.info("sync service up: run seed %d, epoch seed %d", run_seed, epoch_seed)
-        while not should_stop():
-            peer.heartbeat_if_idle()
-            msg = peer.recv(0.2)
-            if not msg or msg[0] != P.DELIVER or len(msg) != 3:
-                continue
-            try:
-                req = P.unpack(msg[2])
-            except Exception:  # msgpack raises several types on garbage
-                continue
-            if isinstance(req, dict) and req.get("op") == "epoch":
-                peer.send_to(msg[1], P.pack({"op": "epoch", "epoch": 0, "run_seed": run_seed, "epoch_seed": epoch_seed, "switch_step": 0}))
+def epoch_seed(run_seed: int, base_seed: int, epoch: int) -> int:
+    """24-bit seed of an epoch: epoch 0 uses base_seed, later ones a hash of all three."""
+    if epoch == 0:
+        return base_seed & 0xFFFFFF
+    h = hashlib.blake2b(f"{run_seed}:{base_seed}:{epoch}".encode(), digest_size=3).digest()
+    return int.from_bytes(h, "big")
+
+
+class Schedule:
+    def __init__(self, run_seed: int, base_seed: int, epoch_steps: int):
+        self.run_seed, self.base_seed, self.epoch_steps = run_seed, base_seed, epoch_steps
+
+    def epoch_at(self, step: int) -> int:
+        return max(step, 0) // self.epoch_steps if self.epoch_steps else 0
+
+    def announcement(self, step: int) -> dict:
+        """The current and the next epoch as [start step, seed] pairs."""
+        e = self.epoch_at(step)
+        epochs = [[e * self.epoch_steps, epoch_seed(self.run_seed, self.base_seed, e)]]
+        if self.epoch_steps:
+            epochs.append([(e + 1) * self.epoch_steps, epoch_seed(self.run_seed, self.base_seed, e + 1)])
+        return {"run_seed": self.run_seed, "epoch": e, "epochs": epochs}
+
+
+def serve(endpoint: str, run_seed: int, base_seed: int, epoch_steps: int = 0, beacon_every: int = 0,
+          should_stop=lambda: False, bus_url: str = "embedded", run: str = "default", curve=None) -> None:
+    from .bus import Publisher
+
+    schedule = Schedule(run_seed, base_seed, epoch_steps)
+    step = 0
+    with Peer(endpoint, b"sync", P.SYNC_ID, curve=curve) as peer:
+        bus = Publisher(bus_url, run, "sync", peer)
+        bus.publish("epoch", P.pack(schedule.announcement(0)), retain=True)
+        log.info("sync service up: run seed %d, epoch seed %d, E=%d, beacons every %d", run_seed, base_seed,
+                 epoch_steps, beacon_every)
+        try:
+            while not should_stop():
+                peer.heartbeat_if_idle()
+                msg = peer.recv(0.2)
+                if not msg:
+                    continue
+                if msg[0] == P.STEP and len(msg) == 2:
+                    new = int(P.unpack(msg[1]))
+                    if schedule.epoch_at(new) != schedule.epoch_at(step):
+                        bus.publish("epoch", P.pack(schedule.announcement(new)), retain=True)
+                    step = new
+                    if beacon_every and step % beacon_every == 0:
+                        beacon = {"op": "beacon", "ref_step": step, "ref_time": time.time(), **schedule.announcement(step)}
+                        peer.send_to(P.ALL_AGENTS, P.pack(beacon))
+                elif msg[0] == P.DELIVER and len(msg) == 3:
+                    try:
+                        req = P.unpack(msg[2])
+                    except Exception:  # msgpack raises several types on garbage
+                        continue
+                    if isinstance(req, dict) and req.get("op") == "epoch":
+                        peer.send_to(msg[1], P.pack({"op": "epoch", "ref_step": step, **schedule.announcement(step)}))
+        finally:
+            bus.close()
 
 
 def fetch_epoch(peer: Peer, timeout_s: float = 10.0) -> dict:
-    """Ask the sync service for the current (run seed, epoch seed)."""
-
+    """Ask the sync service for the current epochs (retrying: it may start later)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         peer.send_to(P.SYNC_ID, P.pack({"op": "epoch"}))

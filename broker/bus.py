@@ -1,0 +1,211 @@
+"""The control/telemetry bus: MQTT-style topics `ddcl/<run>/...`, two backends.
+
+- `embedded` (the default): through our own ZeroMQ broker, no extra server. The broker
+  keeps retained messages and subscriptions (`Hub`) and publishes a dead peer's
+  last will ("offline") when its heartbeats stop.
+- `mqtt://host:port`: aiomqtt (>=2.5,<3) against a real MQTT broker such as Mosquitto;
+  the will is MQTT's own.
+
+Components publish through a synchronous `Publisher` (their loops are synchronous);
+tools and tests read through the async `BusClient` (aiomqtt's shape: an async context
+manager, `publish`, `subscribe`, `async for m in client.messages`).
+
+Topics: status/<id> (retained, will "offline"), epoch (retained), faults (retained),
+metrics (per step).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+from dataclasses import dataclass
+from urllib.parse import urlparse
+
+import zmq
+import zmq.asyncio
+
+from . import protocol as P
+
+EMBEDDED = "embedded"
+
+
+class BusError(RuntimeError):
+    """The bus URL is invalid or its server cannot be reached."""
+
+
+@dataclass(frozen=True)
+class BusMessage:
+    topic: str
+    payload: bytes
+    retain: bool
+
+
+def topic_matches(pattern: str, topic: str) -> bool:
+    """MQTT filter matching: `+` one level, `#` the rest (including the parent level)."""
+    p, t = pattern.split("/"), topic.split("/")
+    for i, part in enumerate(p):
+        if part == "#":
+            return True
+        if i >= len(t) or (part != "+" and part != t[i]):
+            return False
+    return len(p) == len(t)
+
+
+def parse_url(url: str) -> tuple[str, int] | None:
+    """None for the embedded bus, else (host, port) of an MQTT server."""
+    if url == EMBEDDED:
+        return None
+    u = urlparse(url)
+    if u.scheme != "mqtt" or not u.hostname:
+        raise BusError(f"bus must be 'embedded' or mqtt://host:port, got {url!r}")
+    return u.hostname, u.port or 1883
+
+
+def full_topic(run: str, topic: str) -> str:
+    return f"ddcl/{run}/{topic}"
+
+
+class Hub:
+    """The embedded bus inside the broker: retained messages and subscriptions."""
+
+    def __init__(self, run: str):
+        self.run = run
+        self.retained: dict[str, bytes] = {}
+        self.subs: dict[bytes, set[str]] = {}  # routing id -> filters
+
+    def publish(self, topic: str, payload: bytes, retain: bool) -> list[tuple[bytes, list[bytes]]]:
+        """(routing id, parts) for every subscriber this publication reaches."""
+        topic = topic if topic.startswith("ddcl/") else full_topic(self.run, topic)
+        if retain:
+            if payload:
+                self.retained[topic] = payload
+            else:
+                self.retained.pop(topic, None)  # MQTT: an empty retained payload clears
+        msg = [P.BUS_MESSAGE, topic.encode(), payload, b"0"]
+        return [(r, msg) for r, fs in self.subs.items() if any(topic_matches(f, topic) for f in fs)]
+
+    def subscribe(self, routing: bytes, pattern: str) -> list[list[bytes]]:
+        """Add a subscription; the retained messages it matches, to send at once."""
+        self.subs.setdefault(routing, set()).add(pattern)
+        return [[P.BUS_MESSAGE, t.encode(), v, b"1"] for t, v in self.retained.items() if topic_matches(pattern, t)]
+
+    def drop(self, routing: bytes) -> None:
+        self.subs.pop(routing, None)
+
+
+class Publisher:
+    """Synchronous publishing for component loops: embedded (over the component's own
+    broker connection) or MQTT (aiomqtt on a background thread, with a last will)."""
+
+    def __init__(self, url: str, run: str, identifier: str, peer=None):
+        self.run = run
+        self.identifier = identifier
+        self.peer = peer
+        self.server = parse_url(url)
+        self._q: queue.Queue | None = None
+        if self.server is not None:
+            self._q = queue.Queue()
+            self._ready = threading.Event()
+            self._error: BaseException | None = None
+            self._thread = threading.Thread(target=self._run_mqtt, name="mqtt-bus", daemon=True)
+            self._thread.start()
+            if not self._ready.wait(10) or self._error:
+                raise BusError(f"cannot reach MQTT at {url}: {self._error or 'timeout'}")
+        self.publish(f"status/{identifier}", b"online", retain=True)
+
+    def publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
+        full = full_topic(self.run, topic)
+        if self._q is not None:
+            self._q.put((full, payload, retain))
+        elif self.peer is not None:
+            self.peer.send_parts([P.PUBLISH, full.encode(), payload, b"1" if retain else b"0"])
+
+    def close(self) -> None:
+        self.publish(f"status/{self.identifier}", b"offline", retain=True)
+        if self._q is not None:
+            self._q.put(None)
+            self._thread.join(5)
+
+    def _run_mqtt(self) -> None:
+        asyncio.run(self._mqtt_main())
+
+    async def _mqtt_main(self) -> None:
+        import aiomqtt
+
+        host, port = self.server
+        will = aiomqtt.Will(full_topic(self.run, f"status/{self.identifier}"), b"offline", qos=1, retain=True)
+        try:
+            async with aiomqtt.Client(host, port, identifier=f"ddcl-{self.run}-{self.identifier}", will=will) as client:
+                self._ready.set()
+                loop = asyncio.get_running_loop()
+                while (item := await loop.run_in_executor(None, self._q.get)) is not None:
+                    topic, payload, retain = item
+                    await client.publish(topic, payload, qos=1, retain=retain)
+        except Exception as e:  # surfaced to the constructor when it happens at connect
+            self._error = e
+            self._ready.set()
+
+
+class BusClient:
+    """Async reader/writer on either backend; `async with BusClient(url, run) as c:`."""
+
+    def __init__(self, url: str, run: str, broker: str = P.DEFAULT_ENDPOINT, identifier: str = "ddcl-client"):
+        self.server = parse_url(url)
+        self.run = run
+        self.broker = broker
+        self.identifier = identifier
+
+    async def __aenter__(self):
+        if self.server is not None:
+            import aiomqtt
+
+            self._mqtt = aiomqtt.Client(*self.server, identifier=f"{self.identifier}-{id(self)}")
+            try:
+                await self._mqtt.__aenter__()
+            except aiomqtt.MqttError as e:
+                raise BusError(f"cannot reach MQTT at {self.server}: {e}") from None
+        else:
+            self._ctx = zmq.asyncio.Context()
+            self._sock = self._ctx.socket(zmq.DEALER)
+            self._sock.setsockopt(zmq.LINGER, 0)
+            self._sock.connect(self.broker)
+        return self
+
+    async def __aexit__(self, *exc):
+        if self.server is not None:
+            await self._mqtt.__aexit__(*exc)
+        else:
+            self._sock.close(0)
+            self._ctx.term()
+
+    async def publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
+        full = full_topic(self.run, topic)
+        if self.server is not None:
+            await self._mqtt.publish(full, payload, qos=1, retain=retain)
+        else:
+            await self._sock.send_multipart([P.PUBLISH, full.encode(), payload, b"1" if retain else b"0"])
+
+    async def subscribe(self, pattern: str = "#") -> None:
+        full = full_topic(self.run, pattern)
+        if self.server is not None:
+            await self._mqtt.subscribe(full, qos=1)
+        else:
+            await self._sock.send_multipart([P.SUBSCRIBE, full.encode()])
+
+    async def next_message(self, timeout_s: float) -> BusMessage | None:
+        """The next message, or None after timeout_s."""
+        try:
+            if self.server is not None:
+                m = await asyncio.wait_for(anext(self._mqtt.messages), timeout_s)
+                return BusMessage(str(m.topic), bytes(m.payload), bool(m.retain))
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + timeout_s
+            # poll, then recv: cancelling a pending recv can lose a message (pyzmq #1925)
+            while await self._sock.poll(max(0, int((deadline - loop.time()) * 1000))):
+                parts = await self._sock.recv_multipart()
+                if parts[0] == P.BUS_MESSAGE and len(parts) == 4:
+                    return BusMessage(parts[1].decode(), parts[2], parts[3] == b"1")
+            return None
+        except asyncio.TimeoutError:
+            return None

@@ -1,0 +1,146 @@
+"""Faults: validation, the broker CLI against a running `ddcl up`, and what they cost."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from agents.desync import desync_by_step
+from broker.faults import FaultError, FaultTable
+from broker.faults_file import load_faults
+from tests.conftest import ROOT, free_port
+
+AGENTS = {"agent-0", "agent-1"}
+
+
+@pytest.mark.parametrize("req, message", [
+    ({"kind": "skew", "target": "agent-7", "value": 3}, "unknown agent"),
+    ({"kind": "skew", "target": "agent-1", "value": 10**9}, "within"),
+    ({"kind": "skew", "target": "agent-1", "value": "3"}, "number"),
+    ({"kind": "drop", "value": -0.1}, "probability"),
+    ({"kind": "drop", "value": float("nan")}, "number"),
+    ({"kind": "reorder", "value": 1}, "window"),
+    ({"kind": "delay", "target": "agent-0>agent-9", "value": 5}, "unknown agent or link"),
+    ({"kind": "melt", "value": 1}, "unknown fault kind"),
+])
+def test_bad_fault_requests_are_refused_and_change_nothing(req, message):
+    table = FaultTable()
+    with pytest.raises(FaultError, match=message):
+        table.validate(req, AGENTS)
+    assert table.faults == {}
+
+
+def test_link_plans_follow_the_faults():
+    table = FaultTable()
+    table.add(table.validate({"kind": "drop", "target": "agent-0>agent-1", "value": 1.0}, AGENTS), 0)
+    table.add(table.validate({"kind": "delay", "target": "agent-1", "value": 30}, AGENTS), 0)
+    assert table.link_plan("agent-0", "agent-1") == (0, 0.0)
+    assert table.link_plan("agent-1", "agent-0") == (1, 0.03)
+    table.add(table.validate({"kind": "duplicate", "value": 1.0}, AGENTS), 0)
+    assert table.link_plan("agent-1", "agent-0")[0] == 2
+    table.add(table.validate({"kind": "beacon-loss", "target": "agent-1", "value": 2}, AGENTS), 0)
+    assert [table.blocks_beacon("agent-1") for _ in range(3)] == [True, True, False]
+    assert table.clear(None) and table.faults == {}
+
+
+def test_faults_file_parses_and_rejects_with_the_entry_named(tmp_path):
+    good = tmp_path / "f.toml"
+    good.write_text('[[fault]]\nstep = 5\nkind = "skew"\ntarget = "agent-1"\nvalue = 3\n[[clear]]\nstep = 9\nall = true\n')
+    assert load_faults(good) == [(5, {"op": "fault-add", "kind": "skew", "target": "agent-1", "value": 3}),
+                                 (9, {"op": "fault-clear", "id": None})]
+    bad = tmp_path / "b.toml"
+    bad.write_text('[[fault]]\nstep = -1\nkind = "skew"\n')
+    with pytest.raises(FaultError, match="fault #1"):
+        load_faults(bad)
+
+
+def ddcl(*args: str, timeout: float = 30) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "agents.cli", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+
+
+def steps_done(run) -> int:
+    path = run / "metrics.jsonl"
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def wait_steps(run, n: int, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while steps_done(run) < n:
+        assert time.monotonic() < deadline, f"run stuck at {steps_done(run)} steps"
+        time.sleep(0.05)
+
+
+def live_skew_run(procs, tmp_path, sync: str):
+    """A long `ddcl up`; skew agent-1 by 3 steps through the CLI, list, clear, list."""
+    port = free_port()
+    run = tmp_path / sync.replace(":", "")
+    up = procs.start("up-" + sync, "up", "--steps", "100000", "--port", str(port), "--sync", sync,
+                     "--beacon-every", "0", "--out", str(run))
+    broker = ["--broker", f"tcp://127.0.0.1:{port}"]
+    wait_steps(run, 30)
+    r = ddcl("broker", "fault", "skew", "agent-1", "3", *broker)
+    assert r.returncode == 0 and "fault 1: skew agent-1 3" in r.stdout, r.stderr
+    listed = json.loads(ddcl("broker", "fault", "list", "--json", *broker).stdout)
+    assert [(f["id"], f["kind"], f["target"], f["value"]) for f in listed["faults"]] == [(1, "skew", "agent-1", 3.0)]
+    wait_steps(run, steps_done(run) + 60)
+    assert ddcl("broker", "fault", "clear", "1", *broker).returncode == 0
+    assert json.loads(ddcl("broker", "fault", "list", "--json", *broker).stdout)["faults"] == []
+    wait_steps(run, steps_done(run) + 60)
+    up.terminate()
+    assert up.wait(30) in (0, 130, -15)
+    events = [json.loads(x) for x in (run / "faults.jsonl").read_text().splitlines()]
+    added, cleared = events[0]["step"], events[1]["step"]
+    by_step = desync_by_step(run, 1)
+    before = [v for s, v in by_step.items() if s < added]
+    during = [v for s, v in by_step.items() if added + 2 <= s < cleared]
+    after = [v for s, v in by_step.items() if s >= cleared + 2]
+    return before, during, after
+
+
+def mean(xs):
+    return sum(xs) / len(xs)
+
+
+def test_skew_desyncs_implicit_links_until_cleared(procs, tmp_path):
+    before, during, after = live_skew_run(procs, tmp_path, "implicit")
+    assert mean(before) == 0
+    assert mean(during) > 0.9  # every decode on agent-1's links uses the wrong noise
+    assert after and mean(after) == 0
+
+
+def test_stamped_frames_carry_the_step_and_stay_in_sync(procs, tmp_path):
+    before, during, after = live_skew_run(procs, tmp_path, "stamped")
+    assert mean(before) == 0 and mean(during) < 0.02 and mean(after) == 0
+
+
+def test_the_next_beacon_corrects_a_skewed_clock(tmp_path):
+    faults = tmp_path / "f.toml"
+    faults.write_text('[[fault]]\nstep = 33\nkind = "skew"\ntarget = "agent-1"\nvalue = 2\n')
+    run = tmp_path / "run"
+    r = ddcl("up", "--steps", "80", "--beacon-every", "20", "--faults", str(faults), "--out", str(run), timeout=120)
+    assert r.returncode == 0, r.stderr
+    by_step = desync_by_step(run, 1)
+    assert all(by_step[s] == 0 for s in range(0, 33))
+    assert all(by_step[s] > 0.9 for s in range(35, 40))  # skewed, no beacon yet
+    assert all(by_step[s] == 0 for s in range(41, 80))  # beacon at step 40 corrected it
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["beacons_received"] >= 2 * 3
+
+
+def test_sweep_writes_csv_and_plot(tmp_path):
+    out = tmp_path / "sweep"
+    r = ddcl("sweep", "skew", "--values", "0,2", "--sync", "implicit,stamped", "--steps", "40", "--batch", "4",
+             "--out", str(out), timeout=300)
+    assert r.returncode == 0, r.stderr
+    rows = (out / "sweep_skew.csv").read_text().splitlines()
+    assert rows[0].startswith("sync,skew,success_rate,bits_per_message")
+    by = {(line.split(",")[0], line.split(",")[1]): line.split(",") for line in rows[1:]}
+    assert float(by[("implicit", "2")][5]) > 0.9 and float(by[("stamped", "2")][5]) == 0
+    assert float(by[("implicit", "0")][5]) == 0
+    assert (out / "sweep_skew.png").stat().st_size > 10_000
