@@ -29,9 +29,9 @@ def generate(keys_dir: Path) -> list[Path]:
 
 
 class Curve:
-    def __init__(self, keys_dir: Path, client: str = "client"):
+    def __init__(self, keys_dir: Path, client_secret: Path | None = None):
         self.dir = Path(keys_dir)
-        self.client = client
+        self.client_secret = Path(client_secret) if client_secret else self.dir / "client.key_secret"
         try:
             self.server_public, self.server_secret = zmq.auth.load_certificate(self.dir / "server.key_secret")
         except (OSError, ValueError):
@@ -57,9 +57,9 @@ class Curve:
 
     def connect(self, sock: zmq.Socket) -> None:
         try:
-            public, secret = zmq.auth.load_certificate(self.dir / f"{self.client}.key_secret")
+            public, secret = zmq.auth.load_certificate(self.client_secret)
         except (OSError, ValueError) as e:
-            raise CurveError(f"no client key {self.client} in {self.dir}: {e}") from None
+            raise CurveError(f"cannot read client key {self.client_secret}: {e}") from None
         sock.curve_secretkey = secret
         sock.curve_publickey = public
         sock.curve_serverkey = self.server_public

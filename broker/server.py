@@ -156,8 +156,8 @@ class Broker:
         self.by_routing[routing] = pid
         self.reply(routing, pid.decode(), [P.REGISTERED, pid])
         self.publish_status(pid, "online")
-        if role == b"agent":
-            self._push_clock(pid.decode())
+        if role == b"agent" and any(self.faults.clock_of(pid.decode()).values()):
+            self._push_clock(pid.decode())  # a restarted agent gets its clock faults back
 
     def _grant_id(self, routing: bytes, role: bytes, wanted: bytes) -> bytes | None:
         """The id this registration gets, or None after replying with an ERROR."""

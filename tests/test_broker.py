@@ -162,3 +162,68 @@ def test_broker_byte_count_equals_the_bytes_on_the_socket(procs):
         s.close()
     assert link["up"] == up - greeting[0]
     assert link["down"] == down - greeting[1]
+
+
+def control(endpoint: str, **req) -> dict:
+    with Peer(endpoint, b"cli") as p:
+        return p.request([P.CONTROL, P.pack(req)], P.CONTROL_REPLY)
+
+
+def test_link_faults_drop_duplicate_delay_and_reorder_agent_messages(procs):
+    ep = procs.broker()
+    with Peer(ep, b"agent") as a0, Peer(ep, b"agent") as a1:
+        msgs = [message(0, [i, 0, 0, 0]) for i in range(4)]
+        assert control(ep, op="fault-add", kind="drop", target="agent-0>agent-1", value=1.0)["ok"]
+        a0.broadcast_frame(msgs[0])
+        assert a1.recv(0.5) is None
+        assert control(ep, op="fault-clear", id=None)["ok"]
+        assert control(ep, op="fault-add", kind="duplicate", target="*", value=1.0)["ok"]
+        a0.broadcast_frame(msgs[1])
+        assert [a1.recv(2), a1.recv(2)] == [[msgs[1]], [msgs[1]]]
+        control(ep, op="fault-clear", id=None)
+        assert control(ep, op="fault-add", kind="delay", target="agent-1", value=400)["ok"]
+        t = time.monotonic()
+        a0.broadcast_frame(msgs[2])
+        assert a1.recv(2) == [msgs[2]] and time.monotonic() - t >= 0.35
+        control(ep, op="fault-clear", id=None)
+        assert control(ep, op="fault-add", kind="reorder", target="*", value=3)["ok"]
+        for m in msgs[:3]:
+            assert a1.recv(0.2) is None  # held until the window fills
+            a0.broadcast_frame(m)
+        got = [a1.recv(2)[0] for _ in range(3)]
+        assert sorted(got) == sorted(msgs[:3])
+        s = stats(ep)
+    assert s["messages"]["dropped"] == 1 and s["other"]["fault_dropped"] == 1
+    assert s["messages"]["sent"] == s["messages"]["delivered"] + s["messages"]["dropped"] + s["messages"]["rejected"]
+
+
+def test_malformed_control_requests_get_errors_and_change_nothing(procs):
+    ep = procs.broker()
+    with Peer(ep, b"cli") as p:
+        for body in (b"\xc1garbage", P.pack([1, 2]), P.pack({"op": "explode"}), P.pack({"op": "fault-clear", "id": "x"})):
+            reply = p.request([P.CONTROL, body], P.CONTROL_REPLY)
+            assert reply["ok"] is False and reply["error"]
+    assert control(ep, op="fault-list")["faults"] == []
+
+
+def test_beacons_from_anyone_but_the_sync_service_are_ignored_and_counted(procs, tmp_path):
+    import json
+
+    ep = procs.broker()
+    procs.start("sync", "sync", "serve", "--broker", ep, "--beacon-every", "0")
+    for k in range(2):
+        procs.start(f"agent-{k}", "agent", "--broker", ep, "--id", f"agent-{k}", "--device", "cpu")
+    world = procs.start("world", "world", "--broker", ep, "--steps", "3000", "--out", str(tmp_path / "run"))
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    with Peer(ep, b"sync", b"rogue") as rogue:  # registered, but not the sync service
+        deadline = time.monotonic() + 60
+        while not (metrics.exists() and metrics.stat().st_size > 0):
+            assert time.monotonic() < deadline and world.poll() is None
+            time.sleep(0.05)
+        for _ in range(5):
+            rogue.send_to(P.ALL_AGENTS, P.pack({"op": "beacon", "ref_step": 0, "ref_time": 0.0, "run_seed": 0,
+                                                "epoch": 9, "epochs": [[0, 12345]]}))
+        assert world.wait(60) == 0
+    s = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert s["bad_beacons"] == 10  # 5 beacons x 2 agents, all ignored
+    assert s["beacons_received"] == 0

@@ -1,0 +1,90 @@
+"""The control/telemetry bus, the same tests against both backends: the embedded hub in
+our broker and a real Mosquitto through aiomqtt."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import time
+
+import msgpack
+import pytest
+
+from broker.bus import BusClient, BusError, parse_url, topic_matches
+from tests.conftest import free_port
+
+
+def test_topic_filters_match_like_mqtt():
+    assert topic_matches("ddcl/run/#", "ddcl/run/status/agent-0")
+    assert topic_matches("ddcl/run/#", "ddcl/run")
+    assert topic_matches("ddcl/+/epoch", "ddcl/run/epoch")
+    assert not topic_matches("ddcl/+/epoch", "ddcl/run/x/epoch")
+    assert not topic_matches("ddcl/run/status", "ddcl/run/status/agent-0")
+
+
+def test_bad_bus_urls_are_clear_errors():
+    assert parse_url("embedded") is None
+    assert parse_url("mqtt://localhost:1884") == ("localhost", 1884)
+    for bad in ("http://x", "mqtt://", "tcp://1.2.3.4:5"):
+        with pytest.raises(BusError):
+            parse_url(bad)
+
+
+async def collect(client: BusClient, seconds: float) -> list:
+    out, deadline = [], time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        m = await client.next_message(left)
+        if m is not None:
+            out.append(m)
+    return out
+
+
+@pytest.fixture(params=["embedded", "mqtt"])
+def bus_url(request):
+    if request.param == "embedded":
+        return "embedded"
+    return request.getfixturevalue("mosquitto")
+
+
+async def test_run_status_epoch_faults_and_metrics_on_the_bus(procs, bus_url, tmp_path):
+    run = f"t{free_port()}"
+    port = free_port()
+    ep = f"tcp://127.0.0.1:{port}"
+    common = ["--bus", bus_url, "--run", run]
+    procs.start("broker", "broker", "serve", "--bind", ep, "--heartbeat", "0.5", *common)
+    procs.start("sync", "sync", "serve", "--broker", ep, "--epoch-steps", "50", "--beacon-every", "10", *common)
+    for k in range(2):
+        procs.start(f"agent-{k}", "agent", "--broker", ep, "--id", f"agent-{k}", "--device", "cpu", *common)
+    async with BusClient(bus_url, run, broker=ep) as live:
+        await live.subscribe("metrics")
+        await asyncio.sleep(0.5)
+        world = procs.start("world", "world", "--broker", ep, "--steps", "120", "--out", str(tmp_path / "run"), *common)
+        metrics = await collect(live, 4.0)
+    assert await asyncio.to_thread(world.wait, 60) == 0
+    steps = [json.loads(m.payload)["step"] for m in metrics if m.topic == f"ddcl/{run}/metrics"]
+    assert steps and steps == sorted(steps) and len(steps) > 20
+
+    from agents.cli import main as ddcl_main
+
+    assert await asyncio.to_thread(ddcl_main, ["broker", "fault", "drop", "0.25", "--broker", ep]) == 0
+
+    async with BusClient(bus_url, run, broker=ep) as watch:  # a last will on SIGKILL
+        await watch.subscribe("status/agent-7")
+        doomed = procs.start("agent-7", "agent", "--broker", ep, "--id", "agent-7", "--device", "cpu", *common)
+        seen = [m.payload for m in await collect(watch, 6.0)]
+        assert seen and seen[-1] == b"online"
+        doomed.send_signal(signal.SIGKILL)
+        seen = [m.payload for m in await collect(watch, 4.0)]
+        assert seen[-1:] == [b"offline"]
+
+    async with BusClient(bus_url, run, broker=ep) as late:  # retained messages reach a late subscriber
+        await late.subscribe("#")
+        got = {m.topic: m for m in await collect(late, 3.0)}
+    epoch = got[f"ddcl/{run}/epoch"]
+    assert epoch.retain and msgpack.unpackb(epoch.payload)["epoch"] == 2  # steps 100..119 are epoch 2
+    faults = json.loads(got[f"ddcl/{run}/faults"].payload)
+    assert [(f["kind"], f["target"], f["value"]) for f in faults] == [("drop", "*", 0.25)]
+    assert got[f"ddcl/{run}/status/world"].payload == b"offline"  # a clean exit says so itself
+    assert got[f"ddcl/{run}/status/agent-0"].payload == b"offline"
+    assert got[f"ddcl/{run}/status/sync"].payload == b"online"
