@@ -34,7 +34,7 @@ from channel import ChannelError, codecs, frame
 
 from . import lockstep as L
 from .clock import Clock
-from .envs import ENVS
+from .envs import make
 from .message import MessageChannel, SyncMode
 from .policy import PolicyConfig, init_policies, load_checkpoint
 
@@ -102,19 +102,20 @@ class Agent:
         self.inbox: dict[int, bytes] = {}  # latest unconsumed message per peer sender
 
     def configure(self, cfg: dict) -> None:
-        env = ENVS[cfg["env"]]
         n = cfg["agents"]
+        env = make(cfg["env"], 1, 0, n)  # one instance, for its dimensions
         if self.checkpoint:
             pcfg, policies, ck = load_checkpoint(self.checkpoint, cfg["env"], env.obs_dim, env.n_actions, n)
             models = (ck["codec"] or {}).get("models")
-            coders = [codecs.get("range", model=m) for m in models] if models else None
+            # the checkpoint's learned range models, when the run uses the range codec
+            coders = [codecs.get("range", model=m) for m in models] if models and cfg["codec"] == "range" else None
         else:
             pcfg = PolicyConfig(env.obs_dim, env.n_actions, cfg["msg_dim"], delta=cfg["delta"])
             policies = init_policies(pcfg, n, cfg["policy_seed"])
             coders = None
         self.policy = policies[self.index].to(self.device).eval()
         self.pcfg = pcfg
-        self.env_cls = env
+        self.env_spec = env
         self.config = cfg
         coders = coders or [codecs.get(cfg["codec"], **cfg.get("codec_options", {}))] * n
         self.channel = MessageChannel(coders, pcfg.delta, self.run_seed, SyncMode.parse(cfg["sync"]))
@@ -192,7 +193,7 @@ class Agent:
         if self.config is None:
             return True
         try:
-            step, obs, _first = L.unpack_obs(frame.unpack(body), self.config["batch"], self.env_cls.obs_dim)
+            step, obs, _first = L.unpack_obs(frame.unpack(body), self.config["batch"], self.env_spec.obs_dim)
         except ChannelError as e:
             log.warning("bad observation frame: %s", e)
             return True

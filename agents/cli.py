@@ -162,8 +162,9 @@ def _world(args) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     summary = world.run(stop_flag())
-    if not out:
-        print(json.dumps(summary, indent=2))
+    from agents.launcher import render_summary
+
+    print(render_summary(summary))
     return 0
 
 

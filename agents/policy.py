@@ -70,9 +70,9 @@ def save_checkpoint(path, env: str, cfg: PolicyConfig, policies: list[AgentPolic
 
 def load_checkpoint(path, env: str, obs_dim: int, n_actions: int, n_agents: int) -> tuple[PolicyConfig, list[AgentPolicy], dict]:
     try:
-        ck = torch.load(Path(path), map_location="cpu", weights_only=False)
-    except (OSError, RuntimeError, EOFError) as e:
-        raise CheckpointError(f"cannot read checkpoint {path}: {e}") from None
+        ck = torch.load(Path(path), map_location="cpu", weights_only=True)  # no code from files
+    except Exception as e:  # torch.load raises OSError, RuntimeError, UnpicklingError, EOFError...
+        raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from None
     if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a {CHECKPOINT_FORMAT} checkpoint")
     if ck["env"] != env:

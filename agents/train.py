@@ -42,8 +42,9 @@ class Critic(nn.Module):
         return self.net(obs.flatten(1)).squeeze(-1)
 
 
-def communicate(policies, priors, obs, cfg, codec, step, device):
-    """One round: every agent speaks through the channel and acts on what it heard."""
+def communicate(policies, priors, obs, cfg, codec, step, device, silence: bool = False):
+    """One round: every agent speaks through the channel and acts on what it heard
+    (nothing, with `silence`: the no-communication ablation)."""
     hs, z_hats, ms, rates, surrogates = [], [], [], [], []
     for k, p in enumerate(policies):
         h, z = p.speak(obs[:, k])
@@ -58,12 +59,15 @@ def communicate(policies, priors, obs, cfg, codec, step, device):
     logits = []
     for k, p in enumerate(policies):
         heard = sum(z_hats[j] for j in range(n) if j != k) / max(n - 1, 1)
+        if silence:
+            heard = torch.zeros_like(heard)
         logits.append(p.act(hs[k], heard))
     return torch.stack(logits, 1), torch.stack(ms, 1), torch.stack(rates, 1), torch.stack(surrogates, 1)
 
 
 @torch.no_grad()
-def evaluate(policies, priors, cfg: TrainConfig, seed: int, models: list[CategoricalModel] | None = None) -> dict:
+def evaluate(policies, priors, cfg: TrainConfig, seed: int, models: list[CategoricalModel] | None = None,
+             silence: bool = False) -> dict:
     """Greedy episodes on cfg.batch fresh instances; real bits of every codec per agent."""
     device = next(policies[0].parameters()).device
     env = make(cfg.env, cfg.batch, seed, cfg.agents)
@@ -78,7 +82,7 @@ def evaluate(policies, priors, cfg: TrainConfig, seed: int, models: list[Categor
     count = 0
     for step in range(env.max_steps):
         o = torch.from_numpy(obs).to(device)
-        logits, m, _, sur = communicate(policies, priors, o, cfg, codec, 10**9 + step, device)
+        logits, m, _, sur = communicate(policies, priors, o, cfg, codec, 10**9 + step, device, silence)
         m = m.cpu().numpy().astype(np.int64)
         for k in range(cfg.agents):
             sent[k].append(m[active, k])
@@ -209,7 +213,10 @@ def train(cfg: TrainConfig, out: Path | None = None, progress=True) -> dict:
     if log:
         log.close()
     final = evaluate([p.eval() for p in policies], priors, cfg, cfg.seed + 15485863)
+    silent = evaluate(policies, priors, cfg, cfg.seed + 15485863, models=[CategoricalModel(0, [1, 1])] * cfg.agents,
+                      silence=True)
     summary = {"config": asdict(cfg), "final": final, "history": history,
+               "no_communication_success": silent["success_rate"],
                "wall_s": time.monotonic() - start, "env_steps": step * cfg.batch,
                "env_steps_per_s": step * cfg.batch / (time.monotonic() - start), "device": str(device)}
     if cfg.env == "goal":

@@ -36,8 +36,8 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
 
     def validate(self) -> None:
-        if self.env not in ENVS:
-            raise ValueError(f"unknown env {self.env!r}; choose one of {', '.join(ENVS)}")
+        if self.env not in ENVS and not self.env.startswith("pz:"):
+            raise ValueError(f"unknown env {self.env!r}; choose one of {', '.join(ENVS)} or pz:<module>")
         if self.codec not in CODECS:
             raise ValueError(f"unknown codec {self.codec!r}; choose one of {', '.join(CODECS)}")
         if self.rate_loss not in RATE_LOSSES:

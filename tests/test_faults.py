@@ -144,3 +144,20 @@ def test_sweep_writes_csv_and_plot(tmp_path):
     assert float(by[("implicit", "2")][5]) > 0.9 and float(by[("stamped", "2")][5]) == 0
     assert float(by[("implicit", "0")][5]) == 0
     assert (out / "sweep_skew.png").stat().st_size > 10_000
+
+
+def test_epochs_rotate_in_step_and_a_stale_seed_desyncs_until_cleared(tmp_path):
+    faults = tmp_path / "f.toml"
+    faults.write_text('[[fault]]\nstep = 10\nkind = "stale-seed"\ntarget = "agent-1"\n'
+                      '[[clear]]\nstep = 60\nid = 1\n')
+    run = tmp_path / "run"
+    r = ddcl("up", "--steps", "100", "--epoch-steps", "25", "--beacon-every", "5", "--faults", str(faults),
+             "--out", str(run), timeout=120)
+    assert r.returncode == 0, r.stderr
+    by_step = desync_by_step(run, 1)
+    assert all(by_step[s] == 0 for s in range(0, 25))  # the seed for 25.. was announced before 10
+    assert all(by_step[s] == 0 for s in range(25, 50))
+    assert all(by_step[s] > 0.9 for s in range(51, 60))  # epoch 2 started at 50: agent-1 never heard of it
+    assert all(by_step[s] == 0 for s in range(66, 100))  # cleared at 60, beacon at 65
+    rec = json.loads((run / "summary.json").read_text())["desync"]["recovery_steps"]
+    assert rec and rec[0]["steps_to_recover"] <= 5

@@ -4,7 +4,7 @@ An env hosts B instances and N agent slots:
     reset() -> obs (B, N, obs_dim) float32
     step(actions (B, N) int64) -> obs, reward (B,), done (B,) bool, success (B,) bool
 Finished instances reset themselves; `done` and `success` describe the episode that
-just ended there.
+just ended there. `pz:<module>` wraps any PettingZoo ParallelEnv (pettingzoo_adapter).
 """
 
 from __future__ import annotations
@@ -15,8 +15,12 @@ ENVS = {"goal": GoalEnv}
 
 
 def make(name: str, batch: int, seed: int, agents: int = 2):
+    if name.startswith("pz:"):
+        from .pettingzoo_adapter import PettingZooEnv
+
+        return PettingZooEnv(name[3:], batch, seed, agents)
     try:
         cls = ENVS[name]
     except KeyError:
-        raise ValueError(f"unknown env {name!r}; choose one of {', '.join(ENVS)}") from None
+        raise ValueError(f"unknown env {name!r}; choose one of {', '.join(ENVS)} or pz:<module>") from None
     return cls(batch=batch, seed=seed, agents=agents)

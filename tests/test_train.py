@@ -1,0 +1,84 @@
+"""The trainer: real learning in a short run, clear errors, checkpoints, adapters, plots."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from agents.envs import make
+from agents.policy import AgentPolicy, CheckpointError, PolicyConfig, load_checkpoint, save_checkpoint
+from agents.train import train
+from agents.train_config import CODECS, RATE_LOSSES, TrainConfig
+from channel import codecs
+from channel.rate import RATE_LOSSES as CHANNEL_RATE_LOSSES
+
+
+def test_config_lists_match_the_channel():
+    assert CODECS == codecs.NAMES and RATE_LOSSES == CHANNEL_RATE_LOSSES
+
+
+def test_short_goal_run_learns_to_communicate(tmp_path):
+    cfg = TrainConfig(updates=400, eval_every=200, batch=256, lam=0.01, entropy_coef=0.05, seed=3)
+    s = train(cfg, tmp_path, progress=False)
+    success = s["final"]["success_rate"]
+    # the same policies with the messages silenced: what the listener manages alone
+    assert success > 0.8 and success - s["no_communication_success"] > 0.2, (success, s["no_communication_success"])
+    bits = s["final"]["agents"][0]["bits_per_message"]
+    assert bits["float32"] == 32 * cfg.msg_dim and 0 < bits["range"] < bits["float32"]
+    assert (tmp_path / "checkpoint.pt").exists() and (tmp_path / "train.jsonl").read_text().count("\n") == 2
+    env = make("goal", 1, 0)
+    _, policies, ck = load_checkpoint(tmp_path / "checkpoint.pt", "goal", env.obs_dim, env.n_actions, 2)
+    assert len(policies) == 2 and len(ck["codec"]["models"]) == 2
+
+    from agents.report import report
+
+    pngs = report(tmp_path)
+    assert [p.name for p in pngs] == ["learning_curves.png", "bits_per_goal.png"]
+    assert all(p.stat().st_size > 10_000 for p in pngs)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("env", "chess", "choose one of goal"),
+    ("codec", "zip", "choose one of float32"),
+    ("rate_loss", "vibes", "surrogate, codelength, entropy"),
+    ("lr", -1.0, "lr must be positive"),
+    ("gamma", 1.5, "gamma"),
+])
+def test_bad_hyperparameters_are_clear_errors(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**{field: value}).validate()
+
+
+def test_checkpoints_for_another_env_or_shape_are_refused(tmp_path):
+    cfg = PolicyConfig(obs_dim=16, n_actions=5)
+    path = tmp_path / "ck.pt"
+    save_checkpoint(path, "goal", cfg, [AgentPolicy(cfg), AgentPolicy(cfg)], {"name": "rice", "options": {}})
+    with pytest.raises(CheckpointError, match="is for env 'goal'"):
+        load_checkpoint(path, "tj-easy", 16, 5, 2)
+    with pytest.raises(CheckpointError, match="obs_dim=16"):
+        load_checkpoint(path, "goal", 17, 5, 2)
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError):
+        load_checkpoint(tmp_path / "junk.pt", "goal", 16, 5, 2)
+
+
+def test_pettingzoo_adapter_runs_simple_speaker_listener():
+    from mpe2 import simple_speaker_listener_v4
+
+    env = make("pz:mpe2.simple_speaker_listener_v4", batch=3, seed=5, agents=2)
+    assert (env.n_agents, env.obs_dim, env.n_actions) == (2, 11, 5)
+    obs = env.reset()
+    direct = simple_speaker_listener_v4.parallel_env(continuous_actions=False)
+    ref, _ = direct.reset(seed=5 * 1_000_003 + 1)
+    np.testing.assert_allclose(obs[0, 1], ref["listener_0"])
+    np.testing.assert_allclose(obs[0, 0, :3], ref["speaker_0"])
+    assert not obs[0, 0, 3:].any()  # padding
+    for _ in range(30):
+        obs, reward, done, success = env.step(np.random.default_rng(0).integers(0, 5, (3, 2)))
+        assert reward.shape == (3,) and np.isfinite(reward).all() and not success.any()
+    s = train(TrainConfig(env="pz:mpe2.simple_speaker_listener_v4", updates=6, eval_every=3, batch=4, rollout=5,
+                          codec="rice", rate_loss="surrogate"), progress=False)
+    assert np.isfinite(s["final"]["agents"][0]["bits_per_message"]["rice"])
