@@ -269,6 +269,13 @@ def _bench_fuzz(args) -> int:
     return 1 if stats["bugs"] else 0
 
 
+def _bench_train(args) -> int:
+    from bench import train_bench
+
+    print(train_bench.run(args.updates, args.batch, args.lam, args.seed, args.device))
+    return 0
+
+
 def _bench_net(args) -> int:
     from bench import net_bench
 
@@ -444,6 +451,13 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--inputs", type=int, default=100_000, help="inputs to try (default 100000)")
     b.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     b.set_defaults(func=_bench_fuzz)
+    b = bsub.add_parser("train", help="goal toy: one training per rate loss, real bits of every codec")
+    b.add_argument("--updates", type=int, default=2500, help="updates per run (default 2500)")
+    b.add_argument("--batch", type=int, default=512, help="env instances (default 512)")
+    b.add_argument("--lam", type=float, default=0.02, help="rate weight (default 0.02)")
+    b.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    b.add_argument("--device", default="auto", help="torch device (default auto)")
+    b.set_defaults(func=_bench_train)
     b = bsub.add_parser("net", help="pyzmq round-trip floor, then lockstep steps/s and latency")
     b.add_argument("--steps", type=int, default=300, help="steps per configuration (default 300)")
     b.add_argument("--agents", default="2,4,8", help="agent counts (default 2,4,8)")

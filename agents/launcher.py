@@ -99,11 +99,9 @@ def up(args) -> int:
 def add_desync(out: Path, summary: dict, run_seed: int) -> dict:
     """Fold the oracle's desync figures into the summary (agents have exited by now)."""
     from .desync import analyze
-    from .policy import PolicyConfig
 
     cfg = summary["config"]
-    values = cfg["batch"] * summary.get("values_per_message", PolicyConfig(1, 1).msg_dim)
-    summary["desync"] = analyze(out, cfg["delta"], run_seed, values)
+    summary["desync"] = analyze(out, cfg["delta"], run_seed, cfg["batch"] * summary["values_per_message"])
     return summary
 
 

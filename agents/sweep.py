@@ -52,16 +52,19 @@ def plot(rows: list[dict], modes: list[str], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    fig, axes = plt.subplots(1, 4, figsize=(17, 3.8))
     for mode in modes:
         rs = [r for r in rows if r["sync"] == mode]
-        x = [r["skew"] for r in rs]
-        axes[0].plot(x, [r["success_rate"] or 0 for r in rs], marker="o", label=mode)
-        axes[1].plot(x, [r["bits_per_message"] for r in rs], marker="o", label=mode)
-        axes[2].plot(x, [r["mean_error"] for r in rs], marker="o", label=mode)
-    axes[0].set(xlabel="skew of agent-1 (steps)", ylabel="success rate", title="task success")
-    axes[1].set(xlabel="skew of agent-1 (steps)", ylabel="bits per message (real)", title="bits on the wire")
-    axes[2].set(xlabel="skew of agent-1 (steps)", ylabel="mean |z_hat - ideal|", title="reconstruction error")
+        x = [float(r["skew"]) for r in rs]
+        axes[0].plot(x, [float(r["success_rate"] or 0) for r in rs], marker="o", label=mode)
+        axes[1].plot(x, [float(r["bits_per_message"]) for r in rs], marker="o", label=mode)
+        axes[2].plot(x, [float(r["bytes_per_step"]) for r in rs], marker="o", label=mode)
+        axes[3].plot(x, [float(r["mean_error"]) for r in rs], marker="o", label=mode)
+    xl = "skew of agent-1 (steps)"
+    axes[0].set(xlabel=xl, ylabel="success rate", title="task success", ylim=(0, 1.02))
+    axes[1].set(xlabel=xl, ylabel="bits per message (real payload)", title="payload bits", ylim=(0, None))
+    axes[2].set(xlabel=xl, ylabel="agent-message bytes per step", title="wire bytes (headers incl.)", ylim=(0, None))
+    axes[3].set(xlabel=xl, ylabel="mean |z_hat - ideal|", title="reconstruction error")
     for a in axes:
         a.legend()
     fig.tight_layout()

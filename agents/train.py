@@ -240,7 +240,9 @@ def goal_fit(ev: dict, codec: str) -> dict:
     g = sorted(per_goal)
     p = np.array([GOAL_P[i] for i in g])
     bits = np.array([per_goal[i] for i in g])
-    r = float(np.corrcoef(p, bits)[0, 1]) if len(g) > 2 and bits.std() > 0 else float("nan")
+    ok = len(g) > 2 and bits.std() > 0
+    r = float(np.corrcoef(p, bits)[0, 1]) if ok else float("nan")
+    r_log = float(np.corrcoef(np.log(p), bits)[0, 1]) if ok else float("nan")
     shannon = float(-(GOAL_P * np.log2(GOAL_P)).sum())
-    return {"goals": g, "probability": p.tolist(), "bits": bits.tolist(), "pearson_r": r,
+    return {"goals": g, "probability": p.tolist(), "bits": bits.tolist(), "pearson_r": r, "pearson_r_log": r_log,
             "shannon_bound_bits": shannon, "codec": codec, "mean_bits": float((p * bits).sum() / p.sum()) if len(g) else math.nan}

@@ -13,7 +13,6 @@ import zmq
 from broker import protocol as P
 from broker.peer import BrokerError, Peer
 from channel import codecs, frame
-from tests.conftest import free_port, wait_port
 
 RICE = codecs.get("rice")
 

@@ -16,7 +16,7 @@ import torch
 
 from agents.inprocess import run_inprocess
 from agents.world import WorldConfig
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT
 
 
 def test_ddcl_up_writes_summary_and_metrics(tmp_path):

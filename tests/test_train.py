@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest
-import torch
 
 from agents.envs import make
 from agents.policy import AgentPolicy, CheckpointError, PolicyConfig, load_checkpoint, save_checkpoint

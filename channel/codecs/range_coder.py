@@ -10,7 +10,6 @@ stream that is not exactly what the encoder would write raises CodecError.
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 import constriction
 
