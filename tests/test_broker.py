@@ -214,15 +214,16 @@ def test_beacons_from_anyone_but_the_sync_service_are_ignored_and_counted(procs,
         procs.start(f"agent-{k}", "agent", "--broker", ep, "--id", f"agent-{k}", "--device", "cpu")
     world = procs.start("world", "world", "--broker", ep, "--steps", "3000", "--out", str(tmp_path / "run"))
     metrics = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.monotonic() + 60
+    while not (metrics.exists() and metrics.stat().st_size > 0):
+        assert time.monotonic() < deadline and world.poll() is None
+        time.sleep(0.05)
+    # registered only now: a silent peer would be declared dead after 3 heartbeats
     with Peer(ep, b"sync", b"rogue") as rogue:  # registered, but not the sync service
-        deadline = time.monotonic() + 60
-        while not (metrics.exists() and metrics.stat().st_size > 0):
-            assert time.monotonic() < deadline and world.poll() is None
-            time.sleep(0.05)
         for _ in range(5):
             rogue.send_to(P.ALL_AGENTS, P.pack({"op": "beacon", "ref_step": 0, "ref_time": 0.0, "run_seed": 0,
                                                 "epoch": 9, "epochs": [[0, 12345]]}))
         assert world.wait(60) == 0
     s = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert s["bad_beacons"] == 10  # 5 beacons x 2 agents, all ignored
+    assert s["bad_beacons"] == 10, {k: s[k] for k in ("agents_reporting", "steps", "silent_peers", "beacons_received")}  # 5 x 2 agents, all ignored
     assert s["beacons_received"] == 0

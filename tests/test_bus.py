@@ -12,7 +12,7 @@ import msgpack
 import pytest
 
 from broker.bus import BusClient, BusError, parse_url, topic_matches
-from tests.conftest import free_port
+from tests.conftest import free_port, wait_port
 
 
 def test_topic_filters_match_like_mqtt():
@@ -53,6 +53,7 @@ async def test_run_status_epoch_faults_and_metrics_on_the_bus(procs, bus_url, tm
     ep = f"tcp://127.0.0.1:{port}"
     common = ["--bus", bus_url, "--run", run]
     procs.start("broker", "broker", "serve", "--bind", ep, "--heartbeat", "0.5", *common)
+    wait_port(port)
     procs.start("sync", "sync", "serve", "--broker", ep, "--epoch-steps", "50", "--beacon-every", "10", *common)
     for k in range(2):
         procs.start(f"agent-{k}", "agent", "--broker", ep, "--id", f"agent-{k}", "--device", "cpu", *common)
