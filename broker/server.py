@@ -59,6 +59,7 @@ class Broker:
         self.reorder: dict[tuple[str, str], list] = {}
         self.seq = itertools.count()
         self.fault_log = open(Path(log_dir) / "faults.jsonl", "a") if log_dir else None
+        self.relay_every = 1  # world steps relayed to the sync service (it may ask for fewer)
         self.bus = bus  # an MQTT publisher; None: the embedded hub below serves the bus
         self.hub = Hub(run)
         self.started = time.monotonic()
@@ -190,7 +191,9 @@ class Broker:
             if not reply.get("ok"):
                 log.warning("scheduled fault %s at step %d failed: %s", req, step, reply.get("error"))
         sync = self.peers.get(P.SYNC_ID)
-        if sync:  # the sync service keeps time by the world's steps
+        if sync and self.relay_every and step % self.relay_every == 0:
+            # the sync service keeps time by the world's steps, only those it asked for:
+            # waking it every step costs the lockstep a context switch on small machines
             self.deliver(sync, [P.STEP, body], "control", 0)
 
     def agents(self) -> list[PeerInfo]:
@@ -314,7 +317,7 @@ class Broker:
     # -- faults and control ---------------------------------------------------------
 
     def control(self, request: bytes) -> dict:
-        """CONTROL requests: fault-add, fault-list, fault-clear. Errors change nothing."""
+        """CONTROL requests: fault-add, fault-list, fault-clear, step-relay. Errors change nothing."""
         try:
             req = P.unpack(request)
         except Exception:  # msgpack raises several unrelated types on garbage
@@ -337,9 +340,15 @@ class Broker:
                 return {"ok": True, "cleared": [f.as_dict() for f in gone]}
             if op == "fault-list":
                 return {"ok": True, "faults": self.faults.listing(), "step": self.acct.step}
+            if op == "step-relay":
+                every = req.get("every")
+                if isinstance(every, bool) or not isinstance(every, int) or every < 0:
+                    raise FaultError(f"step-relay needs every >= 0, got {every!r}")
+                self.relay_every = every
+                return {"ok": True, "every": every}
         except FaultError as e:
             return {"ok": False, "error": str(e)}
-        return {"ok": False, "error": f"unknown control op {op!r}; use fault-add, fault-list or fault-clear"}
+        return {"ok": False, "error": f"unknown control op {op!r}; use fault-add, fault-list, fault-clear or step-relay"}
 
     def schedule(self, entries: list[tuple[int, dict]]) -> None:
         self.scheduled = sorted(entries, key=lambda e: e[0])

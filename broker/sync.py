@@ -5,13 +5,15 @@ beacon (each K world steps, broadcast through the broker) carries the reference 
 time, the current epoch and the next one, so a rotation is announced up to K steps ahead
 and agents switch at the announced step. An agent that asks (`{"op": "epoch"}`: at start,
 after a restart) gets the same information at once. The world's step reaches the service
-as the broker relays the world's STEP marks.
+as the broker relays the world's STEP marks: only every gcd(K, E) steps, as the service
+asks, since waking a process every step slows the lockstep.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import time
 
 from . import protocol as P
@@ -51,6 +53,9 @@ def serve(endpoint: str, run_seed: int, base_seed: int, epoch_steps: int = 0, be
     schedule = Schedule(run_seed, base_seed, epoch_steps)
     step = 0
     with Peer(endpoint, b"sync", P.SYNC_ID, curve=curve) as peer:
+        # only the steps that matter: beacon times and epoch boundaries (multiples of the gcd)
+        every = math.gcd(beacon_every, epoch_steps)
+        peer.request([P.CONTROL, P.pack({"op": "step-relay", "every": every})], P.CONTROL_REPLY)
         bus = Publisher(bus_url, run, "sync", peer)
         bus.publish("epoch", P.pack(schedule.announcement(0)), retain=True)
         log.info("sync service up: run seed %d, epoch seed %d, E=%d, beacons every %d", run_seed, base_seed,
