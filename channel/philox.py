@@ -166,11 +166,6 @@ def philox_torch_i64(counter: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
     return torch.stack(torch.broadcast_tensors(x0, x1, x2, x3), dim=-1)
 
 
-def words_to_uniform_numpy(words: np.ndarray) -> np.ndarray:
-    """uint32 words -> float32 uniforms in [-1/2, 1/2), exactly."""
-    return (words >> np.uint32(8)).astype(np.float32) * np.float32(UNIFORM_SCALE) - np.float32(0.5)
-
-
 def words_to_uniform_torch(words: torch.Tensor) -> torch.Tensor:
     """int64 words holding uint32 -> float32 uniforms in [-1/2, 1/2), exactly."""
     return (words >> 8).to(torch.float32) * UNIFORM_SCALE - 0.5
