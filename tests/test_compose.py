@@ -106,3 +106,18 @@ async def test_compose_services_run_end_to_end_as_local_processes(compose, procs
     assert summary["messages"]["delivered"] == 2 * 150
     assert summary["success_rate"] > 0.9  # the shipped trained checkpoint
     assert {"ddcl/compose/metrics", "ddcl/compose/epoch", "ddcl/compose/status/world"} <= topics
+
+
+def test_every_ddcl_service_builds_one_image_from_files_that_exist(compose):
+    for name in DDCL_SERVICES:
+        svc = compose["services"][name]
+        assert svc["image"] == "ddcl-sim:latest", name
+        context = (COMPOSE.parent / svc["build"]["context"]).resolve()
+        assert context == ROOT and (context / svc["build"]["dockerfile"]).exists(), name
+    dockerfile = (ROOT / "deploy" / "Dockerfile").read_text()
+    sources = re.findall(r"^COPY (.+) \S+$", dockerfile, re.M)
+    assert sources
+    for line in sources:
+        for src in line.split():
+            assert (ROOT / src).exists(), f"Dockerfile copies {src}, which is not in the repo"
+    assert re.search(r"pip install .*torch==2\.13\.0", dockerfile)
