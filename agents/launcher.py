@@ -29,9 +29,10 @@ class ProcessGroup:
         self.logs = logs
         self.procs: list[tuple[str, subprocess.Popen]] = []
 
-    def start(self, name: str, cmd: list[str], passthrough: bool = False) -> subprocess.Popen:
-        log = None if passthrough else open(self.logs / f"{name}.log", "w")
-        p = subprocess.Popen(cmd, stdout=log or None, stderr=subprocess.STDOUT if log else None)
+    def start(self, name: str, cmd: list[str], progress: bool = False) -> subprocess.Popen:
+        """Output to logs/<name>.log; with `progress`, stderr (live progress) to the terminal."""
+        log = open(self.logs / f"{name}.log", "w")
+        p = subprocess.Popen(cmd, stdout=log, stderr=None if progress else subprocess.STDOUT)
         self.procs.append((name, p))
         return p
 
@@ -70,7 +71,7 @@ def up(args) -> int:
                          "--batch", str(args.batch), "--steps", str(args.steps), "--codec", args.codec,
                          "--seed", str(args.seed), "--deadline", str(args.deadline), "--out", str(out),
                          "--sync", args.sync, "--clock", args.clock, "--tick", str(args.tick), *common)
-        world = group.start("world", world_cmd, passthrough=True)
+        world = group.start("world", world_cmd, progress=True)
         for k in range(args.agents):
             cmd = ddcl("agent", "--broker", endpoint, "--id", f"agent-{k}", "--device", args.device, *common)
             if args.checkpoint:
