@@ -16,6 +16,7 @@ every frame it decodes (agents/desync.py turns that into desync figures).
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import logging
@@ -54,18 +55,21 @@ class AgentStats:
 
 
 class Epochs:
-    """Known epoch starts and seeds; a step's seed is that of the latest start at or before it."""
+    """Known epoch starts and seeds; a step's seed is that of the latest start at or before it
+    (the earliest known, for a step before them all). Looked up per frame: kept sorted."""
 
     def __init__(self):
-        self.starts: dict[int, int] = {}
+        self.starts: list[int] = []
+        self.seeds: dict[int, int] = {}
 
     def update(self, announcement: dict) -> None:
         for start, seed in announcement["epochs"]:
-            self.starts[int(start)] = int(seed)
+            if int(start) not in self.seeds:
+                bisect.insort(self.starts, int(start))
+            self.seeds[int(start)] = int(seed)
 
     def seed_for(self, step: int) -> int:
-        known = [s for s in self.starts if s <= step]
-        return self.starts[max(known) if known else min(self.starts)]
+        return self.seeds[self.starts[max(bisect.bisect_right(self.starts, step) - 1, 0)]]
 
 
 def pick_device(name: str) -> torch.device:
@@ -229,14 +233,15 @@ class Agent:
                 self.stats.silent_peers += 1
                 continue
             try:
-                sender, zh, rx_step = self.channel.hear(data_j, view, self.epochs.seed_for, (batch, self.pcfg.msg_dim))
+                sender, zh, (rx_step, rx_seed) = self.channel.hear(data_j, view, self.epochs.seed_for,
+                                                                   (batch, self.pcfg.msg_dim))
             except ChannelError:
                 self.stats.bad_frames += 1
                 continue
             received[sender] = zh
             heard += zh
             if oracle is not None:
-                oracle["heard"].append([sender, frame_tag(data_j), rx_step, self.epochs.seed_for(rx_step)])
+                oracle["heard"].append([sender, frame_tag(data_j), rx_step, rx_seed])
         heard /= max(len(peers), 1)
         logits = self.policy.act(h, torch.from_numpy(heard).to(self.device))
         actions = logits.argmax(dim=-1).cpu().numpy().astype(np.int64)

@@ -7,6 +7,7 @@ since both reconstructions subtract their noise from the same integers m.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections import defaultdict
 from pathlib import Path
@@ -16,38 +17,38 @@ import numpy as np
 from channel import NoiseKey, uniform_numpy
 
 
-def load_sends(run: Path) -> dict:
+def decodes(run: Path):
+    """Every decode in the run's oracle record, matched to its send:
+    (world step, sender, receiver, (noise step, seed) sent with, (noise step, seed) used)."""
+    records = {int(p.stem.rsplit("-", 1)[1]): [json.loads(line) for line in p.read_text().splitlines()]
+               for p in sorted(Path(run).glob("oracle-agent-*.jsonl"))}
     sends = defaultdict(list)  # (sender, frame tag) -> [(world step, noise step, seed)]
-    for path in sorted(run.glob("oracle-agent-*.jsonl")):
-        k = int(path.stem.rsplit("-", 1)[1])
-        for line in path.read_text().splitlines():
-            rec = json.loads(line)
+    for k, recs in records.items():
+        for rec in recs:
             tag, ns, seed = rec["sent"]
             sends[(k, tag)].append((rec["step"], ns, seed))
-    return sends
+    for dst, recs in records.items():
+        for rec in recs:
+            for sender, tag, rx_step, rx_seed in rec["heard"]:
+                cands = sends.get((sender, tag))
+                if cands:  # a duplicated frame can match several sends: take the nearest step
+                    _, ns, seed = min(cands, key=lambda c: abs(c[0] - rec["step"]))
+                    yield rec["step"], sender, dst, (ns, seed), (rx_step, rx_seed)
 
 
 def analyze(run: Path, delta: float, run_seed: int, values: int) -> dict:
     """Per link and step: desynced or not, and the reconstruction error; then summaries."""
     run = Path(run)
-    sends = load_sends(run)
+
+    @functools.cache
+    def noise(sender: int, step: int, seed: int) -> np.ndarray:
+        return uniform_numpy(values, NoiseKey(run_seed, seed, sender), step)
+
     events = []  # (step, src, dst, desynced, error)
-    for path in sorted(run.glob("oracle-agent-*.jsonl")):
-        dst = int(path.stem.rsplit("-", 1)[1])
-        for line in path.read_text().splitlines():
-            rec = json.loads(line)
-            for sender, tag, rx_step, rx_seed in rec["heard"]:
-                cands = sends.get((sender, tag))
-                if not cands:
-                    continue
-                _, ns, seed = min(cands, key=lambda c: abs(c[0] - rec["step"]))
-                wrong = (rx_step, rx_seed) != (ns, seed)
-                err = 0.0
-                if wrong:
-                    u_tx = uniform_numpy(values, NoiseKey(run_seed, seed, sender), ns)
-                    u_rx = uniform_numpy(values, NoiseKey(run_seed, rx_seed, sender), rx_step)
-                    err = float(delta * np.abs(u_tx - u_rx).mean())
-                events.append((rec["step"], sender, dst, wrong, err))
+    for step, sender, dst, tx, rx in decodes(run):
+        wrong = tx != rx
+        err = float(delta * np.abs(noise(sender, *tx) - noise(sender, *rx)).mean()) if wrong else 0.0
+        events.append((step, sender, dst, wrong, err))
     links = defaultdict(lambda: [0, 0, 0.0])
     for _, s, d, wrong, err in events:
         row = links[f"agent-{s}>agent-{d}"]
@@ -66,19 +67,11 @@ def analyze(run: Path, delta: float, run_seed: int, values: int) -> dict:
 
 def desync_by_step(run: Path, agent: int) -> dict[int, float]:
     """World step -> fraction of desynced decodes on links into or out of `agent`."""
-    run = Path(run)
-    sends = load_sends(run)
     out = defaultdict(lambda: [0, 0])
-    for path in sorted(run.glob("oracle-agent-*.jsonl")):
-        dst = int(path.stem.rsplit("-", 1)[1])
-        for line in path.read_text().splitlines():
-            rec = json.loads(line)
-            for sender, tag, rx_step, rx_seed in rec["heard"]:
-                if agent not in (sender, dst) or not sends.get((sender, tag)):
-                    continue
-                _, ns, seed = min(sends[(sender, tag)], key=lambda c: abs(c[0] - rec["step"]))
-                out[rec["step"]][0] += 1
-                out[rec["step"]][1] += (rx_step, rx_seed) != (ns, seed)
+    for step, sender, dst, tx, rx in decodes(run):
+        if agent in (sender, dst):
+            out[step][0] += 1
+            out[step][1] += tx != rx
     return {s: w / n for s, (n, w) in sorted(out.items())}
 
 

@@ -59,8 +59,8 @@ class MessageChannel:
                           payload=payload, stamp_mode=self.sync.stamp, stamp=step, stamp_bits=self.sync.bits)
         return z_hat, data, nbits
 
-    def hear(self, data: bytes, own_step: int, seed_for: Callable[[int], int], shape) -> tuple[int, np.ndarray, int]:
-        """Decode a peer's frame with noise regenerated here -> (sender, z_hat, step used)."""
+    def hear(self, data: bytes, own_step: int, seed_for: Callable[[int], int], shape):
+        """Decode a peer's frame with noise regenerated here -> (sender, z_hat, (step, seed) used)."""
         f = frame.unpack(data)
         if f.kind != frame.Kind.MESSAGE or f.sender >= len(self.codecs) or f.count != shape[0] * shape[1]:
             raise ChannelError(f"unexpected message: kind {f.kind}, sender {f.sender}, count {f.count}")
@@ -74,5 +74,6 @@ class MessageChannel:
         else:
             step = own_step
         m = codec.decode(f.payload, f.count).reshape(shape)
-        u = uniform_numpy(f.count, self.key(f.sender, seed_for(step)), step).reshape(shape)
-        return f.sender, dequantize_numpy(m, np.float32(self.delta), u), step
+        seed = seed_for(step)
+        u = uniform_numpy(f.count, self.key(f.sender, seed), step).reshape(shape)
+        return f.sender, dequantize_numpy(m, np.float32(self.delta), u), (step, seed)

@@ -99,14 +99,13 @@ def evaluate(policies, priors, cfg: TrainConfig, seed: int, models: list[Categor
     result = {"success_rate": float(success.mean()), "messages": count, "agents": [],
               "success_by_goal": {int(g): float(success[first_goal == g].mean()) for g in np.unique(first_goal)}}
     for k in range(cfg.agents):
-        per_codec = {}
-        for name in codecs.NAMES:
-            c = codecs.get(name, model=models[k]) if name == "range" else codecs.get(name)
-            bits = sum(c.encode_bits(batch.reshape(-1))[1] for batch in sent[k] if batch.size)
-            per_codec[name] = bits / count
+        coders = {name: codecs.get(name, model=models[k]) if name == "range" else codecs.get(name)
+                  for name in codecs.NAMES}
+        per_codec = {name: sum(c.encode_bits(batch.reshape(-1))[1] for batch in sent[k] if batch.size) / count
+                     for name, c in coders.items()}
         per_goal = {}
         all_m, all_g = np.concatenate(sent[k]), np.concatenate(goals)
-        c = codecs.get(cfg.codec, model=models[k]) if cfg.codec == "range" else codecs.get(cfg.codec)
+        c = coders[cfg.codec]
         for g in np.unique(all_g):
             sel = all_m[all_g == g]
             per_goal[int(g)] = c.encode_bits(sel.reshape(-1))[1] / len(sel)

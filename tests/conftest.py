@@ -12,13 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from agents.launcher import free_port  # noqa: F401  (the tests' free ports too)
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_port(port: int, timeout_s: float = 20.0) -> None:
