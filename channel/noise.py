@@ -13,16 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .philox import (
-    MASK32,
-    UNIFORM_SCALE,
-    philox_python,
-    philox_torch_i64,
-    uniform_blocks_numpy,
-    words_to_uniform_torch,
-)
+from .philox import MASK32, philox_torch_i64, uniform_blocks, words_to_uniform_torch
 
-SMALL_BLOCKS = 8  # up to this many blocks, plain Python beats numpy's call overhead
 DOMAIN_MESSAGE = 0  # dither of agent messages; other tags keep future streams apart
 MAX_SENDER = 0xFF
 MAX_EPOCH_SEED = 0xFFFFFF
@@ -56,17 +48,9 @@ def _step_words(step: int) -> tuple[int, int]:
 
 def uniform_numpy(n: int, key: NoiseKey, step: int, domain: int = DOMAIN_MESSAGE) -> np.ndarray:
     """n float32 dither values in [-1/2, 1/2) for (key, step, domain)."""
-    blocks = -(-n // 4)
     s_lo, s_hi = _step_words(step)
-    if blocks <= SMALL_BLOCKS:
-        k = key.words()
-        words = [w for b in range(blocks) for w in philox_python((b, s_lo, s_hi, domain), k)]
-        return np.array([((w >> 8) - (1 << 23)) * UNIFORM_SCALE for w in words[:n]], dtype=np.float32)
-    ctr = np.empty((4, blocks), dtype=np.uint32)
-    ctr[0] = np.arange(blocks, dtype=np.uint32)
-    ctr[1], ctr[2], ctr[3] = s_lo, s_hi, domain
-    k = np.array(key.words(), dtype=np.uint32).reshape(2, 1)
-    return uniform_blocks_numpy(ctr, k)[:n]
+    k0, k1 = key.words()
+    return uniform_blocks(n, k0, k1, s_lo, s_hi, domain, np.empty(n, dtype=np.float32))
 
 
 def uniform_torch(

@@ -23,8 +23,10 @@ def check_count(count: int) -> int:
     return int(count)
 
 
-def as_values(values) -> np.ndarray:
-    """Integer message values as int64, refusing what the wire cannot carry."""
+def as_values(values, check_limit: bool = True) -> np.ndarray:
+    """Integer message values as contiguous int64, refusing what the wire cannot carry.
+    check_limit=False leaves |m| <= VALUE_LIMIT to a caller that checks it in its own pass;
+    inputs whose cast to int64 could wrap (uint64, floats) are checked here regardless."""
     a = np.asarray(values)
     if a.dtype.kind == "f":
         if not np.all(np.isfinite(a)) or np.any(a != np.round(a)):
@@ -33,9 +35,10 @@ def as_values(values) -> np.ndarray:
         raise CodecError(f"integer codecs take integer arrays, got dtype {a.dtype}")
     a = a.reshape(-1)
     check_count(a.size)
-    if a.size and (a.max() > VALUE_LIMIT or a.min() < -VALUE_LIMIT):
+    exact_cast = a.dtype.kind in "ib" or (a.dtype.kind == "u" and a.dtype.itemsize < 8)
+    if (check_limit or not exact_cast) and a.size and (a.max() > VALUE_LIMIT or a.min() < -VALUE_LIMIT):
         raise CodecError(f"values must satisfy |m| <= {VALUE_LIMIT}")
-    return a.astype(np.int64, copy=False)
+    return np.ascontiguousarray(a, dtype=np.int64)
 
 
 def zigzag(m: np.ndarray) -> np.ndarray:
