@@ -152,7 +152,7 @@ def _world(args) -> int:
 
     cfg = WorldConfig(env=args.env, agents=args.agents, batch=args.batch, steps=args.steps, codec=args.codec,
                       seed=args.seed, deadline_s=args.deadline, sync=args.sync, clock=args.clock, tick_s=args.tick,
-                      run=args.run)
+                      run=args.run, core=args.core, aggregate=args.aggregate)
     out = Path(args.out) if args.out else None
     if out:
         out.mkdir(parents=True, exist_ok=True)
@@ -297,6 +297,9 @@ def _add_run_args(p, steps: int = 500) -> None:
     p.add_argument("--sync", default="implicit", help="implicit | stamped | checked:K (default implicit)")
     p.add_argument("--clock", default="logical", choices=["logical", "wall"], help="noise clock (default logical)")
     p.add_argument("--tick", type=float, default=0.1, help="wall clock: seconds per step (default 0.1)")
+    p.add_argument("--core", default="mlp", choices=["mlp", "gru"], help="untrained policies: mlp | gru (default mlp)")
+    p.add_argument("--aggregate", default="mean", choices=["mean", "attention"],
+                   help="untrained policies: how heard messages combine (default mean)")
     _add_common(p)
 
 
@@ -329,7 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     docs = field_docs(TrainConfig)
     for name, f in TrainConfig.__dataclass_fields__.items():
-        tr.add_argument("--" + name.replace("_", "-"), dest=name, type=type(f.default),
+        kind = {"action": argparse.BooleanOptionalAction} if isinstance(f.default, bool) else {"type": type(f.default)}
+        tr.add_argument("--" + name.replace("_", "-"), dest=name, **kind,
                         help=f"{docs.get(name, '')} (default {f.default})")
     tr.add_argument("--out", default="runs/train", help="output folder (default runs/train)")
     tr.set_defaults(func=_train)

@@ -70,7 +70,8 @@ def up(args) -> int:
         world_cmd = ddcl("world", "--broker", endpoint, "--env", args.env, "--agents", str(args.agents),
                          "--batch", str(args.batch), "--steps", str(args.steps), "--codec", args.codec,
                          "--seed", str(args.seed), "--deadline", str(args.deadline), "--out", str(out),
-                         "--sync", args.sync, "--clock", args.clock, "--tick", str(args.tick), *common)
+                         "--sync", args.sync, "--clock", args.clock, "--tick", str(args.tick),
+                         "--core", args.core, "--aggregate", args.aggregate, *common)
         world = group.start("world", world_cmd, progress=True)
         for k in range(args.agents):
             cmd = ddcl("agent", "--broker", endpoint, "--id", f"agent-{k}", "--device", args.device, *common)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from channel import ChannelError, NoiseKey, dequantize_numpy, frame, quantize, uniform_numpy, uniform_torch
+from channel import ChannelError, NoiseKey, dequantize_numpy, frame, quantize_numpy, uniform_numpy
 from channel.codecs import Codec
 from channel.frame import StampMode, resolve_low_stamp
 
@@ -51,10 +51,15 @@ class MessageChannel:
 
     def speak(self, z: torch.Tensor, sender: int, step: int, seed: int) -> tuple[torch.Tensor, bytes, int]:
         """Quantize and encode one message batch (B, D) -> (z_hat, frame, payload bits)."""
-        u = uniform_torch(z.numel(), self.key(sender, seed), step, device=z.device).view_as(z)
-        z_hat, m = quantize(z, self.delta, u)
+        # numpy, whatever z's device: m goes to the codec on the CPU anyway, and a message
+        # is a few values, where each torch op costs more than its arithmetic. The float32
+        # arithmetic is torch's quantize, bit for bit (tests/test_quantizer.py).
+        z_np = z.detach().cpu().numpy()
+        u = uniform_numpy(z_np.size, self.key(sender, seed), step).reshape(z_np.shape)
+        m = quantize_numpy(z_np, self.delta, u)
+        z_hat = torch.from_numpy(dequantize_numpy(m, np.float32(self.delta), u)).to(z.device)
         codec = self.codecs[sender]
-        payload, nbits = codec.encode_bits(m.detach().cpu().numpy().astype(np.int64).reshape(-1))
+        payload, nbits = codec.encode_bits(m.reshape(-1))
         data = frame.pack(kind=frame.Kind.MESSAGE, sender=sender, codec=codec.wire_id, count=z.numel(),
                           payload=payload, stamp_mode=self.sync.stamp, stamp=step, stamp_bits=self.sync.bits)
         return z_hat, data, nbits

@@ -1,7 +1,8 @@
 """The world process: B instances of the environment, driven in lockstep.
 
-Per step: announce the step to the broker (per-step accounting), send each agent its
-observations, collect every agent's actions until the per-step deadline, step the env.
+Per step: send each agent its observations (the broker marks the step boundary on
+them), collect every agent's actions until the per-step deadline, step the env, send the
+next observations, then write this step's metrics while the agents work.
 An agent whose actions miss the deadline gets action 0 ("stay"/"gas") for that step,
 counted in `deadline_misses`; a restarted agent re-joins and is sent the config again.
 """
@@ -19,7 +20,7 @@ import numpy as np
 
 from broker import protocol as P
 from broker.peer import Peer
-from channel import ChannelError, frame
+from channel import ChannelError, frame, load_kernels
 
 from broker.bus import Publisher
 
@@ -40,6 +41,8 @@ class WorldConfig:
     codec: str = "rice"  # message codec
     delta: float = 0.2  # quantization step for untrained policies
     msg_dim: int = 4  # message dimensions for untrained policies
+    core: str = "mlp"  # untrained policies: mlp | gru
+    aggregate: str = "mean"  # untrained policies: mean | attention
     seed: int = 0  # env seed and untrained-policy seed
     deadline_s: float = 1.0  # per-step wait for actions
     join_timeout_s: float = 60.0  # wait for all agents to join before step 0
@@ -60,6 +63,7 @@ class World:
         self.out = Path(out) if out else None
         self.progress = progress
         self.env = make(cfg.env, cfg.batch, cfg.seed, cfg.agents)
+        load_kernels()  # before registering: the first actions must not wait for them
         self.peer = Peer(endpoint, b"world", P.WORLD_ID, curve=curve)
         self.bus = Publisher(bus_url, cfg.run, "world", self.peer)
         self.joined: set[bytes] = set()
@@ -71,6 +75,7 @@ class World:
         c = self.cfg
         return P.pack({"op": L.CONFIG, "env": c.env, "agents": c.agents, "batch": c.batch, "codec": c.codec,
                        "delta": c.delta, "msg_dim": c.msg_dim, "policy_seed": c.seed,
+                       "core": c.core, "aggregate": c.aggregate,
                        "peer_wait_s": c.deadline_s / 2, "sync": c.sync, "clock": c.clock, "tick_s": c.tick_s,
                        "t0": self.t0, "oracle_dir": str(self.out.resolve()) if self.out else None})
 
@@ -114,28 +119,24 @@ class World:
             for k in range(cfg.agents):
                 self.peer.send_to(P.agent_id(k), self.agent_config())
         obs = env.reset()
-        first = np.ones(cfg.batch, dtype=bool)
         metrics = open(self.out / "metrics.jsonl", "w") if self.out else None
         episodes = successes = 0
         reward_sum = 0.0
         start = last_print = time.monotonic()
-        step = 0
+        steps_done = 0
+        sent_at = self.send_observations(0, obs, np.ones(cfg.batch, dtype=bool)) if cfg.steps else None
         for step in range(cfg.steps):
-            if should_stop():
-                break
-            if self.t0 is not None:
-                time.sleep(max(0.0, self.t0 + step * cfg.tick_s - time.time()))
-            t0 = time.monotonic()
-            self.peer.send_parts([P.STEP, P.pack(step)])
-            for k in range(cfg.agents):
-                self.peer.send_to(P.agent_id(k), L.pack_obs(step, obs[:, k], first))
             actions = self.collect_actions(step)
             obs, reward, done, success = env.step(actions)
-            first = done
+            latency = time.monotonic() - sent_at
+            steps_done = step + 1
+            go_on = steps_done < cfg.steps and not should_stop()
+            if go_on:  # the next step goes out first: the bookkeeping below overlaps the agents' work
+                sent_at = self.send_observations(steps_done, obs, done)
             episodes += int(done.sum())
             successes += int(success.sum())
             reward_sum += float(reward.sum())
-            row = json.dumps({"step": step, "latency_s": time.monotonic() - t0, "reward": float(reward.mean()),
+            row = json.dumps({"step": step, "latency_s": latency, "reward": float(reward.mean()),
                               "episodes_done": int(done.sum()), "successes": int(success.sum()),
                               "deadline_misses": list(self.misses)})
             self.bus.publish("metrics", row.encode())
@@ -144,12 +145,13 @@ class World:
             now = time.monotonic()
             if self.progress and now - last_print >= 1.0:
                 last_print = now
-                rate = (step + 1) / (now - start)
+                rate = steps_done / (now - start)
                 sr = successes / episodes if episodes else float("nan")
-                print(f"[world] step {step + 1}/{cfg.steps}  {rate:.0f} steps/s  episodes {episodes}  "
+                print(f"[world] step {steps_done}/{cfg.steps}  {rate:.0f} steps/s  episodes {episodes}  "
                       f"success {sr:.3f}", file=sys.stderr, flush=True)
+            if not go_on:
+                break
         elapsed = time.monotonic() - start
-        steps_done = step + 1 if cfg.steps else 0
         if metrics:
             metrics.close()
         self.finish_agents()
@@ -160,6 +162,16 @@ class World:
         self.bus.close()
         self.peer.close()
         return summary
+
+    def send_observations(self, step: int, obs: np.ndarray, first: np.ndarray) -> float:
+        """Step `step` starts: each agent gets its observations (the broker marks the step
+        on the first). Returns when they went out."""
+        if self.t0 is not None:
+            time.sleep(max(0.0, self.t0 + step * self.cfg.tick_s - time.time()))
+        sent_at = time.monotonic()
+        for k in range(self.cfg.agents):
+            self.peer.send_to(P.agent_id(k), L.pack_obs(step, obs[:, k], first))
+        return sent_at
 
     def collect_actions(self, step: int) -> np.ndarray:
         cfg = self.cfg

@@ -76,9 +76,13 @@ class Peer:
 
     def recv(self, timeout_s: float | None) -> list[bytes] | None:
         """The next message, or None after timeout_s (None: wait forever)."""
-        if timeout_s is not None and not self.sock.poll(max(0, int(timeout_s * 1000))):
+        # a receive timeout, not a poll: Socket.poll builds a Poller per call, and this
+        # runs several times per lockstep step
+        self.sock.rcvtimeo = -1 if timeout_s is None else max(0, int(timeout_s * 1000))
+        try:
+            return self.sock.recv_multipart()
+        except zmq.Again:
             return None
-        return self.sock.recv_multipart()
 
     def request(self, parts: list[bytes], reply_cmd: bytes, timeout_s: float = 5.0):
         """Send a command and wait for its reply (ignoring anything else); msgpack-decoded."""

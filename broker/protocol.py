@@ -10,7 +10,7 @@ A peer is a DEALER; the broker one ROUTER. Two message shapes travel:
     REGISTER   [cmd, role, wanted id or b""]      -> REGISTERED [cmd, id] | ERROR
     HEARTBEAT  [cmd]                              (any message also proves liveness)
     SEND       [cmd, destination id, body]        -> to destination: DELIVER [cmd, src, body]
-    STEP       [cmd, step (msgpack)]              the world marks a lockstep boundary
+    STEP       [cmd, step (msgpack)]              broker -> sync service: a lockstep boundary
     STATS      [cmd]                              -> STATS_REPLY [cmd, msgpack dict]
     CONTROL    [cmd, msgpack request]             -> CONTROL_REPLY [cmd, msgpack reply]
     PUBLISH    [cmd, topic, payload, retain 0|1]  embedded bus: to matching subscribers
@@ -22,7 +22,8 @@ SEND to ALL_AGENTS reaches every agent (the sync service's beacons); messages th
 itself originates (clock faults for an agent) come as DELIVER from BROKER_ID.
 
 A SEND body is a channel frame (observations, actions) or a msgpack map (control
-between world and agents); the broker checks channel frames strictly.
+between world and agents); the broker checks channel frames strictly. The world's first
+observation frame with a new step stamp marks the step boundary: no message of its own.
 """
 
 from __future__ import annotations

@@ -73,13 +73,15 @@ class Broker:
                 wait = self.heartbeat_s / 4
                 if self.pending:
                     wait = max(0.0, min(wait, self.pending[0][0] - time.monotonic()))
-                if self.sock.poll(int(wait * 1000)):
-                    for _ in range(10_000):  # drain what is queued, then look at the clock
-                        try:
-                            msg = self.sock.recv_multipart(zmq.NOBLOCK)
-                        except zmq.Again:
-                            break
-                        self.handle(msg[0], msg[1:])
+                self.sock.rcvtimeo = int(wait * 1000)  # a receive timeout: no Poller per wake-up
+                flags = 0
+                for _ in range(10_000):  # wait for one, drain what is queued, then look at the clock
+                    try:
+                        msg = self.sock.recv_multipart(flags)
+                    except zmq.Again:
+                        break
+                    self.handle(msg[0], msg[1:])
+                    flags = zmq.NOBLOCK
                 self.release_due()
                 if time.monotonic() >= next_check:
                     self.expire_dead()
@@ -125,8 +127,6 @@ class Broker:
             self.reply(routing, "?", [P.ERROR, b"register first"])
         elif cmd == P.HEARTBEAT and len(parts) == 1:
             pass
-        elif cmd == P.STEP and len(parts) == 2 and pid == P.WORLD_ID:
-            self._step(parts[1])
         elif cmd == P.STATS and len(parts) == 1:
             self.reply(routing, link, [P.STATS_REPLY, P.pack(self.stats())])
         elif cmd == P.CONTROL and len(parts) == 2:
@@ -178,12 +178,7 @@ class Broker:
             k += 1
         return P.agent_id(k)
 
-    def _step(self, body: bytes) -> None:
-        try:
-            step = int(P.unpack(body))
-        except Exception:  # msgpack raises several unrelated types on garbage
-            self.acct.other["rejected"] += 1
-            return
+    def _step(self, step: int) -> None:
         self.acct.mark_step(step)
         while self.scheduled and self.scheduled[0][0] <= step:
             _, req = self.scheduled.pop(0)
@@ -194,7 +189,7 @@ class Broker:
         if sync and self.relay_every and step % self.relay_every == 0:
             # the sync service keeps time by the world's steps, only those it asked for:
             # waking it every step costs the lockstep a context switch on small machines
-            self.deliver(sync, [P.STEP, body], "control", 0)
+            self.deliver(sync, [P.STEP, P.pack(step)], "control", 0)
 
     def agents(self) -> list[PeerInfo]:
         return [p for p in self.peers.values() if p.role == b"agent"]
@@ -273,6 +268,8 @@ class Broker:
             try:
                 f = frame.unpack(body)
                 kind, payload = "env", len(f.payload)
+                if pid == P.WORLD_ID and f.kind == frame.Kind.OBSERVATION and f.stamp != self.acct.step:
+                    self._step(f.stamp)
             except ChannelError:
                 self.acct.record("up", "env", link, parts)
                 self.acct.other["rejected"] += 1

@@ -20,12 +20,17 @@ from .errors import QuantizerError
 M_LIMIT = 2**31 - 1
 
 
+def _dithered_round(z, delta, u):
+    m = torch.round(z / delta + u)
+    return delta * (m - u), m
+
+
 class _DitheredRound(torch.autograd.Function):
     @staticmethod
     def forward(ctx, z, delta, u):
-        m = torch.round(z / delta + u)
+        z_hat, m = _dithered_round(z, delta, u)
         ctx.mark_non_differentiable(m)
-        return delta * (m - u), m
+        return z_hat, m
 
     @staticmethod
     def backward(ctx, grad_zhat, grad_m):
@@ -48,7 +53,10 @@ def quantize(z: torch.Tensor, delta, u: torch.Tensor, check: bool = True):
     raises QuantizerError before anything can be encoded (costs one device sync).
     """
     delta = torch.as_tensor(delta, dtype=z.dtype, device=z.device)
-    z_hat, m = _DitheredRound.apply(z, delta, u)
+    if torch.is_grad_enabled() and z.requires_grad:
+        z_hat, m = _DitheredRound.apply(z, delta, u)
+    else:  # an agent acting: same arithmetic, none of autograd's per-call bookkeeping
+        z_hat, m = _dithered_round(z, delta, u)
     if check and m.numel():
         _check_range(float(m.abs().max()))  # NaN and inf in z reach m unchanged
     return z_hat, m

@@ -43,15 +43,16 @@ def test_ddcl_up_writes_summary_and_metrics(tmp_path):
     assert s["success_rate"] is None or 0 <= s["success_rate"] <= 1
 
 
-def test_networked_run_matches_in_process_run_bit_for_bit(procs, tmp_path):
-    cfg = WorldConfig(steps=25, batch=3, codec="rice", seed=4)
+@pytest.mark.parametrize("core,aggregate", [("mlp", "mean"), ("gru", "attention")])
+def test_networked_run_matches_in_process_run_bit_for_bit(procs, tmp_path, core, aggregate):
+    cfg = WorldConfig(steps=25, batch=3, codec="rice", seed=4, core=core, aggregate=aggregate)
     ep = procs.broker()
     procs.start("sync", "sync", "serve", "--broker", ep, "--seed", "4", "--epoch-seed", "9")
     for k in range(2):
         procs.start(f"agent-{k}", "agent", "--broker", ep, "--id", f"agent-{k}", "--device", "cpu",
                     "--record", str(tmp_path / f"rec{k}.pkl"))
     world = procs.start("world", "world", "--broker", ep, "--steps", "25", "--batch", "3", "--codec", "rice",
-                        "--seed", "4", "--out", str(tmp_path / "run"))
+                        "--seed", "4", "--core", core, "--aggregate", aggregate, "--out", str(tmp_path / "run"))
     assert world.wait(120) == 0, procs.log("world")
     for k in range(2):
         assert procs.procs[f"agent-{k}"].wait(30) == 0, procs.log(f"agent-{k}")
