@@ -4,7 +4,7 @@ Per step: observation from the world -> policy speaks -> quantize + encode with 
 keyed by this agent's own clock view and epoch seed -> broadcast through the broker ->
 decode every peer's message with noise regenerated here (at the step the sync mode
 gives: own view, the sender's stamp, or its low bits resolved near the own view) -> act
-on the mean heard z_hat -> actions to the world. A peer whose message misses the wait
+on the heard z_hats (mean or attention) -> actions to the world. A peer whose message misses the wait
 (half the world's per-step deadline) counts as silent (zeros heard), so a dead peer
 slows the step but never stops it, and the live agents still answer the world in time.
 
@@ -31,7 +31,7 @@ from broker import protocol as P
 from broker.bus import EMBEDDED, Publisher
 from broker.peer import Peer
 from broker.sync import fetch_epoch
-from channel import ChannelError, codecs, frame
+from channel import ChannelError, codecs, frame, load_kernels
 
 from . import lockstep as L
 from .clock import Clock
@@ -86,6 +86,7 @@ def frame_tag(data: bytes) -> str:
 class Agent:
     def __init__(self, endpoint: str, wanted_id: bytes = b"", device: str = "auto", checkpoint: str | None = None,
                  record: bool = False, curve=None, bus_url: str = "embedded", run: str = "default"):
+        load_kernels()  # before registering: the first message must not wait for them
         self.peer = Peer(endpoint, b"agent", wanted_id, curve=curve)
         # embedded: the broker itself publishes registrations and last wills
         self.bus = Publisher(bus_url, run, self.peer.id.decode()) if bus_url != EMBEDDED else None
@@ -114,10 +115,12 @@ class Agent:
             # the checkpoint's learned range models, when the run uses the range codec
             coders = [codecs.get("range", model=m) for m in models] if models and cfg["codec"] == "range" else None
         else:
-            pcfg = PolicyConfig(env.obs_dim, env.n_actions, cfg["msg_dim"], delta=cfg["delta"])
+            pcfg = PolicyConfig(env.obs_dim, env.n_actions, cfg["msg_dim"], delta=cfg["delta"], core=cfg["core"],
+                                aggregate=cfg["aggregate"])
             policies = init_policies(pcfg, n, cfg["policy_seed"])
             coders = None
         self.policy = policies[self.index].to(self.device).eval()
+        self.state = self.policy.initial_state(cfg["batch"], self.device)
         self.pcfg = pcfg
         self.env_spec = env
         self.config = cfg
@@ -197,19 +200,21 @@ class Agent:
         if self.config is None:
             return True
         try:
-            step, obs, _first = L.unpack_obs(frame.unpack(body), self.config["batch"], self.env_spec.obs_dim)
+            step, obs, first = L.unpack_obs(frame.unpack(body), self.config["batch"], self.env_spec.obs_dim)
         except ChannelError as e:
             log.warning("bad observation frame: %s", e)
             return True
-        self.step(step, obs)
+        self.step(step, obs, first)
         return True
 
-    @torch.no_grad()
-    def step(self, step: int, obs: np.ndarray) -> None:
+    @torch.inference_mode()
+    def step(self, step: int, obs: np.ndarray, first: np.ndarray) -> None:
         batch, n = self.config["batch"], self.config["agents"]
         self.world_step = step
         view = self.clock.view(step)
-        h, z = self.policy.speak(torch.from_numpy(np.ascontiguousarray(obs)).to(self.device))
+        if self.state is not None and first.any():  # a new episode starts with empty memory
+            self.state[torch.from_numpy(first).to(self.device)] = 0
+        h, z, self.state = self.policy.speak(torch.from_numpy(np.ascontiguousarray(obs)).to(self.device), self.state)
         seed = self.epochs.seed_for(view)
         z_hat, data, nbits = self.channel.speak(z, self.index, view, seed)
         self.peer.broadcast_frame(data)
@@ -226,8 +231,8 @@ class Agent:
                 self._buffer(msg[0])
             elif msg[0] == P.DELIVER and len(msg) == 3 and msg[1] != P.WORLD_ID:
                 self._delivered(msg[1], msg[2])  # a beacon or clock fault mid-step
-        heard, received = np.zeros((batch, self.pcfg.msg_dim), dtype=np.float32), {}
-        for j in peers:
+        heard, received = np.zeros((batch, len(peers), self.pcfg.msg_dim), dtype=np.float32), {}
+        for slot, j in enumerate(peers):
             data_j = self.inbox.pop(j, None)
             if data_j is None:
                 self.stats.silent_peers += 1
@@ -239,10 +244,9 @@ class Agent:
                 self.stats.bad_frames += 1
                 continue
             received[sender] = zh
-            heard += zh
+            heard[:, slot] = zh
             if oracle is not None:
                 oracle["heard"].append([sender, frame_tag(data_j), rx_step, rx_seed])
-        heard /= max(len(peers), 1)
         logits = self.policy.act(h, torch.from_numpy(heard).to(self.device))
         actions = logits.argmax(dim=-1).cpu().numpy().astype(np.int64)
         self.peer.send_to(P.WORLD_ID, L.pack_actions(self.index, step, actions))

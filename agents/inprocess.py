@@ -19,16 +19,17 @@ from .world import WorldConfig
 def run_inprocess(cfg: WorldConfig, run_seed: int, epoch_seed: int) -> list[list[dict]]:
     """Per agent, per step: the z_hat it sent, the z_hat it decoded per peer, its actions."""
     env = make(cfg.env, cfg.batch, cfg.seed, cfg.agents)
-    pcfg = PolicyConfig(env.obs_dim, env.n_actions, cfg.msg_dim, delta=cfg.delta)
+    pcfg = PolicyConfig(env.obs_dim, env.n_actions, cfg.msg_dim, delta=cfg.delta, core=cfg.core, aggregate=cfg.aggregate)
     policies = [p.eval() for p in init_policies(pcfg, cfg.agents, cfg.seed)]
     channel = MessageChannel([codecs.get(cfg.codec)] * cfg.agents, pcfg.delta, run_seed)
     shape = (cfg.batch, pcfg.msg_dim)
     records: list[list[dict]] = [[] for _ in range(cfg.agents)]
     obs = env.reset()
+    states = [p.initial_state(cfg.batch) for p in policies]
     for step in range(cfg.steps):
         spoken = []
         for k, p in enumerate(policies):
-            h, z = p.speak(torch.from_numpy(np.ascontiguousarray(obs[:, k])))
+            h, z, states[k] = p.speak(torch.from_numpy(np.ascontiguousarray(obs[:, k])), states[k])
             z_hat, data, _ = channel.speak(z, k, step, epoch_seed)
             spoken.append((h, z_hat, data))
         actions = np.zeros((cfg.batch, cfg.agents), dtype=np.int64)
@@ -38,8 +39,9 @@ def run_inprocess(cfg: WorldConfig, run_seed: int, epoch_seed: int) -> list[list
                 if j != k:
                     sender, zh, _ = channel.hear(data, step, lambda _: epoch_seed, shape)
                     received[sender] = zh
-            heard = sum(received.values()) / max(cfg.agents - 1, 1)
-            actions[:, k] = p.act(spoken[k][0], torch.from_numpy(np.asarray(heard, dtype=np.float32))).argmax(-1).numpy()
+            heard = np.stack([received[j] for j in sorted(received)], axis=1)  # (B, peers, D)
+            actions[:, k] = p.act(spoken[k][0], torch.from_numpy(heard)).argmax(-1).numpy()
             records[k].append({"step": step, "z_hat": spoken[k][1].numpy(), "received": received, "actions": actions[:, k].copy()})
-        obs, _, _, _ = env.step(actions)
+        obs, _, done, _ = env.step(actions)
+        states = [s * torch.from_numpy(~done)[:, None] if s is not None else None for s in states]
     return records

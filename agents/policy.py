@@ -11,6 +11,10 @@ from torch import nn
 CHECKPOINT_FORMAT = "ddcl-checkpoint/1"
 
 
+CORES = ("mlp", "gru")
+AGGREGATES = ("mean", "attention")
+
+
 @dataclass
 class PolicyConfig:
     obs_dim: int  # observation values per agent
@@ -18,34 +22,63 @@ class PolicyConfig:
     msg_dim: int = 4  # message dimensions (the paper's goal toy: 4)
     hidden: int = 64  # hidden units
     delta: float = 0.2  # quantization step (the paper's goal toy: 1/5)
+    core: str = "mlp"  # mlp (no memory) | gru (recurrent, reset at episode starts)
+    aggregate: str = "mean"  # how heard messages combine: mean (CommNet/IC3Net) | attention (TarMAC)
 
 
 class AgentPolicy(nn.Module):
-    """obs -> hidden -> message z; (hidden, mean of heard z_hat) -> action logits."""
+    """obs (+ memory) -> hidden -> message z; (hidden, heard z_hat) -> action logits.
+
+    `state` is the GRU's memory, (B, hidden), or None for the MLP; callers zero its rows
+    where an episode starts. Heard messages come stacked per peer, (B, peers, D): the mean,
+    or attention with the query from the listener's hidden state and keys from each
+    message (TarMAC with the key derived from the value, so nothing extra goes on the wire).
+    """
 
     def __init__(self, cfg: PolicyConfig):
         super().__init__()
         self.cfg = cfg
         self.body = nn.Sequential(nn.Linear(cfg.obs_dim, cfg.hidden), nn.Tanh())
+        self.memory = nn.GRUCell(cfg.hidden, cfg.hidden) if cfg.core == "gru" else None
         self.msg_head = nn.Linear(cfg.hidden, cfg.msg_dim)
+        if cfg.aggregate == "attention":
+            self.query = nn.Linear(cfg.hidden, cfg.msg_dim)
+            self.key = nn.Linear(cfg.msg_dim, cfg.msg_dim)
         self.act_head = nn.Sequential(
             nn.Linear(cfg.hidden + cfg.msg_dim, cfg.hidden), nn.Tanh(), nn.Linear(cfg.hidden, cfg.n_actions)
         )
 
-    def speak(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def initial_state(self, batch: int, device="cpu") -> torch.Tensor | None:
+        return torch.zeros(batch, self.cfg.hidden, device=device) if self.memory is not None else None
+
+    def speak(self, obs: torch.Tensor, state: torch.Tensor | None = None):
+        """-> (hidden, z, next state)."""
         h = self.body(obs)
-        return h, self.msg_head(h)
+        if self.memory is not None:
+            h = self.memory(h, state)
+            state = h
+        return h, self.msg_head(h), state
 
     def act(self, h: torch.Tensor, heard: torch.Tensor) -> torch.Tensor:
-        return self.act_head(torch.cat([h, heard], dim=-1))
+        if heard.shape[1] == 0:
+            combined = heard.new_zeros(heard.shape[0], self.cfg.msg_dim)
+        elif self.cfg.aggregate == "attention":
+            scores = (self.key(heard) * self.query(h)[:, None, :]).sum(-1) / self.cfg.msg_dim**0.5
+            combined = (torch.softmax(scores, dim=1)[..., None] * heard).sum(1)
+        else:
+            combined = heard.mean(1)
+        return self.act_head(torch.cat([h, combined], dim=-1))
 
 
-def init_policies(cfg: PolicyConfig, n_agents: int, seed: int) -> list[AgentPolicy]:
-    """Agent k's untrained policy depends only on (cfg, seed, k): every process agrees."""
+def init_policies(cfg: PolicyConfig, n_agents: int, seed: int, shared: bool = False) -> list[AgentPolicy]:
+    """Agent k's untrained policy depends only on (cfg, seed, k): every process agrees.
+    With `shared`, every agent holds agent 0's module (parameter sharing)."""
+    if cfg.core not in CORES or cfg.aggregate not in AGGREGATES:
+        raise ValueError(f"core must be one of {', '.join(CORES)} and aggregate one of {', '.join(AGGREGATES)}")
     out = []
     for k in range(n_agents):
         torch.manual_seed(seed * 1000 + k)
-        out.append(AgentPolicy(cfg))
+        out.append(out[0] if shared and out else AgentPolicy(cfg))
     return out
 
 

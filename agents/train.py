@@ -42,27 +42,38 @@ class Critic(nn.Module):
         return self.net(obs.flatten(1)).squeeze(-1)
 
 
-def communicate(policies, priors, obs, cfg, codec, step, device, silence: bool = False):
+def communicate(policies, priors, obs, states, cfg, codec, step, device, silence: bool = False):
     """One round: every agent speaks through the channel and acts on what it heard
-    (nothing, with `silence`: the no-communication ablation)."""
-    hs, z_hats, ms, rates, surrogates = [], [], [], [], []
+    (nothing, with `silence`: the no-communication ablation). Returns the next states."""
+    hs, z_hats, ms, rates, surrogates, nexts = [], [], [], [], [], []
     for k, p in enumerate(policies):
-        h, z = p.speak(obs[:, k])
+        h, z, state = p.speak(obs[:, k], states[k])
         u = uniform_torch(z.numel(), NoiseKey(cfg.seed, EPOCH_SEED, k), step, device=device).view_as(z)
         z_hat, m = quantize(z, cfg.delta, u)
         hs.append(h)
         z_hats.append(z_hat)
         ms.append(m)
+        nexts.append(state)
         rates.append(rate_bits(cfg.rate_loss, z, z_hat, cfg.delta, codec, priors[k] if priors else None))
         surrogates.append(surrogate_bits(z.detach(), cfg.delta))
     n = len(policies)
     logits = []
     for k, p in enumerate(policies):
-        heard = sum(z_hats[j] for j in range(n) if j != k) / max(n - 1, 1)
+        heard = torch.stack([z_hats[j] for j in range(n) if j != k], dim=1)  # (B, peers, D)
         if silence:
             heard = torch.zeros_like(heard)
         logits.append(p.act(hs[k], heard))
-    return torch.stack(logits, 1), torch.stack(ms, 1), torch.stack(rates, 1), torch.stack(surrogates, 1)
+    return torch.stack(logits, 1), torch.stack(ms, 1), torch.stack(rates, 1), torch.stack(surrogates, 1), nexts
+
+
+def start_states(policies, batch: int, device) -> list:
+    return [p.initial_state(batch, device) for p in policies]
+
+
+def reset_states(states: list, done: np.ndarray, device) -> list:
+    """Episodes that just ended start the next one with empty memory."""
+    keep = torch.from_numpy(~done).to(device=device, dtype=torch.float32)[:, None]
+    return [s * keep if s is not None else None for s in states]
 
 
 @torch.no_grad()
@@ -73,6 +84,7 @@ def evaluate(policies, priors, cfg: TrainConfig, seed: int, models: list[Categor
     env = make(cfg.env, cfg.batch, seed, cfg.agents)
     codec = codecs.get(cfg.codec)
     obs = env.reset()
+    states = start_states(policies, cfg.batch, device)
     active = np.ones(cfg.batch, dtype=bool)
     success = np.zeros(cfg.batch, dtype=bool)
     sent: list[list[np.ndarray]] = [[] for _ in range(cfg.agents)]  # per agent: (active, D) per step
@@ -82,7 +94,7 @@ def evaluate(policies, priors, cfg: TrainConfig, seed: int, models: list[Categor
     count = 0
     for step in range(env.max_steps):
         o = torch.from_numpy(obs).to(device)
-        logits, m, _, sur = communicate(policies, priors, o, cfg, codec, 10**9 + step, device, silence)
+        logits, m, _, sur, states = communicate(policies, priors, o, states, cfg, codec, 10**9 + step, device, silence)
         m = m.cpu().numpy().astype(np.int64)
         for k in range(cfg.agents):
             sent[k].append(m[active, k])
@@ -90,6 +102,7 @@ def evaluate(policies, priors, cfg: TrainConfig, seed: int, models: list[Categor
         surrogate += sur[torch.from_numpy(active).to(device)].sum(0).cpu().numpy()
         count += int(active.sum())
         obs, _, done, succ = env.step(logits.argmax(-1).cpu().numpy())
+        states = reset_states(states, done, device)
         success |= active & succ
         active &= ~done
         if not active.any():
@@ -125,14 +138,17 @@ def calibrate(policies, cfg: TrainConfig, seed: int) -> list[CategoricalModel]:
     r = cfg.prior_radius
     counts = np.ones((cfg.agents, cfg.msg_dim, 2 * r + 2))  # add-one smoothing, escape last
     obs = env.reset()
+    states = start_states(policies, cfg.batch, device)
     for step in range(env.max_steps):
-        logits, m, _, _ = communicate(policies, None, torch.from_numpy(obs).to(device), cfg, codec, 2 * 10**9 + step, device)
+        logits, m, _, _, states = communicate(policies, None, torch.from_numpy(obs).to(device), states, cfg, codec,
+                                              2 * 10**9 + step, device)
         m = m.cpu().numpy().astype(np.int64)
         idx = np.where(np.abs(m) <= r, m + r, 2 * r + 1)
         for k in range(cfg.agents):
             for d in range(cfg.msg_dim):
                 np.add.at(counts[k, d], idx[:, k, d], 1)
-        obs, _, _, _ = env.step(logits.argmax(-1).cpu().numpy())
+        obs, _, done, _ = env.step(logits.argmax(-1).cpu().numpy())
+        states = reset_states(states, done, device)
     return [CategoricalModel(-r, counts[k]) for k in range(cfg.agents)]
 
 
@@ -141,29 +157,32 @@ def train(cfg: TrainConfig, out: Path | None = None, progress=True) -> dict:
     torch.manual_seed(cfg.seed)
     device = pick_device(cfg.device)
     env = make(cfg.env, cfg.batch, cfg.seed, cfg.agents)
-    pcfg = PolicyConfig(env.obs_dim, env.n_actions, cfg.msg_dim, cfg.hidden, cfg.delta)
-    policies = [p.to(device) for p in init_policies(pcfg, cfg.agents, cfg.seed)]
+    pcfg = PolicyConfig(env.obs_dim, env.n_actions, cfg.msg_dim, cfg.hidden, cfg.delta, cfg.core, cfg.aggregate)
+    policies = [p.to(device) for p in init_policies(pcfg, cfg.agents, cfg.seed, cfg.share)]
     critic = Critic(cfg.agents * env.obs_dim, cfg.hidden).to(device)
     priors = [FactorizedPrior(cfg.msg_dim, cfg.prior_radius).to(device) for _ in range(cfg.agents)] \
         if cfg.rate_loss == "entropy" else None
     codec = codecs.get(cfg.codec)
-    params = [q for m in [*policies, critic] for q in m.parameters()]
+    params = list({id(q): q for m in [*policies, critic] for q in m.parameters()}.values())  # shared: once
     prior_params = [q for m in priors or [] for q in m.parameters()]
     opt = torch.optim.Adam([{"params": params}, {"params": prior_params, "lr": cfg.prior_lr}], lr=cfg.lr)
     log = open(out / "train.jsonl", "w") if out else None
     obs = env.reset()
+    states = start_states(policies, cfg.batch, device)
     episodes = successes = 0
     start = time.monotonic()
     step = 0
     history = []
     for update in range(1, cfg.updates + 1):
         logps, values, ents, rewards, dones, rates = [], [], [], [], [], []
+        states = [s.detach() if s is not None else None for s in states]  # backprop through this rollout only
         for _ in range(cfg.rollout):
             o = torch.from_numpy(obs).to(device)
-            logits, _, rate, _ = communicate(policies, priors, o, cfg, codec, step, device)
+            logits, _, rate, _, states = communicate(policies, priors, o, states, cfg, codec, step, device)
             dist = torch.distributions.Categorical(logits=logits)
             actions = dist.sample()
             obs, reward, done, success = env.step(actions.cpu().numpy())
+            states = reset_states(states, done, device)
             logps.append(dist.log_prob(actions).sum(-1))
             ents.append(dist.entropy().sum(-1))
             values.append(critic(o))

@@ -9,6 +9,8 @@ from .envs import ENVS
 
 CODECS = ("float32", "expgolomb", "rice", "range")  # channel.codecs.NAMES (a test keeps them equal)
 RATE_LOSSES = ("surrogate", "codelength", "entropy")  # channel.rate.RATE_LOSSES
+CORES = ("mlp", "gru")  # agents.policy.CORES
+AGGREGATES = ("mean", "attention")  # agents.policy.AGGREGATES
 
 
 @dataclass
@@ -22,6 +24,9 @@ class TrainConfig:
     delta: float = 0.2  # quantization step
     msg_dim: int = 4  # message dimensions
     hidden: int = 64  # hidden units
+    core: str = "mlp"  # policy core: mlp | gru (memory, reset at episode starts)
+    aggregate: str = "mean"  # heard messages: mean (CommNet/IC3Net) | attention (TarMAC)
+    share: bool = False  # one set of policy weights for every agent
     batch: int = 256  # parallel env instances
     rollout: int = 10  # env steps per update
     updates: int = 1500  # gradient updates
@@ -45,5 +50,7 @@ class TrainConfig:
         for name in ("delta", "lr", "batch", "rollout", "updates", "msg_dim", "hidden"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.core not in CORES or self.aggregate not in AGGREGATES:
+            raise ValueError(f"core must be one of {', '.join(CORES)}; aggregate one of {', '.join(AGGREGATES)}")
         if self.lam < 0 or not 0 < self.gamma <= 1 or not 0 <= self.lam_warmup <= 1:
             raise ValueError("lam must be >= 0, gamma in (0, 1] and lam_warmup in [0, 1]")

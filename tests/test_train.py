@@ -3,23 +3,29 @@
 from __future__ import annotations
 
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
+import torch
 
+from agents import policy
 from agents.envs import make
 from agents.policy import AgentPolicy, CheckpointError, PolicyConfig, load_checkpoint, save_checkpoint
 from agents.train import train
-from agents.train_config import CODECS, RATE_LOSSES, TrainConfig
+from agents.train_config import AGGREGATES, CODECS, CORES, RATE_LOSSES, TrainConfig
 from channel import codecs
 from channel.rate import RATE_LOSSES as CHANNEL_RATE_LOSSES
 
 
 def test_config_lists_match_the_channel():
     assert CODECS == codecs.NAMES and RATE_LOSSES == CHANNEL_RATE_LOSSES
+    assert (CORES, AGGREGATES) == (policy.CORES, policy.AGGREGATES)
 
 
 def test_short_goal_run_learns_to_communicate(tmp_path):
-    cfg = TrainConfig(updates=400, eval_every=200, batch=256, lam=0.01, entropy_coef=0.05, seed=3)
+    cfg = TrainConfig(updates=600, eval_every=300, batch=256, lam=0.01, entropy_coef=0.05, seed=3)
     s = train(cfg, tmp_path, progress=False)
     success = s["final"]["success_rate"]
     # the same policies with the messages silenced: what the listener manages alone
@@ -80,3 +86,45 @@ def test_pettingzoo_adapter_runs_simple_speaker_listener():
     s = train(TrainConfig(env="pz:mpe2.simple_speaker_listener_v4", updates=6, eval_every=3, batch=4, rollout=5,
                           codec="rice", rate_loss="surrogate"), progress=False)
     assert np.isfinite(s["final"]["agents"][0]["bits_per_message"]["rice"])
+
+
+def test_gru_memory_carries_and_resets():
+    torch.manual_seed(0)
+    p = AgentPolicy(PolicyConfig(obs_dim=6, n_actions=3, msg_dim=4, hidden=16, core="gru"))
+    obs = torch.randn(5, 6)
+    h0, z0, state = p.speak(obs, p.initial_state(5))
+    h1, z1, _ = p.speak(obs, state)
+    assert not torch.allclose(z0, z1)  # the same observation, a different memory
+    h2, z2, _ = p.speak(obs, state * 0)  # what the agent does where `first` is set
+    assert torch.equal(z2, z0) and torch.equal(h2, h0)
+
+
+def test_attention_is_a_convex_combination_of_heard_messages():
+    torch.manual_seed(1)
+    cfg = PolicyConfig(obs_dim=6, n_actions=3, msg_dim=4, hidden=16, aggregate="attention")
+    p = AgentPolicy(cfg)
+    h = torch.randn(5, 16)
+    z = torch.randn(5, 1, 4)
+    same = p.act(h, z.expand(5, 3, 4))  # three peers saying the same thing
+    torch.testing.assert_close(same, p.act_head(torch.cat([h, z[:, 0]], dim=-1)))
+    mixed = p.act(h, torch.randn(5, 3, 4))
+    assert mixed.shape == (5, 3) and not torch.allclose(mixed, same)
+
+
+def test_recurrent_attention_shared_policy_trains_and_reloads(tmp_path):
+    cfg = TrainConfig(updates=6, eval_every=3, batch=8, rollout=5, core="gru", aggregate="attention", share=True)
+    s = train(cfg, tmp_path, progress=False)
+    assert np.isfinite(s["final"]["agents"][0]["bits_per_message"]["range"])
+    env = make("goal", 1, 0)
+    pcfg, policies, _ = load_checkpoint(tmp_path / "checkpoint.pt", "goal", env.obs_dim, env.n_actions, 2)
+    assert (pcfg.core, pcfg.aggregate) == ("gru", "attention")
+    a, b = (p.state_dict() for p in policies)
+    assert all(torch.equal(a[k], b[k]) for k in a)  # one set of weights for both agents
+
+
+def test_train_cli_rejects_bad_core_and_takes_share_flag(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "agents.cli", "train", "--core", "lstm", "--out", str(tmp_path)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "mlp, gru" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "agents.cli", "train", "--help"], capture_output=True, text=True, timeout=120)
+    assert "--share, --no-share" in r.stdout

@@ -4,14 +4,18 @@ An env hosts B instances and N agent slots:
     reset() -> obs (B, N, obs_dim) float32
     step(actions (B, N) int64) -> obs, reward (B,), done (B,) bool, success (B,) bool
 Finished instances reset themselves; `done` and `success` describe the episode that
-just ended there. `pz:<module>` wraps any PettingZoo ParallelEnv (pettingzoo_adapter).
+just ended there. `goal` is the DDCL paper's toy, `tj-*` IC3Net's Traffic Junction;
+`pz:<module>` wraps any PettingZoo ParallelEnv (pettingzoo_adapter).
 """
 
 from __future__ import annotations
 
-from .goal import GoalEnv
+from functools import partial
 
-ENVS = {"goal": GoalEnv}
+from .goal import GoalEnv
+from .traffic_junction import LEVELS, TrafficJunctionEnv
+
+ENVS = {"goal": GoalEnv, **{name: partial(TrafficJunctionEnv, level=name) for name in LEVELS}}
 
 
 def make(name: str, batch: int, seed: int, agents: int = 2):

@@ -1,0 +1,236 @@
+"""Traffic Junction (IC3Net), vectorized over B instances; REFERENCE.md section 3.
+
+N agent slots are cars. Each step every arrival point adds a car with probability
+`add_rate` while a slot is free: a random free slot, a random route from that point, at
+the route's first cell. Actions: 0 gas (one cell along the route; past its last cell
+the car leaves and its slot frees), 1 brake. Reward per live car per step: -0.01 x
+steps since it entered, -10 for each car sharing its cell (a collision; collisions do
+not remove cars). An episode runs max_steps; success: no collision in it.
+
+Observation per car, IC3Net's `bool` vocabulary: last action, route id / (npath - 1),
+and the (2v+1)^2 vision square, each cell one-hot over road-cell ids (0..BASE-1),
+outside (BASE), and a car count (channel BASE + 2). A free slot observes all zeros.
+IC3Net's quirks are kept, since the published numbers come from them: BASE is computed
+from dim before easy's grid grows to dim + 1, so the last road ids share channels with
+outside; a slot keeps its last action when a new car takes it; free slots count as cars
+at cell (0, 0) in the count channel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+GAS, BRAKE = 0, 1
+STEP_PENALTY = -0.01
+CRASH_PENALTY = -10.0
+
+
+@dataclass(frozen=True)
+class Level:
+    kind: str  # easy | medium | hard: IC3Net's road layouts
+    dim: int  # IC3Net --dim
+    slots: int  # cars (agent slots)
+    max_steps: int
+    add_rate: float  # MAGIC's settings, no curriculum
+    vision: int = 1
+
+
+LEVELS = {
+    "tj-easy": Level("easy", dim=6, slots=5, max_steps=20, add_rate=0.3),
+    "tj-medium": Level("medium", dim=14, slots=10, max_steps=40, add_rate=0.2),
+    "tj-hard": Level("hard", dim=18, slots=20, max_steps=80, add_rate=0.05),
+}
+BASE_PER_DIM = {"easy": 2, "medium": 4, "hard": 8}  # IC3Net's vocabulary size, BASE = k * dim
+S, N, E, W = (1, 0), (-1, 0), (0, 1), (0, -1)  # headings (d row, d column)
+STRAIGHT, RIGHT, LEFT = range(3)  # IC3Net's turn order, which numbers the routes
+
+
+def road_blocks(kind: str, n: int) -> list[tuple[slice, slice]]:
+    """Road rows first, then road columns: the order IC3Net numbers road cells in."""
+    m, t = n // 2, n // 3
+    rows = {"easy": [slice(m, m + 1)], "medium": [slice(m - 1, m + 1)],
+            "hard": [slice(t - 2, t), slice(2 * t, 2 * t + 2)]}[kind]
+    return [(r, slice(None)) for r in rows] + [(slice(None), r) for r in rows]
+
+
+def arrivals(kind: str, n: int) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+    """(cell, heading) of each arrival point, in IC3Net's order (traffic keeps right)."""
+    m, t = n // 2, n // 3
+    return {
+        "easy": [((0, m), S), ((m, 0), E)],
+        "medium": [((0, m - 1), S), ((n - 1, m), N), ((m, 0), E), ((m - 1, n - 1), W)],
+        "hard": [((0, t - 2), S), ((0, 2 * t), S), ((t - 1, 0), E), ((2 * t + 1, 0), E),
+                 ((n - 1, t - 1), N), ((n - 1, 2 * t + 1), N), ((t - 2, n - 1), W), ((2 * t, n - 1), W)],
+    }[kind]
+
+
+def trace(start, heading, turns, junction: np.ndarray) -> tuple[np.ndarray, int]:
+    """Drive from start to the grid's edge, taking turns[i] at the i-th junction met (then
+    straight): a right turn on the junction's first cell, a left one cell further, so the
+    car ends in the lane of its new direction. Returns (cells, junctions met)."""
+    n = junction.shape[0]
+    (y, x), (dy, dx) = start, heading
+    path, met, left_in = [(y, x)], 0, -1
+    while True:
+        if left_in == 0:
+            dy, dx = -dx, dy
+        left_in -= 1
+        y, x = y + dy, x + dx
+        if not (0 <= y < n and 0 <= x < n):
+            return np.array(path), met
+        entering = junction[y, x] and not junction[path[-1]]
+        path.append((y, x))
+        if entering:
+            turn = turns[met] if met < len(turns) else STRAIGHT
+            met += 1
+            if turn == RIGHT:
+                dy, dx = dx, -dy
+            elif turn == LEFT:
+                left_in = 1
+
+
+def routes_of(kind: str, n: int, junction: np.ndarray) -> list[list[np.ndarray]]:
+    """Per arrival point, its paths: every first turn, then (hard) every second turn where
+    the path meets a second junction; easy has one straight road per arrival."""
+    out = []
+    for start, heading in arrivals(kind, n):
+        if kind == "easy":
+            out.append([trace(start, heading, (), junction)[0]])
+            continue
+        paths = []
+        for first in (STRAIGHT, RIGHT, LEFT):
+            for second in (STRAIGHT, RIGHT, LEFT) if kind == "hard" else (STRAIGHT,):
+                path, met = trace(start, heading, (first, second), junction)
+                paths.append(path)
+                if met < 2:  # the second turn never came: one path for this first turn
+                    break
+        out.append(paths)
+    return out
+
+
+class TrafficJunctionEnv:
+    n_actions = 2
+
+    def __init__(self, batch: int, seed: int, agents: int | None = None, level: str = "tj-easy"):
+        lv = LEVELS[level]
+        if agents not in (None, lv.slots):
+            raise ValueError(f"{level} has {lv.slots} car slots; run it with {lv.slots} agents, not {agents}")
+        self.level, self.batch, self.n_agents = lv, batch, lv.slots
+        self.max_steps = lv.max_steps
+        self.rng = np.random.default_rng(seed)
+        size = lv.dim + 1 if lv.kind == "easy" else lv.dim  # easy's grid is one larger than --dim
+        self.size = size
+        grid = np.full((size, size), -1)
+        blocks = road_blocks(lv.kind, size)
+        on_road = np.zeros((2, size, size), dtype=bool)  # on a road row, on a road column
+        start = 0
+        for i, block in enumerate(blocks):
+            cells = grid[block].size
+            grid[block] = np.arange(start, start + cells).reshape(grid[block].shape)
+            start += cells
+            on_road[int(i >= len(blocks) // 2)][block] = True
+        self.routes = routes_of(lv.kind, size, on_road[0] & on_road[1])
+        paths = [p for r in self.routes for p in r]  # route id = index here
+        self.npath = len(paths)
+        self.path_len = np.array([len(p) for p in paths])
+        self.paths = np.zeros((self.npath, self.path_len.max(), 2), dtype=np.int64)
+        for i, p in enumerate(paths):
+            self.paths[i, : len(p)] = p
+        base = BASE_PER_DIM[lv.kind] * lv.dim
+        self.vocab = base + 3
+        self.car_channel = base + 2
+        v = lv.vision
+        self.window = 2 * v + 1
+        self.obs_dim = 2 + self.window**2 * self.vocab
+        # each cell's vision square without cars, from the padded one-hot grid
+        cls = np.where(grid >= 0, grid, base)
+        padded = np.pad(cls, v, constant_values=base)
+        onehot = np.zeros(padded.shape + (self.vocab,), dtype=np.float32)
+        np.put_along_axis(onehot, padded[..., None], 1.0, axis=-1)
+        win = np.lib.stride_tricks.sliding_window_view(onehot, (self.window, self.window), axis=(0, 1))
+        self.static_view = np.ascontiguousarray(win.transpose(0, 1, 3, 4, 2)).reshape(size * size, -1)
+        dy, dx = np.meshgrid(np.arange(self.window), np.arange(self.window), indexing="ij")
+        self.offsets = (dy * (size + 2 * v) + dx).reshape(-1)  # window cells in the padded grid
+        shape = (batch, self.n_agents)
+        self.alive = np.zeros(shape, dtype=bool)
+        self.path = np.zeros(shape, dtype=np.int64)
+        self.loc = np.zeros(shape, dtype=np.int64)  # index along the path
+        self.wait = np.zeros(shape, dtype=np.int64)
+        self.last_act = np.zeros(shape, dtype=np.int64)
+        self.t = np.zeros(batch, dtype=np.int64)
+        self.failed = np.zeros(batch, dtype=bool)
+
+    def _cells(self) -> np.ndarray:
+        """(B, N, 2) each car's cell; free slots at (0, 0) as in IC3Net."""
+        cells = self.paths[self.path, np.minimum(self.loc, self.path_len[self.path] - 1)]
+        return np.where(self.alive[..., None], cells, 0)
+
+    def _reset(self, mask: np.ndarray) -> None:
+        for a in (self.alive, self.path, self.loc, self.wait, self.last_act):
+            a[mask] = 0
+        self.t[mask] = 0
+        self.failed[mask] = False
+
+    def reset(self) -> np.ndarray:
+        """An empty junction: cars arrive at the end of each step, as in IC3Net."""
+        self._reset(np.ones(self.batch, dtype=bool))
+        return self._obs()
+
+    def _add_cars(self) -> None:
+        b = np.arange(self.batch)
+        first = 0  # index of the route's first path in self.paths
+        for paths in self.routes:
+            free = ~self.alive
+            add = free.any(axis=1) & (self.rng.random(self.batch) <= self.level.add_rate)
+            slot = np.argmax(np.where(free, self.rng.random(free.shape), -1.0), axis=1)  # a random free slot
+            choice = first + self.rng.integers(len(paths), size=self.batch)
+            sel = b[add], slot[add]
+            self.alive[sel] = True
+            self.path[sel] = choice[add]
+            self.loc[sel] = 0
+            self.wait[sel] = 0
+            first += len(paths)
+
+    def step(self, actions: np.ndarray):
+        alive = self.alive.copy()
+        self.wait += alive
+        brake = alive & (np.asarray(actions) == BRAKE)
+        gas = alive & ~brake
+        self.last_act[brake] = BRAKE
+        self.loc += gas
+        leaving = gas & (self.loc >= self.path_len[self.path])
+        self.alive &= ~leaving
+        self.wait[leaving] = 0
+        self.last_act[gas & ~leaving] = GAS
+        self._add_cars()
+        cells = self._cells()
+        flat = cells[..., 0] * self.size + cells[..., 1]
+        same = (flat[:, :, None] == flat[:, None, :]) & self.alive[:, None, :]
+        crashed = self.alive & (same.sum(axis=2) > 1)
+        per_car = np.where(self.alive, STEP_PENALTY * self.wait + CRASH_PENALTY * crashed, 0.0)
+        reward = per_car.sum(axis=1).astype(np.float32)
+        self.failed |= crashed.any(axis=1)
+        self.t += 1
+        done = self.t >= self.max_steps
+        success = done & ~self.failed
+        if done.any():
+            self._reset(done)
+        return self._obs(), reward, done, success
+
+    def _obs(self) -> np.ndarray:
+        v, size = self.level.vision, self.size
+        cells = self._cells()
+        side = size + 2 * v  # the padded grid
+        counts = np.zeros((self.batch, side * side), dtype=np.float32)
+        centre = (cells[..., 0] + v) * side + cells[..., 1] + v
+        np.add.at(counts, (np.arange(self.batch)[:, None], centre), 1.0)  # free slots too, at (0, 0)
+        view = self.static_view[cells[..., 0] * size + cells[..., 1]].reshape(
+            self.batch, self.n_agents, self.window**2, self.vocab)
+        corner = (cells[..., 0] * side + cells[..., 1])[..., None]  # the window's top-left, padded
+        view[..., self.car_channel] += counts[np.arange(self.batch)[:, None, None], corner + self.offsets]
+        obs = np.concatenate([self.last_act[..., None].astype(np.float32) / (self.n_actions - 1),
+                              self.path[..., None].astype(np.float32) / max(self.npath - 1, 1),
+                              view.reshape(self.batch, self.n_agents, -1)], axis=2)
+        return np.where(self.alive[..., None], obs, 0.0).astype(np.float32)
