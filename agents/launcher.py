@@ -18,6 +18,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_port(port: int, timeout_s: float = 60.0, alive=lambda: True) -> None:
+    """Until something accepts connections on the loopback port (or raise TimeoutError)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and alive():
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on port {port}")
+
+
 def ddcl(*args: str) -> list[str]:
     return [sys.executable, "-m", "agents.cli", *args]
 
@@ -64,7 +76,10 @@ def up(args) -> int:
     try:
         common = ["--bus", args.bus, "--run", args.run] + (["--keys", args.keys] if args.keys else [])
         broker_cmd = ddcl("broker", "serve", "--bind", endpoint, "--log-dir", str(out), *common)
-        group.start("broker", broker_cmd + (["--faults", args.faults] if args.faults else []))
+        broker = group.start("broker", broker_cmd + (["--faults", args.faults] if args.faults else []))
+        # the others register at start-up, with a timeout: on a loaded machine the broker's
+        # imports alone can outlast it
+        wait_port(int(endpoint.rsplit(":", 1)[1]), alive=lambda: broker.poll() is None)
         group.start("sync", ddcl("sync", "serve", "--broker", endpoint, "--seed", str(args.seed),
                                  "--beacon-every", str(args.beacon_every), "--epoch-steps", str(args.epoch_steps), *common))
         world_cmd = ddcl("world", "--broker", endpoint, "--env", args.env, "--agents", str(args.agents),

@@ -34,12 +34,15 @@ EPOCH_SEED = 1  # training uses one fixed epoch; the networked run asks the sync
 
 
 class Critic(nn.Module):
-    def __init__(self, n_inputs: int, hidden: int):
+    """Value of the joint observation: one for a team reward, one per agent where the env
+    rewards each agent (Traffic Junction: each car its own)."""
+
+    def __init__(self, n_inputs: int, hidden: int, n_values: int):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(n_inputs, hidden), nn.Tanh(), nn.Linear(hidden, 1))
+        self.net = nn.Sequential(nn.Linear(n_inputs, hidden), nn.Tanh(), nn.Linear(hidden, n_values))
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.net(obs.flatten(1)).squeeze(-1)
+        return self.net(obs.flatten(1))  # (B, n_values)
 
 
 def communicate(policies, priors, obs, states, cfg, codec, step, device, silence: bool = False):
@@ -159,7 +162,8 @@ def train(cfg: TrainConfig, out: Path | None = None, progress=True) -> dict:
     env = make(cfg.env, cfg.batch, cfg.seed, cfg.agents)
     pcfg = PolicyConfig(env.obs_dim, env.n_actions, cfg.msg_dim, cfg.hidden, cfg.delta, cfg.core, cfg.aggregate)
     policies = [p.to(device) for p in init_policies(pcfg, cfg.agents, cfg.seed, cfg.share)]
-    critic = Critic(cfg.agents * env.obs_dim, cfg.hidden).to(device)
+    per_agent = getattr(env, "reward_per_agent", False)
+    critic = Critic(cfg.agents * env.obs_dim, cfg.hidden, cfg.agents if per_agent else 1).to(device)
     priors = [FactorizedPrior(cfg.msg_dim, cfg.prior_radius).to(device) for _ in range(cfg.agents)] \
         if cfg.rate_loss == "entropy" else None
     codec = codecs.get(cfg.codec)
@@ -183,11 +187,11 @@ def train(cfg: TrainConfig, out: Path | None = None, progress=True) -> dict:
             actions = dist.sample()
             obs, reward, done, success = env.step(actions.cpu().numpy())
             states = reset_states(states, done, device)
-            logps.append(dist.log_prob(actions).sum(-1))
+            logps.append(dist.log_prob(actions))
             ents.append(dist.entropy().sum(-1))
             values.append(critic(o))
-            rewards.append(torch.from_numpy(reward).to(device))
-            dones.append(torch.from_numpy(done.astype(np.float32)).to(device))
+            rewards.append(torch.from_numpy(reward).to(device).reshape(cfg.batch, -1))  # (B, 1 or N)
+            dones.append(torch.from_numpy(done.astype(np.float32)).to(device)[:, None])
             rates.append(rate)
             episodes += int(done.sum())
             successes += int(success.sum())
@@ -203,7 +207,8 @@ def train(cfg: TrainConfig, out: Path | None = None, progress=True) -> dict:
         adv = (returns - values).detach()
         rate_mean = torch.stack(rates).mean()
         lam = cfg.lam * min(1.0, update / max(cfg.lam_warmup * cfg.updates, 1))  # learn to talk, then to be brief
-        loss = (-(torch.stack(logps) * adv).mean() + cfg.value_coef * (returns - values).pow(2).mean()
+        # each agent's log-probability weighs its own advantage (the team's, when shared)
+        loss = (-(torch.stack(logps) * adv).sum(-1).mean() + cfg.value_coef * (returns - values).pow(2).mean()
                 - cfg.entropy_coef * torch.stack(ents).mean() + lam * rate_mean)
         opt.zero_grad()
         loss.backward()

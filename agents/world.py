@@ -135,6 +135,7 @@ class World:
                 sent_at = self.send_observations(steps_done, obs, done)
             episodes += int(done.sum())
             successes += int(success.sum())
+            reward = reward.reshape(cfg.batch, -1).sum(axis=1)  # per-agent rewards: the team's
             reward_sum += float(reward.sum())
             row = json.dumps({"step": step, "latency_s": latency, "reward": float(reward.mean()),
                               "episodes_done": int(done.sum()), "successes": int(success.sum()),

@@ -85,8 +85,9 @@ def serve(endpoint: str, run_seed: int, base_seed: int, epoch_steps: int = 0, be
             bus.close()
 
 
-def fetch_epoch(peer: Peer, timeout_s: float = 10.0) -> dict:
-    """Ask the sync service for the current epochs (retrying: it may start later)."""
+def fetch_epoch(peer: Peer, timeout_s: float = 60.0) -> dict:
+    """Ask the sync service for the current epochs (retrying: it may start later, and a
+    loaded machine takes a while to import torch in every process at once)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         peer.send_to(P.SYNC_ID, P.pack({"op": "epoch"}))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -12,20 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from agents.launcher import free_port  # noqa: F401  (the tests' free ports too)
+from agents.launcher import free_port, wait_port  # noqa: F401  (the tests use the launcher's)
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def wait_port(port: int, timeout_s: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listening on port {port}")
 
 
 class Procs:

@@ -36,11 +36,12 @@ def test_a_lone_car_drives_its_route_and_leaves():
     rewards = []
     for t in range(6):
         obs, r, done, _ = env.step(np.zeros((1, 5), dtype=np.int64))
-        rewards.append(float(r[0]))
+        rewards.append(float(r[0, 2]))
+        assert r[0].sum() == r[0, 2]  # only live cars are rewarded
         assert env.alive[0, 2] and tuple(env._cells()[0, 2]) == (t + 1, MID)
     np.testing.assert_allclose(rewards, [STEP_PENALTY * w for w in range(1, 7)], rtol=1e-6)
     obs, r, _, _ = env.step(np.zeros((1, 5), dtype=np.int64))  # past the last cell: gone
-    assert not env.alive[0, 2] and r[0] == 0 and not obs[0, 2].any()
+    assert not env.alive[0, 2] and not r[0].any() and not obs[0, 2].any()
 
 
 def test_braking_holds_the_car_and_is_observed():
@@ -48,7 +49,7 @@ def test_braking_holds_the_car_and_is_observed():
     place(env, 0, path=1, loc=2)
     obs, r, _, _ = env.step(np.array([[1, 0, 0, 0, 0]]))
     assert env.loc[0, 0] == 2 and obs[0, 0, 0] == 1.0 and obs[0, 0, 1] == 1.0  # last act brake, route 1 of 0..1
-    assert r[0] == pytest.approx(STEP_PENALTY)
+    assert r[0, 0] == pytest.approx(STEP_PENALTY) and r.shape == (1, 5)
 
 
 def test_crossing_cars_collide_and_fail_the_episode():
@@ -56,7 +57,7 @@ def test_crossing_cars_collide_and_fail_the_episode():
     place(env, 0, path=0, loc=MID - 1)  # one cell above the centre
     place(env, 1, path=1, loc=MID - 1)  # one cell left of it
     _, r, _, _ = env.step(np.zeros((1, 5), dtype=np.int64))
-    assert r[0] == pytest.approx(2 * CRASH_PENALTY + 2 * STEP_PENALTY)
+    np.testing.assert_allclose(r[0, :2], CRASH_PENALTY + STEP_PENALTY)  # each car in the crash
     assert env.alive[0, :2].all()  # collisions do not remove cars
     for _ in range(env.max_steps - 1):
         _, _, done, success = env.step(np.ones((1, 5), dtype=np.int64))

@@ -3,6 +3,7 @@
 An env hosts B instances and N agent slots:
     reset() -> obs (B, N, obs_dim) float32
     step(actions (B, N) int64) -> obs, reward (B,), done (B,) bool, success (B,) bool
+(reward is (B, N) where the env sets `reward_per_agent`: each agent its own.)
 Finished instances reset themselves; `done` and `success` describe the episode that
 just ended there. `goal` is the DDCL paper's toy, `tj-*` IC3Net's Traffic Junction;
 `pz:<module>` wraps any PettingZoo ParallelEnv (pettingzoo_adapter).

@@ -112,6 +112,7 @@ def routes_of(kind: str, n: int, junction: np.ndarray) -> list[list[np.ndarray]]
 
 class TrafficJunctionEnv:
     n_actions = 2
+    reward_per_agent = True  # step's reward is (B, N): each car its own, as IC3Net trains
 
     def __init__(self, batch: int, seed: int, agents: int | None = None, level: str = "tj-easy"):
         lv = LEVELS[level]
@@ -209,8 +210,7 @@ class TrafficJunctionEnv:
         flat = cells[..., 0] * self.size + cells[..., 1]
         same = (flat[:, :, None] == flat[:, None, :]) & self.alive[:, None, :]
         crashed = self.alive & (same.sum(axis=2) > 1)
-        per_car = np.where(self.alive, STEP_PENALTY * self.wait + CRASH_PENALTY * crashed, 0.0)
-        reward = per_car.sum(axis=1).astype(np.float32)
+        reward = np.where(self.alive, STEP_PENALTY * self.wait + CRASH_PENALTY * crashed, 0.0).astype(np.float32)
         self.failed |= crashed.any(axis=1)
         self.t += 1
         done = self.t >= self.max_steps
