@@ -171,6 +171,7 @@ def train(cfg: TrainConfig, out: Path | None = None, progress=True) -> dict:
     prior_params = [q for m in priors or [] for q in m.parameters()]
     opt = torch.optim.Adam([{"params": params}, {"params": prior_params, "lr": cfg.prior_lr}], lr=cfg.lr)
     log = open(out / "train.jsonl", "w") if out else None
+    board = tensorboard_writer(out)
     obs = env.reset()
     states = start_states(policies, cfg.batch, device)
     episodes = successes = 0
@@ -227,6 +228,13 @@ def train(cfg: TrainConfig, out: Path | None = None, progress=True) -> dict:
             if log:
                 log.write(json.dumps(row) + "\n")
                 log.flush()
+                board.add_scalar("success/train", row["train_success"], row["env_steps"])
+                board.add_scalar("success/eval", row["eval_success"], row["env_steps"])
+                board.add_scalar("rate_loss_bits", row["rate_loss_bits"], row["env_steps"])
+                for k, (bits, sur) in enumerate(zip(row["bits"], row["surrogate"])):
+                    board.add_scalar(f"bits_per_message/{cfg.codec}/agent{k}", bits, row["env_steps"])
+                    board.add_scalar(f"bits_per_message/surrogate/agent{k}", sur, row["env_steps"])
+                board.flush()
             if progress:
                 print(f"[train] update {update}/{cfg.updates}  {row['env_steps'] / row['wall_s']:.0f} env steps/s  "
                       f"train success {row['train_success']:.3f}  eval success {row['eval_success']:.3f}  "
@@ -235,6 +243,7 @@ def train(cfg: TrainConfig, out: Path | None = None, progress=True) -> dict:
             episodes = successes = 0
     if log:
         log.close()
+        board.close()
     final = evaluate([p.eval() for p in policies], priors, cfg, cfg.seed + 15485863)
     silent = evaluate(policies, priors, cfg, cfg.seed + 15485863, models=[CategoricalModel(0, [1, 1])] * cfg.agents,
                       silence=True)
@@ -253,6 +262,15 @@ def train(cfg: TrainConfig, out: Path | None = None, progress=True) -> dict:
         (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def tensorboard_writer(out: Path | None):
+    """TensorBoard event files in OUT/tensorboard (`tensorboard --logdir OUT`)."""
+    if out is None:
+        return None
+    from torch.utils.tensorboard import SummaryWriter  # imports tensorboard: only when writing
+
+    return SummaryWriter(str(out / "tensorboard"))
 
 
 def goal_fit(ev: dict, codec: str) -> dict:

@@ -33,6 +33,13 @@ def test_short_goal_run_learns_to_communicate(tmp_path):
     bits = s["final"]["agents"][0]["bits_per_message"]
     assert bits["float32"] == 32 * cfg.msg_dim and 0 < bits["range"] < bits["float32"]
     assert (tmp_path / "checkpoint.pt").exists() and (tmp_path / "train.jsonl").read_text().count("\n") == 2
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    board = EventAccumulator(str(tmp_path / "tensorboard"))
+    board.Reload()
+    evals = board.Scalars("success/eval")
+    assert [e.value for e in evals] == pytest.approx([r["eval_success"] for r in s["history"]])
+    assert "bits_per_message/range/agent0" in board.Tags()["scalars"]
     env = make("goal", 1, 0)
     _, policies, ck = load_checkpoint(tmp_path / "checkpoint.pt", "goal", env.obs_dim, env.n_actions, 2)
     assert len(policies) == 2 and len(ck["codec"]["models"]) == 2
