@@ -206,6 +206,8 @@ def train(cfg: TrainConfig, out: Path | None = None, progress=True) -> dict:
         returns = torch.stack(returns[::-1])
         values = torch.stack(values)
         adv = (returns - values).detach()
+        if cfg.adv_norm:  # else the entropy bonus is nothing beside advantages of tens
+            adv = adv / (adv.std() + 1e-8)
         rate_mean = torch.stack(rates).mean()
         lam = cfg.lam * min(1.0, update / max(cfg.lam_warmup * cfg.updates, 1))  # learn to talk, then to be brief
         # each agent's log-probability weighs its own advantage (the team's, when shared)

@@ -34,6 +34,7 @@ class TrainConfig:
     gamma: float = 0.95  # discount
     entropy_coef: float = 0.01  # action-entropy bonus
     value_coef: float = 0.5  # value-loss weight
+    adv_norm: bool = False  # scale advantages to unit std per update (large rewards: Traffic Junction's -10s)
     prior_radius: int = 16  # entropy prior covers -radius..radius, escape beyond
     prior_lr: float = 1e-2  # Adam learning rate of the entropy prior's logits
     seed: int = 0  # everything random derives from this

@@ -110,3 +110,34 @@ def test_medium_and_hard_road_layouts_match_ic3net(name, kind, slots, size, obs_
     # medium, from the top: straight down, right (west) on the first junction cell, left one cell later
     if kind == "medium":
         assert [tuple(env.paths[i, env.path_len[i] - 1]) for i in range(3)] == [(13, 6), (6, 0), (7, 13)]
+
+
+def yield_and_queue(env) -> np.ndarray:
+    """A hand-written easy-level driver: the column road yields at the junction to a car
+    on (or about to enter) the row road, the row road to a car in it, and a car brakes
+    behind a braking car. What IC3Net's task asks the agents to learn."""
+    brake = np.zeros(env.alive.shape, dtype=bool)
+    before, at = (env.loc == MID - 1), (env.loc == MID)
+    row = env.alive & (env.path == 1)
+    col = env.alive & (env.path == 0)
+    brake |= col & before & (row & (before | at)).any(axis=1, keepdims=True)
+    brake |= row & before & (col & at).any(axis=1, keepdims=True)
+    for _ in range(env.size):  # queues: brake behind a braking car on the same path
+        ahead = (brake[:, None, :] & (env.path[:, None, :] == env.path[:, :, None])
+                 & (env.loc[:, None, :] == env.loc[:, :, None] + 1)).any(axis=2)
+        brake |= env.alive & ahead
+    return brake.astype(np.int64)
+
+
+def test_easy_level_is_solvable_by_yielding_and_all_gas_is_not():
+    def success(policy):
+        env = make("tj-easy", 256, 7, 5)
+        env.reset()
+        wins = episodes = 0
+        for _ in range(10 * env.max_steps):
+            _, _, done, ok = env.step(policy(env))
+            wins, episodes = wins + ok.sum(), episodes + done.sum()
+        return wins / episodes
+
+    assert success(yield_and_queue) > 0.95
+    assert success(lambda env: np.zeros(env.alive.shape, dtype=np.int64)) < 0.5  # IC3Net's crashes happen
