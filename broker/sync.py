@@ -5,8 +5,9 @@ beacon (each K world steps, broadcast through the broker) carries the reference 
 time, the current epoch and the next one, so a rotation is announced up to K steps ahead
 and agents switch at the announced step. An agent that asks (`{"op": "epoch"}`: at start,
 after a restart) gets the same information at once. The world's step reaches the service
-as the broker relays the world's STEP marks: only every gcd(K, E) steps, as the service
-asks, since waking a process every step slows the lockstep.
+as STEP messages the broker relays from the world's step boundaries: only every
+gcd(K, E) steps, as the service asks, since waking a process every step slows the
+lockstep.
 """
 
 from __future__ import annotations
