@@ -12,8 +12,13 @@ from pathlib import Path
 import pytest
 
 from agents.launcher import free_port, wait_port  # noqa: F401  (the tests use the launcher's)
+from channel import load_kernels
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# Here, not mid-test: a cold numba cache costs seconds, and peers of a test that
+# compiled while they waited would miss their heartbeats.
+load_kernels()
 
 
 class Procs:
