@@ -37,7 +37,7 @@ from . import lockstep as L
 from .clock import Clock
 from .envs import make
 from .message import MessageChannel, SyncMode
-from .policy import PolicyConfig, init_policies, load_checkpoint
+from .policy import PolicyConfig, forget, init_policies, load_checkpoint
 
 log = logging.getLogger("ddcl.agent")
 
@@ -212,8 +212,7 @@ class Agent:
         batch, n = self.config["batch"], self.config["agents"]
         self.world_step = step
         view = self.clock.view(step)
-        if self.state is not None and first.any():  # a new episode starts with empty memory
-            self.state[torch.from_numpy(first).to(self.device)] = 0
+        self.state = forget(self.state, first)  # a new episode starts with empty memory
         h, z, self.state = self.policy.speak(torch.from_numpy(np.ascontiguousarray(obs)).to(self.device), self.state)
         seed = self.epochs.seed_for(view)
         z_hat, data, nbits = self.channel.speak(z, self.index, view, seed)

@@ -11,7 +11,7 @@ from channel import codecs
 
 from .envs import make
 from .message import MessageChannel
-from .policy import PolicyConfig, init_policies
+from .policy import PolicyConfig, forget, init_policies
 from .world import WorldConfig
 
 
@@ -43,5 +43,5 @@ def run_inprocess(cfg: WorldConfig, run_seed: int, epoch_seed: int) -> list[list
             actions[:, k] = p.act(spoken[k][0], torch.from_numpy(heard)).argmax(-1).numpy()
             records[k].append({"step": step, "z_hat": spoken[k][1].numpy(), "received": received, "actions": actions[:, k].copy()})
         obs, _, done, _ = env.step(actions)
-        states = [s * torch.from_numpy(~done)[:, None] if s is not None else None for s in states]
+        states = [forget(s, done) for s in states]
     return records

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -68,6 +69,13 @@ class AgentPolicy(nn.Module):
         else:
             combined = heard.mean(1)
         return self.act_head(torch.cat([h, combined], dim=-1))
+
+
+def forget(state: torch.Tensor | None, first: np.ndarray) -> torch.Tensor | None:
+    """The memory with the rows where an episode starts zeroed (None stays None)."""
+    if state is None:
+        return None
+    return state * torch.from_numpy(~first).to(device=state.device, dtype=state.dtype)[:, None]
 
 
 def init_policies(cfg: PolicyConfig, n_agents: int, seed: int, shared: bool = False) -> list[AgentPolicy]:

@@ -27,7 +27,7 @@ from channel.rate import FactorizedPrior, rate_bits, surrogate_bits
 
 from .agent import pick_device
 from .envs import make
-from .policy import PolicyConfig, init_policies, save_checkpoint
+from .policy import PolicyConfig, forget, init_policies, save_checkpoint
 from .train_config import TrainConfig
 
 EPOCH_SEED = 1  # training uses one fixed epoch; the networked run asks the sync service
@@ -73,12 +73,6 @@ def start_states(policies, batch: int, device) -> list:
     return [p.initial_state(batch, device) for p in policies]
 
 
-def reset_states(states: list, done: np.ndarray, device) -> list:
-    """Episodes that just ended start the next one with empty memory."""
-    keep = torch.from_numpy(~done).to(device=device, dtype=torch.float32)[:, None]
-    return [s * keep if s is not None else None for s in states]
-
-
 @torch.no_grad()
 def evaluate(policies, priors, cfg: TrainConfig, seed: int, models: list[CategoricalModel] | None = None,
              silence: bool = False) -> dict:
@@ -105,7 +99,7 @@ def evaluate(policies, priors, cfg: TrainConfig, seed: int, models: list[Categor
         surrogate += sur[torch.from_numpy(active).to(device)].sum(0).cpu().numpy()
         count += int(active.sum())
         obs, _, done, succ = env.step(logits.argmax(-1).cpu().numpy())
-        states = reset_states(states, done, device)
+        states = [forget(s, done) for s in states]
         success |= active & succ
         active &= ~done
         if not active.any():
@@ -151,7 +145,7 @@ def calibrate(policies, cfg: TrainConfig, seed: int) -> list[CategoricalModel]:
             for d in range(cfg.msg_dim):
                 np.add.at(counts[k, d], idx[:, k, d], 1)
         obs, _, done, _ = env.step(logits.argmax(-1).cpu().numpy())
-        states = reset_states(states, done, device)
+        states = [forget(s, done) for s in states]
     return [CategoricalModel(-r, counts[k]) for k in range(cfg.agents)]
 
 
@@ -187,7 +181,7 @@ def train(cfg: TrainConfig, out: Path | None = None, progress=True) -> dict:
             dist = torch.distributions.Categorical(logits=logits)
             actions = dist.sample()
             obs, reward, done, success = env.step(actions.cpu().numpy())
-            states = reset_states(states, done, device)
+            states = [forget(s, done) for s in states]
             logps.append(dist.log_prob(actions))
             ents.append(dist.entropy().sum(-1))
             values.append(critic(o))
