@@ -4,9 +4,10 @@ Per step: observation from the world -> policy speaks -> quantize + encode with 
 keyed by this agent's own clock view and epoch seed -> broadcast through the broker ->
 decode every peer's message with noise regenerated here (at the step the sync mode
 gives: own view, the sender's stamp, or its low bits resolved near the own view) -> act
-on the heard z_hats (mean or attention) -> actions to the world. A peer whose message misses the wait
-(half the world's per-step deadline) counts as silent (zeros heard), so a dead peer
-slows the step but never stops it, and the live agents still answer the world in time.
+on the heard z_hats (mean or attention) -> actions to the world. A peer whose message
+misses the wait (half the world's per-step deadline) counts as silent (zeros heard), so
+a dead peer slows the step but never stops it, and the live agents still answer the
+world in time.
 
 Beacons (from the sync service only; others are counted and ignored) update the epoch
 table and correct the clock; clock faults come from the broker. With an oracle folder

@@ -285,7 +285,7 @@ def _bench_net(args) -> int:
 
 def _add_run_args(p, steps: int = 500) -> None:
     from agents.envs import ENVS
-    from agents.train_config import CODECS
+    from agents.train_config import AGGREGATES, CODECS, CORES
 
     p.add_argument("--env", default="goal", choices=sorted(ENVS), help="environment (default goal)")
     p.add_argument("--agents", type=int, default=2, help="agent processes (default 2)")
@@ -297,8 +297,8 @@ def _add_run_args(p, steps: int = 500) -> None:
     p.add_argument("--sync", default="implicit", help="implicit | stamped | checked:K (default implicit)")
     p.add_argument("--clock", default="logical", choices=["logical", "wall"], help="noise clock (default logical)")
     p.add_argument("--tick", type=float, default=0.1, help="wall clock: seconds per step (default 0.1)")
-    p.add_argument("--core", default="mlp", choices=["mlp", "gru"], help="untrained policies: mlp | gru (default mlp)")
-    p.add_argument("--aggregate", default="mean", choices=["mean", "attention"],
+    p.add_argument("--core", default="mlp", choices=CORES, help="untrained policies: mlp | gru (default mlp)")
+    p.add_argument("--aggregate", default="mean", choices=AGGREGATES,
                    help="untrained policies: how heard messages combine (default mean)")
     _add_common(p)
 

@@ -11,7 +11,7 @@ from channel import codecs
 
 from .envs import make
 from .message import MessageChannel
-from .policy import PolicyConfig, forget, init_policies
+from .policy import PolicyConfig, forget, init_policies, initial_states
 from .world import WorldConfig
 
 
@@ -25,7 +25,7 @@ def run_inprocess(cfg: WorldConfig, run_seed: int, epoch_seed: int) -> list[list
     shape = (cfg.batch, pcfg.msg_dim)
     records: list[list[dict]] = [[] for _ in range(cfg.agents)]
     obs = env.reset()
-    states = [p.initial_state(cfg.batch) for p in policies]
+    states = initial_states(policies, cfg.batch)
     for step in range(cfg.steps):
         spoken = []
         for k, p in enumerate(policies):

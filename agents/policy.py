@@ -12,8 +12,7 @@ from torch import nn
 CHECKPOINT_FORMAT = "ddcl-checkpoint/1"
 
 
-CORES = ("mlp", "gru")
-AGGREGATES = ("mean", "attention")
+from .train_config import AGGREGATES, CORES  # the choices live with the torch-free config
 
 
 @dataclass
@@ -69,6 +68,10 @@ class AgentPolicy(nn.Module):
         else:
             combined = heard.mean(1)
         return self.act_head(torch.cat([h, combined], dim=-1))
+
+
+def initial_states(policies: list[AgentPolicy], batch: int, device="cpu") -> list[torch.Tensor | None]:
+    return [p.initial_state(batch, device) for p in policies]
 
 
 def forget(state: torch.Tensor | None, first: np.ndarray) -> torch.Tensor | None:

@@ -27,7 +27,7 @@ from channel.rate import FactorizedPrior, rate_bits, surrogate_bits
 
 from .agent import pick_device
 from .envs import make
-from .policy import PolicyConfig, forget, init_policies, save_checkpoint
+from .policy import PolicyConfig, forget, init_policies, initial_states, save_checkpoint
 from .train_config import TrainConfig
 
 EPOCH_SEED = 1  # training uses one fixed epoch; the networked run asks the sync service
@@ -69,10 +69,6 @@ def communicate(policies, priors, obs, states, cfg, codec, step, device, silence
     return torch.stack(logits, 1), torch.stack(ms, 1), torch.stack(rates, 1), torch.stack(surrogates, 1), nexts
 
 
-def start_states(policies, batch: int, device) -> list:
-    return [p.initial_state(batch, device) for p in policies]
-
-
 @torch.no_grad()
 def evaluate(policies, priors, cfg: TrainConfig, seed: int, models: list[CategoricalModel] | None = None,
              silence: bool = False) -> dict:
@@ -81,7 +77,7 @@ def evaluate(policies, priors, cfg: TrainConfig, seed: int, models: list[Categor
     env = make(cfg.env, cfg.batch, seed, cfg.agents)
     codec = codecs.get(cfg.codec)
     obs = env.reset()
-    states = start_states(policies, cfg.batch, device)
+    states = initial_states(policies, cfg.batch, device)
     active = np.ones(cfg.batch, dtype=bool)
     success = np.zeros(cfg.batch, dtype=bool)
     sent: list[list[np.ndarray]] = [[] for _ in range(cfg.agents)]  # per agent: (active, D) per step
@@ -135,7 +131,7 @@ def calibrate(policies, cfg: TrainConfig, seed: int) -> list[CategoricalModel]:
     r = cfg.prior_radius
     counts = np.ones((cfg.agents, cfg.msg_dim, 2 * r + 2))  # add-one smoothing, escape last
     obs = env.reset()
-    states = start_states(policies, cfg.batch, device)
+    states = initial_states(policies, cfg.batch, device)
     for step in range(env.max_steps):
         logits, m, _, _, states = communicate(policies, None, torch.from_numpy(obs).to(device), states, cfg, codec,
                                               2 * 10**9 + step, device)
@@ -167,7 +163,7 @@ def train(cfg: TrainConfig, out: Path | None = None, progress=True) -> dict:
     log = open(out / "train.jsonl", "w") if out else None
     board = tensorboard_writer(out)
     obs = env.reset()
-    states = start_states(policies, cfg.batch, device)
+    states = initial_states(policies, cfg.batch, device)
     episodes = successes = 0
     start = time.monotonic()
     step = 0

@@ -9,8 +9,8 @@ from .envs import ENVS
 
 CODECS = ("float32", "expgolomb", "rice", "range")  # channel.codecs.NAMES (a test keeps them equal)
 RATE_LOSSES = ("surrogate", "codelength", "entropy")  # channel.rate.RATE_LOSSES
-CORES = ("mlp", "gru")  # agents.policy.CORES
-AGGREGATES = ("mean", "attention")  # agents.policy.AGGREGATES
+CORES = ("mlp", "gru")  # agents.policy's cores
+AGGREGATES = ("mean", "attention")  # agents.policy's ways to combine heard messages
 
 
 @dataclass

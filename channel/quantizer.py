@@ -55,7 +55,7 @@ def quantize(z: torch.Tensor, delta, u: torch.Tensor, check: bool = True):
     delta = torch.as_tensor(delta, dtype=z.dtype, device=z.device)
     if torch.is_grad_enabled() and z.requires_grad:
         z_hat, m = _DitheredRound.apply(z, delta, u)
-    else:  # an agent acting: same arithmetic, none of autograd's per-call bookkeeping
+    else:  # no gradient wanted (evaluation): the same arithmetic without autograd's bookkeeping
         z_hat, m = _dithered_round(z, delta, u)
     if check and m.numel():
         _check_range(float(m.abs().max()))  # NaN and inf in z reach m unchanged

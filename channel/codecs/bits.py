@@ -1,4 +1,5 @@
-"""Vectorized bit fields: the numpy building blocks every prefix codec shares.
+"""Shared codec helpers: value checks, zigzag, and the vectorized bit fields of the numpy
+codecs (Rice is a compiled kernel of its own).
 
 A bitstream is handled as a uint8 array of 0/1 values (np.unpackbits order: most
 significant bit first) and packed with np.packbits at the end.
@@ -13,8 +14,6 @@ from ..errors import CodecError
 # |m| < 2**31 on the wire, so zigzag values fit 32 bits.
 VALUE_LIMIT = 2**31 - 1
 MAX_COUNT = 1 << 20  # values in one message: bounds every allocation a decoder makes
-
-_BE = {1: ">u1", 2: ">u2", 4: ">u4", 8: ">u8"}
 
 
 def check_count(count: int) -> int:
@@ -50,29 +49,6 @@ def unzigzag(u: np.ndarray) -> np.ndarray:
     """Inverse of zigzag, as int64."""
     u = u.astype(np.int64, copy=False)
     return (u >> 1) ^ -(u & 1)
-
-
-def _byte_width(width: int) -> int:
-    return next(b for b in (1, 2, 4, 8) if 8 * b >= width)
-
-
-def fixed_to_bits(v: np.ndarray, width: int) -> np.ndarray:
-    """Each value's low `width` bits, MSB first, concatenated: n * width bits."""
-    if width == 0:
-        return np.zeros(0, dtype=np.uint8)
-    nb = _byte_width(width)
-    planes = np.unpackbits(v.astype(_BE[nb]).view(np.uint8).reshape(-1, nb), axis=1)
-    return planes[:, 8 * nb - width :].reshape(-1)
-
-
-def bits_to_fixed(bits: np.ndarray, width: int, n: int) -> np.ndarray:
-    """Inverse of fixed_to_bits: n values of `width` bits each, as uint64."""
-    if width == 0:
-        return np.zeros(n, dtype=np.uint64)
-    nb = _byte_width(width)
-    planes = np.zeros((n, 8 * nb), dtype=np.uint8)
-    planes[:, 8 * nb - width :] = bits.reshape(n, width)
-    return np.packbits(planes, axis=1).view(_BE[nb]).reshape(n).astype(np.uint64)
 
 
 def bit_length(x: np.ndarray) -> np.ndarray:
