@@ -228,7 +228,7 @@ def _train(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     s = train(cfg, out)
     f = s["final"]
-    print(f"success {f['success_rate']:.3f}; real bits per message ({cfg.codec}): "
+    print(f"success {f['success_rate']:.3f} ({f['episode_steps']:.1f} steps per episode); real bits per message ({cfg.codec}): "
           + ", ".join(f"agent {k} {a['bits_per_message'][cfg.codec]:.2f}" for k, a in enumerate(f["agents"]))
           + f"; {s['env_steps_per_s']:.0f} env steps/s on {s['device']}; wrote {out}/checkpoint.pt")
     if "goal_frequency_fit" in s:

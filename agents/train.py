@@ -80,6 +80,7 @@ def evaluate(policies, priors, cfg: TrainConfig, seed: int, models: list[Categor
     states = initial_states(policies, cfg.batch, device)
     active = np.ones(cfg.batch, dtype=bool)
     success = np.zeros(cfg.batch, dtype=bool)
+    length = np.full(cfg.batch, env.max_steps)  # steps taken: Predator-Prey's metric
     sent: list[list[np.ndarray]] = [[] for _ in range(cfg.agents)]  # per agent: (active, D) per step
     goals: list[np.ndarray] = []
     first_goal = env.goal_idx.copy() if hasattr(env, "goal_idx") else np.zeros(cfg.batch, int)
@@ -97,12 +98,14 @@ def evaluate(policies, priors, cfg: TrainConfig, seed: int, models: list[Categor
         obs, _, done, succ = env.step(logits.argmax(-1).cpu().numpy())
         states = [forget(s, done) for s in states]
         success |= active & succ
+        length[active & done] = step + 1
         active &= ~done
         if not active.any():
             break
     if models is None:
         models = [p.export() for p in priors] if priors else calibrate(policies, cfg, seed + 7919)
-    result = {"success_rate": float(success.mean()), "messages": count, "agents": [],
+    result = {"success_rate": float(success.mean()), "episode_steps": float(length.mean()), "messages": count,
+              "agents": [],
               "success_by_goal": {int(g): float(success[first_goal == g].mean()) for g in np.unique(first_goal)}}
     for k in range(cfg.agents):
         coders = {name: codecs.get(name, model=models[k]) if name == "range" else codecs.get(name)
@@ -213,7 +216,7 @@ def train(cfg: TrainConfig, out: Path | None = None, progress=True) -> dict:
                 p.train()
             row = {"update": update, "env_steps": step * cfg.batch, "wall_s": time.monotonic() - start,
                    "train_success": successes / max(episodes, 1), "rate_loss_bits": float(rate_mean.detach()),
-                   "eval_success": ev["success_rate"],
+                   "eval_success": ev["success_rate"], "eval_episode_steps": ev["episode_steps"],
                    "bits": [a["bits_per_message"][cfg.codec] for a in ev["agents"]],
                    "surrogate": [a["surrogate_bits"] for a in ev["agents"]]}
             history.append(row)

@@ -68,8 +68,8 @@ def test_vision_square_sees_road_outside_and_cars():
     env = empty()
     place(env, 0, path=0, loc=1)  # cell (1, 3)
     place(env, 1, path=0, loc=2)  # cell (2, 3), right below it
-    obs = env._obs()[0, 0, 2:].reshape(3, 3, env.vocab)
-    base = env.vocab - 3
+    obs = env._obs()[0, 0, 2:].reshape(3, 3, env.vision.vocab)
+    base = env.vision.vocab - 3
     assert obs[1, 1, base + 2] == 1 and obs[2, 1, base + 2] == 1 and obs[0, 1, base + 2] == 0
     assert obs[1, 0, base] == 1 and obs[1, 2, base] == 1  # beside the column road: outside
     assert obs[:, 1, :base + 2].sum() == 3  # the column above, here and below: road cells

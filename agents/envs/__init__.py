@@ -5,7 +5,8 @@ An env hosts B instances and N agent slots:
     step(actions (B, N) int64) -> obs, reward (B,), done (B,) bool, success (B,) bool
 (reward is (B, N) where the env sets `reward_per_agent`: each agent its own.)
 Finished instances reset themselves; `done` and `success` describe the episode that
-just ended there. `goal` is the DDCL paper's toy, `tj-*` IC3Net's Traffic Junction;
+just ended there. `goal` is the DDCL paper's toy, `tj-*` IC3Net's Traffic Junction,
+`pp-*` its Predator-Prey;
 `pz:<module>` wraps any PettingZoo ParallelEnv (pettingzoo_adapter).
 """
 
@@ -13,10 +14,14 @@ from __future__ import annotations
 
 from functools import partial
 
+from . import predator_prey, traffic_junction
 from .goal import GoalEnv
-from .traffic_junction import LEVELS, TrafficJunctionEnv
 
-ENVS = {"goal": GoalEnv, **{name: partial(TrafficJunctionEnv, level=name) for name in LEVELS}}
+ENVS = {
+    "goal": GoalEnv,
+    **{name: partial(traffic_junction.TrafficJunctionEnv, level=name) for name in traffic_junction.LEVELS},
+    **{name: partial(predator_prey.PredatorPreyEnv, level=name) for name in predator_prey.LEVELS},
+}
 
 
 def make(name: str, batch: int, seed: int, agents: int = 2):

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .grid import VisionGrid
+
 GAS, BRAKE = 0, 1
 STEP_PENALTY = -0.01
 CRASH_PENALTY = -10.0
@@ -140,20 +142,9 @@ class TrafficJunctionEnv:
         for i, p in enumerate(paths):
             self.paths[i, : len(p)] = p
         base = BASE_PER_DIM[lv.kind] * lv.dim
-        self.vocab = base + 3
         self.car_channel = base + 2
-        v = lv.vision
-        self.window = 2 * v + 1
-        self.obs_dim = 2 + self.window**2 * self.vocab
-        # each cell's vision square without cars, from the padded one-hot grid
-        cls = np.where(grid >= 0, grid, base)
-        padded = np.pad(cls, v, constant_values=base)
-        onehot = np.zeros(padded.shape + (self.vocab,), dtype=np.float32)
-        np.put_along_axis(onehot, padded[..., None], 1.0, axis=-1)
-        win = np.lib.stride_tricks.sliding_window_view(onehot, (self.window, self.window), axis=(0, 1))
-        self.static_view = np.ascontiguousarray(win.transpose(0, 1, 3, 4, 2)).reshape(size * size, -1)
-        dy, dx = np.meshgrid(np.arange(self.window), np.arange(self.window), indexing="ij")
-        self.offsets = (dy * (size + 2 * v) + dx).reshape(-1)  # window cells in the padded grid
+        self.vision = VisionGrid(np.where(grid >= 0, grid, base), vocab=base + 3, vision=lv.vision, outside=base)
+        self.obs_dim = 2 + self.vision.obs_dim
         shape = (batch, self.n_agents)
         self.alive = np.zeros(shape, dtype=bool)
         self.path = np.zeros(shape, dtype=np.int64)
@@ -220,17 +211,8 @@ class TrafficJunctionEnv:
         return self._obs(), reward, done, success
 
     def _obs(self) -> np.ndarray:
-        v, size = self.level.vision, self.size
         cells = self._cells()
-        side = size + 2 * v  # the padded grid
-        counts = np.zeros((self.batch, side * side), dtype=np.float32)
-        centre = (cells[..., 0] + v) * side + cells[..., 1] + v
-        np.add.at(counts, (np.arange(self.batch)[:, None], centre), 1.0)  # free slots too, at (0, 0)
-        view = self.static_view[cells[..., 0] * size + cells[..., 1]].reshape(
-            self.batch, self.n_agents, self.window**2, self.vocab)
-        corner = (cells[..., 0] * side + cells[..., 1])[..., None]  # the window's top-left, padded
-        view[..., self.car_channel] += counts[np.arange(self.batch)[:, None, None], corner + self.offsets]
+        view = self.vision.view(cells, [(self.car_channel, cells)])  # free slots count too, at (0, 0)
         obs = np.concatenate([self.last_act[..., None].astype(np.float32) / (self.n_actions - 1),
-                              self.path[..., None].astype(np.float32) / max(self.npath - 1, 1),
-                              view.reshape(self.batch, self.n_agents, -1)], axis=2)
+                              self.path[..., None].astype(np.float32) / max(self.npath - 1, 1), view], axis=2)
         return np.where(self.alive[..., None], obs, 0.0).astype(np.float32)

@@ -1,0 +1,95 @@
+"""Predator-Prey (IC3Net, `mixed` mode), vectorized over B instances; REFERENCE.md section 3.
+
+N predators and one stationary prey on a dim x dim grid, all on distinct random cells.
+Actions: 0 up, 1 right, 2 down, 3 left, 4 stay; a move off the grid stays put. A
+predator that reaches the prey stays on it. Reward per predator per step: -0.05, or 0
+while on the prey. The episode ends when every predator is on the prey (success) or
+after max_steps (failure).
+
+Observation per predator, IC3Net's vocabulary of BASE + 4 channels (BASE = dim^2): the
+(2v+1)^2 vision square, each cell one-hot over its location id (0..BASE-1) or outside
+(BASE + 1), plus the prey count (BASE + 2) and the predator count (BASE + 3). Channel
+BASE is never set, as in IC3Net. With vision 0 a predator sees only its own cell: where
+it is, and whether the prey is there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .grid import VisionGrid
+
+STEP_PENALTY = -0.05
+MOVES = np.array([(-1, 0), (0, 1), (1, 0), (0, -1), (0, 0)], dtype=np.int64)  # up right down left stay
+
+
+@dataclass(frozen=True)
+class Level:
+    dim: int  # grid side
+    predators: int  # agent slots
+    max_steps: int
+    vision: int
+
+
+LEVELS = {
+    "pp-easy": Level(dim=5, predators=3, max_steps=20, vision=0),
+    "pp-medium": Level(dim=10, predators=5, max_steps=40, vision=1),
+    "pp-hard": Level(dim=20, predators=10, max_steps=80, vision=1),
+}
+
+
+class PredatorPreyEnv:
+    n_actions = 5
+    reward_per_agent = True  # step's reward is (B, N), as IC3Net trains
+
+    def __init__(self, batch: int, seed: int, agents: int | None = None, level: str = "pp-easy"):
+        lv = LEVELS[level]
+        if agents not in (None, lv.predators):
+            raise ValueError(f"{level} has {lv.predators} predators; run it with {lv.predators} agents, not {agents}")
+        self.level, self.batch, self.n_agents = lv, batch, lv.predators
+        self.max_steps = lv.max_steps
+        self.rng = np.random.default_rng(seed)
+        base = lv.dim * lv.dim
+        self.prey_channel, self.predator_channel = base + 2, base + 3
+        cells = np.arange(base).reshape(lv.dim, lv.dim)
+        self.vision = VisionGrid(cells, vocab=base + 4, vision=lv.vision, outside=base + 1)
+        self.obs_dim = self.vision.obs_dim
+        self.pred = np.zeros((batch, self.n_agents, 2), dtype=np.int64)
+        self.prey = np.zeros((batch, 2), dtype=np.int64)
+        self.reached = np.zeros((batch, self.n_agents), dtype=bool)
+        self.t = np.zeros(batch, dtype=np.int64)
+
+    def _reset(self, mask: np.ndarray) -> None:
+        n = int(mask.sum())
+        if not n:
+            return
+        dim = self.level.dim
+        # distinct cells: the first N + 1 of a random permutation per instance
+        cells = np.argsort(self.rng.random((n, dim * dim)), axis=1)[:, : self.n_agents + 1]
+        where = np.stack([cells // dim, cells % dim], axis=-1)
+        self.pred[mask] = where[:, :-1]
+        self.prey[mask] = where[:, -1]
+        self.reached[mask] = False
+        self.t[mask] = 0
+
+    def reset(self) -> np.ndarray:
+        self._reset(np.ones(self.batch, dtype=bool))
+        return self._obs()
+
+    def step(self, actions: np.ndarray):
+        move = MOVES[np.asarray(actions)] * ~self.reached[..., None]
+        self.pred = np.clip(self.pred + move, 0, self.level.dim - 1)
+        on_prey = np.all(self.pred == self.prey[:, None, :], axis=-1)
+        self.reached |= on_prey
+        reward = np.where(on_prey, 0.0, STEP_PENALTY).astype(np.float32)
+        self.t += 1
+        success = self.reached.all(axis=1)
+        done = success | (self.t >= self.max_steps)
+        self._reset(done)
+        return self._obs(), reward, done, success
+
+    def _obs(self) -> np.ndarray:
+        return self.vision.view(self.pred, [(self.prey_channel, self.prey[:, None, :]),
+                                            (self.predator_channel, self.pred)])
