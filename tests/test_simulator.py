@@ -43,30 +43,33 @@ def test_ddcl_up_writes_summary_and_metrics(tmp_path):
     assert s["success_rate"] is None or 0 <= s["success_rate"] <= 1
 
 
-@pytest.mark.parametrize("core,aggregate", [("mlp", "mean"), ("gru", "attention")])
-def test_networked_run_matches_in_process_run_bit_for_bit(procs, tmp_path, core, aggregate):
-    cfg = WorldConfig(steps=25, batch=3, codec="rice", seed=4, core=core, aggregate=aggregate)
+@pytest.mark.parametrize("env,n,core,aggregate", [("goal", 2, "mlp", "mean"), ("goal", 2, "gru", "attention"),
+                                                   ("pp-easy", 3, "mlp", "mean")])
+def test_networked_run_matches_in_process_run_bit_for_bit(procs, tmp_path, env, n, core, aggregate):
+    cfg = WorldConfig(env=env, agents=n, steps=25, batch=3, codec="rice", seed=4, core=core, aggregate=aggregate)
     ep = procs.broker()
     procs.start("sync", "sync", "serve", "--broker", ep, "--seed", "4", "--epoch-seed", "9")
-    for k in range(2):
+    for k in range(n):
         procs.start(f"agent-{k}", "agent", "--broker", ep, "--id", f"agent-{k}", "--device", "cpu",
                     "--record", str(tmp_path / f"rec{k}.pkl"))
-    world = procs.start("world", "world", "--broker", ep, "--steps", "25", "--batch", "3", "--codec", "rice",
-                        "--seed", "4", "--core", core, "--aggregate", aggregate, "--out", str(tmp_path / "run"))
+    world = procs.start("world", "world", "--broker", ep, "--env", env, "--agents", str(n), "--steps", "25",
+                        "--batch", "3", "--codec", "rice", "--seed", "4", "--core", core, "--aggregate", aggregate,
+                        "--out", str(tmp_path / "run"))
     assert world.wait(120) == 0, procs.log("world")
-    for k in range(2):
+    for k in range(n):
         assert procs.procs[f"agent-{k}"].wait(30) == 0, procs.log(f"agent-{k}")
     torch.set_num_threads(1)
     expected = run_inprocess(cfg, run_seed=4, epoch_seed=9)
-    for k in range(2):
+    for k in range(n):
         got = pickle.loads((tmp_path / f"rec{k}.pkl").read_bytes())
         assert len(got) == len(expected[k]) == 25
         for g, e in zip(got, expected[k]):
             assert g["step"] == e["step"]
             np.testing.assert_array_equal(g["z_hat"], e["z_hat"])
             np.testing.assert_array_equal(g["actions"], e["actions"])
-            assert g["received"].keys() == e["received"].keys() == {1 - k}
-            np.testing.assert_array_equal(g["received"][1 - k], e["received"][1 - k])
+            assert g["received"].keys() == e["received"].keys() == set(range(n)) - {k}
+            for j in g["received"]:
+                np.testing.assert_array_equal(g["received"][j], e["received"][j])
     # And the receiver's reconstruction is the sender's z_hat, bit for bit.
     a0 = pickle.loads((tmp_path / "rec0.pkl").read_bytes())
     a1 = pickle.loads((tmp_path / "rec1.pkl").read_bytes())
