@@ -226,7 +226,13 @@ def _train(args) -> int:
         return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    s = train(cfg, out)
+    from agents.policy import CheckpointError
+
+    try:
+        s = train(cfg, out)
+    except CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     f = s["final"]
     print(f"success {f['success_rate']:.3f} ({f['episode_steps']:.1f} steps per episode); real bits per message ({cfg.codec}): "
           + ", ".join(f"agent {k} {a['bits_per_message'][cfg.codec]:.2f}" for k, a in enumerate(f["agents"]))

@@ -27,7 +27,8 @@ from channel.rate import FactorizedPrior, rate_bits, surrogate_bits
 
 from .agent import pick_device
 from .envs import make
-from .policy import PolicyConfig, forget, init_policies, initial_states, save_checkpoint
+from .policy import (CheckpointError, PolicyConfig, forget, init_policies, initial_states, load_checkpoint,
+                     save_checkpoint)
 from .train_config import TrainConfig
 
 EPOCH_SEED = 1  # training uses one fixed epoch; the networked run asks the sync service
@@ -148,14 +149,24 @@ def calibrate(policies, cfg: TrainConfig, seed: int) -> list[CategoricalModel]:
     return [CategoricalModel(-r, counts[k]) for k in range(cfg.agents)]
 
 
+def starting_policies(cfg: TrainConfig, pcfg: PolicyConfig) -> list:
+    """The policies of checkpoint cfg.init, which must have this run's shape."""
+    saved, policies, _ = load_checkpoint(cfg.init, cfg.env, pcfg.obs_dim, pcfg.n_actions, cfg.agents)
+    differ = [f"{k}={v} (this run: {getattr(pcfg, k)})" for k, v in asdict(saved).items() if getattr(pcfg, k) != v]
+    if differ:
+        raise CheckpointError(f"checkpoint {cfg.init} has {', '.join(differ)}; pass the same options to continue it")
+    return [policies[0]] * cfg.agents if cfg.share else policies
+
+
 def train(cfg: TrainConfig, out: Path | None = None, progress=True) -> dict:
     cfg.validate()
     torch.manual_seed(cfg.seed)
     device = pick_device(cfg.device)
     env = make(cfg.env, cfg.batch, cfg.seed, cfg.agents)
     pcfg = PolicyConfig(env.obs_dim, env.n_actions, cfg.msg_dim, cfg.hidden, cfg.delta, cfg.core, cfg.aggregate)
-    policies = [p.to(device) for p in init_policies(pcfg, cfg.agents, cfg.seed, cfg.share)]
-    per_agent = getattr(env, "reward_per_agent", False)
+    policies = [p.to(device) for p in (starting_policies(cfg, pcfg) if cfg.init else
+                                       init_policies(pcfg, cfg.agents, cfg.seed, cfg.share))]
+    per_agent = getattr(env, "reward_per_agent", False) and not cfg.team_reward
     critic = Critic(cfg.agents * env.obs_dim, cfg.hidden, cfg.agents if per_agent else 1).to(device)
     priors = [FactorizedPrior(cfg.msg_dim, cfg.prior_radius).to(device) for _ in range(cfg.agents)] \
         if cfg.rate_loss == "entropy" else None
@@ -184,6 +195,8 @@ def train(cfg: TrainConfig, out: Path | None = None, progress=True) -> dict:
             logps.append(dist.log_prob(actions))
             ents.append(dist.entropy().sum(-1))
             values.append(critic(o))
+            if reward.ndim == 2 and not per_agent:
+                reward = reward.sum(axis=1)
             rewards.append(torch.from_numpy(reward).to(device).reshape(cfg.batch, -1))  # (B, 1 or N)
             dones.append(torch.from_numpy(done.astype(np.float32)).to(device)[:, None])
             rates.append(rate)

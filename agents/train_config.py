@@ -34,9 +34,11 @@ class TrainConfig:
     gamma: float = 0.95  # discount
     entropy_coef: float = 0.01  # action-entropy bonus
     value_coef: float = 0.5  # value-loss weight
+    team_reward: bool = False  # sum per-agent rewards into one team reward: one game, not N selfish ones
     adv_norm: bool = False  # scale advantages to unit std per update (large rewards: Traffic Junction's -10s)
     prior_radius: int = 16  # entropy prior covers -radius..radius, escape beyond
     prior_lr: float = 1e-2  # Adam learning rate of the entropy prior's logits
+    init: str = ""  # checkpoint (same env and shape) whose policies this run starts from; critic and prior start anew
     seed: int = 0  # everything random derives from this
     eval_every: int = 250  # updates between evaluations
     device: str = "auto"  # auto | cpu | cuda

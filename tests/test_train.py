@@ -135,3 +135,29 @@ def test_train_cli_rejects_bad_core_and_takes_share_flag(tmp_path):
     assert r.returncode == 2 and "mlp, gru" in r.stderr
     r = subprocess.run([sys.executable, "-m", "agents.cli", "train", "--help"], capture_output=True, text=True, timeout=120)
     assert "--share, --no-share" in r.stdout
+
+
+def test_traffic_junction_team_learns_to_yield():
+    """100 updates take tj-easy from the all-gas rate (about 27 %) well past it."""
+    cfg = TrainConfig(env="tj-easy", agents=5, share=True, team_reward=True, adv_norm=True, lam=0.001, batch=256,
+                      rollout=20, updates=100, eval_every=100, gamma=0.99, lr=0.003, entropy_coef=0.05)
+    s = train(cfg, None, progress=False)
+    assert s["final"]["success_rate"] > 0.6, s["final"]["success_rate"]
+
+
+def test_init_continues_from_a_checkpoint_and_refuses_another_shape(tmp_path):
+    first = TrainConfig(updates=4, eval_every=4, batch=8, rollout=5, share=True, seed=1)
+    (tmp_path / "a").mkdir()
+    train(first, tmp_path / "a", progress=False)
+    saved = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)["state_dicts"][0]
+    # a learning rate too small to move the weights: the run ends where the checkpoint starts it
+    again = TrainConfig(updates=1, eval_every=1, batch=8, rollout=5, share=True, seed=2, lr=1e-12,
+                        init=str(tmp_path / "a" / "checkpoint.pt"))
+    (tmp_path / "b").mkdir()
+    train(again, tmp_path / "b", progress=False)
+    ended = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["state_dicts"]
+    assert all(torch.allclose(ended[k][name], saved[name], atol=1e-6) for k in (0, 1) for name in saved)
+    fresh = policy.init_policies(PolicyConfig(16, 5), 2, seed=2)[0].state_dict()
+    assert not torch.allclose(fresh["msg_head.weight"], saved["msg_head.weight"])
+    with pytest.raises(CheckpointError, match="msg_dim=4 \\(this run: 2\\)"):
+        train(TrainConfig(updates=1, batch=8, msg_dim=2, init=again.init), None, progress=False)
