@@ -4,7 +4,9 @@ the listener's policy gradient flows through z_hat into the speaker (DIAL/DDCL s
 
 Loss = policy + value_coef * value - entropy_coef * entropy + lam * rate bits per message.
 Evaluation runs greedy episodes and encodes the messages for real with every codec:
-bits per message are bytes on the wire, the surrogate is reported beside them.
+bits per message are bytes on the wire, the surrogate is reported beside them. The final
+range model (saved in the checkpoint, used by both ends) is refit to the trained policy's
+message frequencies.
 Reads top to bottom: config, setup, rollout, update, evaluation, checkpoint.
 """
 
@@ -31,6 +33,7 @@ from .policy import (CheckpointError, PolicyConfig, forget, init_policies, initi
                      save_checkpoint)
 from .train_config import TrainConfig
 
+CALIBRATION_PSEUDO_COUNT = 0.01  # per symbol, added to the counted frequencies
 EPOCH_SEED = 1  # training uses one fixed epoch; the networked run asks the sync service
 
 
@@ -126,18 +129,20 @@ def evaluate(policies, priors, cfg: TrainConfig, seed: int, models: list[Categor
 
 
 @torch.no_grad()
-def calibrate(policies, cfg: TrainConfig, seed: int) -> list[CategoricalModel]:
-    """For runs without a learned prior: per-agent, per-dimension value frequencies from a
-    calibration rollout (its own seed), as the range codec's shared model."""
+def calibrate(policies, cfg: TrainConfig, seed: int, priors=None) -> list[CategoricalModel]:
+    """The range codec's shared model, fit to the policies as they are: per-agent,
+    per-dimension value frequencies from a calibration rollout (its own seed). A learned
+    prior lags the policy it trains beside; the final model is refit this way."""
     device = next(policies[0].parameters()).device
     env = make(cfg.env, cfg.batch, seed, cfg.agents)
     codec = codecs.get(cfg.codec)
     r = cfg.prior_radius
-    counts = np.ones((cfg.agents, cfg.msg_dim, 2 * r + 2))  # add-one smoothing, escape last
+    # a small pseudo-count keeps every symbol codable without taxing each of many quiet dimensions
+    counts = np.full((cfg.agents, cfg.msg_dim, 2 * r + 2), CALIBRATION_PSEUDO_COUNT)  # escape last
     obs = env.reset()
     states = initial_states(policies, cfg.batch, device)
     for step in range(env.max_steps):
-        logits, m, _, _, states = communicate(policies, None, torch.from_numpy(obs).to(device), states, cfg, codec,
+        logits, m, _, _, states = communicate(policies, priors, torch.from_numpy(obs).to(device), states, cfg, codec,
                                               2 * 10**9 + step, device)
         m = m.cpu().numpy().astype(np.int64)
         idx = np.where(np.abs(m) <= r, m + r, 2 * r + 1)
@@ -252,7 +257,8 @@ def train(cfg: TrainConfig, out: Path | None = None, progress=True) -> dict:
     if log:
         log.close()
         board.close()
-    final = evaluate([p.eval() for p in policies], priors, cfg, cfg.seed + 15485863)
+    models = calibrate([p.eval() for p in policies], cfg, cfg.seed + 7919, priors)
+    final = evaluate(policies, priors, cfg, cfg.seed + 15485863, models=models)
     silent = evaluate(policies, priors, cfg, cfg.seed + 15485863, models=[CategoricalModel(0, [1, 1])] * cfg.agents,
                       silence=True)
     summary = {"config": asdict(cfg), "final": final, "history": history,
