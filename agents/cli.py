@@ -278,7 +278,7 @@ def _bench_fuzz(args) -> int:
 def _bench_train(args) -> int:
     from bench import train_bench
 
-    print(train_bench.run(args.updates, args.batch, args.lam, args.seed, args.device))
+    print(train_bench.run(args.updates, args.batch, args.lam, args.msg_dim, args.seed, args.device))
     return 0
 
 
@@ -462,9 +462,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     b.set_defaults(func=_bench_fuzz)
     b = bsub.add_parser("train", help="goal toy: one training per rate loss, real bits of every codec")
-    b.add_argument("--updates", type=int, default=2500, help="updates per run (default 2500)")
+    b.add_argument("--updates", type=int, default=4000, help="updates per run (default 4000)")
     b.add_argument("--batch", type=int, default=512, help="env instances (default 512)")
-    b.add_argument("--lam", type=float, default=0.02, help="rate weight (default 0.02)")
+    b.add_argument("--lam", type=float, default=0.015, help="rate weight (default 0.015)")
+    b.add_argument("--msg-dim", type=int, default=1, help="message dimensions (default 1)")
     b.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     b.add_argument("--device", default="auto", help="torch device (default auto)")
     b.set_defaults(func=_bench_train)

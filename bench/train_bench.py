@@ -17,11 +17,11 @@ from .common import table
 CODELENGTH_CODEC = "rice"
 
 
-def run(updates: int, batch: int, lam: float, seed: int = 0, device: str = "auto") -> str:
+def run(updates: int, batch: int, lam: float, msg_dim: int = 1, seed: int = 0, device: str = "auto") -> str:
     rows = []
     for loss in RATE_LOSSES:
         cfg = TrainConfig(rate_loss=loss, codec=CODELENGTH_CODEC if loss == "codelength" else "range",
-                          updates=updates, batch=batch, lam=lam, lam_warmup=0.5, entropy_coef=0.05,
+                          updates=updates, batch=batch, lam=lam, msg_dim=msg_dim, lam_warmup=0.5, entropy_coef=0.05,
                           eval_every=updates, seed=seed, device=device)
         s = train(cfg, progress=False)
         f, fit = s["final"], s["goal_frequency_fit"]
@@ -31,6 +31,6 @@ def run(updates: int, batch: int, lam: float, seed: int = 0, device: str = "auto
                      fit["pearson_r_log"], s["wall_s"], f"{s['env_steps_per_s']:.0f}"])
     head = (f"goal, {updates} updates x B={batch} x rollout 10, lam={lam}, seed {seed}; "
             f"device {s['device']}, torch {torch.__version__}, {platform.machine()}\n"
-            "speaker's real bits per message (4 values), greedy evaluation on fresh episodes\n")
+            f"speaker's real bits per message ({msg_dim} values), greedy evaluation on fresh episodes\n")
     return head + table(["rate loss", "success", "no-comm", "float32", "expgolomb", "rice", "range", "surrogate",
                          "r(p,bits)", "r(log p,bits)", "wall s", "env steps/s"], rows)
