@@ -195,7 +195,8 @@ class Agent:
                 self.peer.send_to(P.WORLD_ID, P.pack({"op": L.AGENT_STATS, "agent": self.index, "messages": s.messages,
                                                       "payload_bits": s.payload_bits, "silent_peers": s.silent_peers,
                                                       "bad_frames": s.bad_frames, "bad_beacons": s.bad_beacons,
-                                                      "beacons": s.beacons}))
+                                                      "beacons": s.beacons, "msg_dim": self.pcfg.msg_dim,
+                                                      "delta": self.pcfg.delta}))
                 return False
             return True
         if self.config is None:

@@ -117,8 +117,7 @@ def add_desync(out: Path, summary: dict, run_seed: int) -> dict:
     """Fold the oracle's desync figures into the summary (agents have exited by now)."""
     from .desync import analyze
 
-    cfg = summary["config"]
-    summary["desync"] = analyze(out, cfg["delta"], run_seed, cfg["batch"] * summary["values_per_message"])
+    summary["desync"] = analyze(out, summary["delta"], run_seed, summary["batch"] * summary["values_per_message"])
     return summary
 
 

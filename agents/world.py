@@ -210,6 +210,9 @@ class World:
     def summary(self, b: dict, steps: int, elapsed: float, episodes: int, successes: int, reward_sum: float) -> dict:
         cfg = self.cfg
         frames = sum(s["messages"] for s in self.agent_stats.values())
+        # a checkpoint's shape wins over the world's defaults for untrained policies
+        shapes = {(s.get("msg_dim"), s.get("delta")) for s in self.agent_stats.values()}
+        msg_dim, delta = shapes.pop() if len(shapes) == 1 else (cfg.msg_dim, cfg.delta)
         bits = sum(s["payload_bits"] for s in self.agent_stats.values())
         return {
             "env": cfg.env, "agents": cfg.agents, "batch": cfg.batch, "steps": steps, "codec": cfg.codec,
@@ -218,7 +221,8 @@ class World:
             # one frame carries an agent's messages for all B instances
             "bits_per_message": bits / (frames * cfg.batch) if frames else None,
             "bits_per_frame": bits / frames if frames else None,
-            "values_per_message": cfg.msg_dim,
+            "values_per_message": msg_dim,
+            "delta": delta,
             "messages": b["messages"],
             "success_rate": successes / episodes if episodes else None,
             "episodes": episodes,

@@ -105,6 +105,8 @@ async def test_compose_services_run_end_to_end_as_local_processes(compose, procs
     assert summary["steps"] == 150 and summary["codec"] == "range"
     assert summary["messages"]["delivered"] == 2 * 150
     assert summary["success_rate"] > 0.9  # the shipped trained checkpoint
+    shipped = json.loads((ROOT / "deploy" / "checkpoint" / "goal.config.json").read_text())
+    assert (summary["values_per_message"], summary["delta"]) == (shipped["msg_dim"], shipped["delta"])
     assert {"ddcl/compose/metrics", "ddcl/compose/epoch", "ddcl/compose/status/world"} <= topics
 
 
