@@ -225,6 +225,9 @@ def _train(args) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        print(f"error: --out {out} is a file, not a folder", file=sys.stderr)
+        return 2
     out.mkdir(parents=True, exist_ok=True)
     from agents.policy import CheckpointError
 

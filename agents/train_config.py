@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .envs import ENVS
+from .envs import ENVS, make
 
 CODECS = ("float32", "expgolomb", "rice", "range")  # channel.codecs.NAMES (a test keeps them equal)
 RATE_LOSSES = ("surrogate", "codelength", "entropy")  # channel.rate.RATE_LOSSES
@@ -57,3 +57,5 @@ class TrainConfig:
             raise ValueError(f"core must be one of {', '.join(CORES)}; aggregate one of {', '.join(AGGREGATES)}")
         if self.lam < 0 or not 0 < self.gamma <= 1 or not 0 <= self.lam_warmup <= 1:
             raise ValueError("lam must be >= 0, gamma in (0, 1] and lam_warmup in [0, 1]")
+        if self.env in ENVS:
+            make(self.env, 1, 0, self.agents)  # an env with a fixed slot count refuses another

@@ -57,10 +57,18 @@ def test_short_goal_run_learns_to_communicate(tmp_path):
     ("rate_loss", "vibes", "surrogate, codelength, entropy"),
     ("lr", -1.0, "lr must be positive"),
     ("gamma", 1.5, "gamma"),
+    ("env", "pp-easy", "pp-easy has 3 predators; run it with 3 agents, not 2"),
 ])
 def test_bad_hyperparameters_are_clear_errors(field, value, message):
     with pytest.raises(ValueError, match=message):
         TrainConfig(**{field: value}).validate()
+
+
+def test_train_cli_says_what_is_wrong_with_out(tmp_path):
+    (tmp_path / "file").write_text("")
+    r = subprocess.run([sys.executable, "-m", "agents.cli", "train", "--out", str(tmp_path / "file")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "is a file, not a folder" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_checkpoints_for_another_env_or_shape_are_refused(tmp_path):
