@@ -134,7 +134,8 @@ def render_summary(s: dict) -> str:
         "Agent-message bytes per step (on the wire, ZMTP framing included)",
         table(["direction", "payload", "header", "framing", "total", "as float32"], rows),
         "",
-        f"bits per message (real): {s['bits_per_message']:.2f} for {s['values_per_message']} values"
+        f"bits per message (real): {s['bits_per_message']:.2f} for {s['values_per_message']} "
+        f"value{'s' if s['values_per_message'] != 1 else ''}"
         if s["bits_per_message"] is not None else "bits per message: n/a",
         f"float32 / {s['codec']} bytes: {ratio:.2f}x",
         f"messages: sent {m['sent']}, delivered {m['delivered']}, dropped {m['dropped']}, rejected {m['rejected']}",
