@@ -83,3 +83,19 @@ def mosquitto(tmp_path):
     finally:
         p.terminate()
         p.wait(5)
+
+
+@pytest.fixture
+def scripted_success():
+    """Success rate of a hand-written policy (env -> actions) over `episodes` episode lengths
+    of a batched env."""
+
+    def run(env, policy, episodes: int) -> float:
+        env.reset()
+        wins = done_count = 0
+        for _ in range(episodes * env.max_steps):
+            _, _, done, ok = env.step(policy(env))
+            wins, done_count = wins + ok.sum(), done_count + done.sum()
+        return wins / done_count
+
+    return run

@@ -94,23 +94,13 @@ def test_easy_predators_see_only_their_cell():
     assert obs[1, 25 + 2] == 0 and obs[1].sum() == 2  # elsewhere: its cell and itself
 
 
-def success_of(policy, name="pp-easy", batch=512):
-    env = make_pp(name, batch, 3)
-    env.reset()
-    wins = episodes = 0
-    for _ in range(5 * env.max_steps):
-        _, _, done, ok = env.step(policy(env))
-        wins, episodes = wins + ok.sum(), episodes + done.sum()
-    return wins / episodes
-
-
 def towards_prey(env):
     d = env.prey[:, None, :] - env.pred
     return np.select([d[..., 0] < 0, d[..., 1] > 0, d[..., 0] > 0, d[..., 1] < 0], [UP, RIGHT, DOWN, LEFT], STAY)
 
 
-def test_knowing_where_the_prey_is_solves_easy_and_wandering_does_not():
+def test_knowing_where_the_prey_is_solves_easy_and_wandering_does_not(scripted_success):
     # what communication can buy: one predator that finds the prey could tell the others
-    assert success_of(towards_prey) > 0.99
+    assert scripted_success(make_pp("pp-easy", 512, 3), towards_prey, 5) > 0.99
     rng = np.random.default_rng(0)
-    assert success_of(lambda env: rng.integers(0, 5, env.pred.shape[:2])) < 0.3
+    assert scripted_success(make_pp("pp-easy", 512, 3), lambda env: rng.integers(0, 5, env.pred.shape[:2]), 5) < 0.3
