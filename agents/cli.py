@@ -214,6 +214,7 @@ def _bus_sub(args) -> int:
 def _train(args) -> int:
     from pathlib import Path
 
+    from agents.policy import CheckpointError
     from agents.train import train
     from agents.train_config import TrainConfig
 
@@ -229,15 +230,14 @@ def _train(args) -> int:
         print(f"error: --out {out} is a file, not a folder", file=sys.stderr)
         return 2
     out.mkdir(parents=True, exist_ok=True)
-    from agents.policy import CheckpointError
-
     try:
         s = train(cfg, out)
     except CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     f = s["final"]
-    print(f"success {f['success_rate']:.3f} ({f['episode_steps']:.1f} steps per episode); real bits per message ({cfg.codec}): "
+    print(f"success {f['success_rate']:.3f} ({f['episode_steps']:.1f} steps per episode); "
+          f"real bits per message ({cfg.codec}): "
           + ", ".join(f"agent {k} {a['bits_per_message'][cfg.codec]:.2f}" for k, a in enumerate(f["agents"]))
           + f"; {s['env_steps_per_s']:.0f} env steps/s on {s['device']}; wrote {out}/checkpoint.pt")
     if "goal_frequency_fit" in s:

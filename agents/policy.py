@@ -9,10 +9,9 @@ import numpy as np
 import torch
 from torch import nn
 
-CHECKPOINT_FORMAT = "ddcl-checkpoint/1"
-
-
 from .train_config import AGGREGATES, CORES  # the choices live with the torch-free config
+
+CHECKPOINT_FORMAT = "ddcl-checkpoint/1"
 
 
 @dataclass

@@ -12,14 +12,15 @@ import numpy as np
 
 
 class VisionGrid:
-    def __init__(self, classes: np.ndarray, vocab: int, vision: int, outside: int):
-        """classes: (size, size) ints, each cell's class below `vocab`; `outside` pads the border."""
+    def __init__(self, classes: np.ndarray, vocab: int, radius: int, outside: int):
+        """classes: (size, size) ints, each cell's class below `vocab`; `outside` pads the
+        border; the window reaches `radius` cells (IC3Net's vision) each way."""
         self.size = classes.shape[0]
         self.vocab = vocab
-        self.window = 2 * vision + 1
-        self.vision = vision
-        self.side = self.size + 2 * vision  # the padded grid
-        padded = np.pad(classes, vision, constant_values=outside)
+        self.window = 2 * radius + 1
+        self.radius = radius
+        self.side = self.size + 2 * radius  # the padded grid
+        padded = np.pad(classes, radius, constant_values=outside)
         onehot = np.zeros(padded.shape + (vocab,), dtype=np.float32)
         np.put_along_axis(onehot, padded[..., None], 1.0, axis=-1)
         win = np.lib.stride_tricks.sliding_window_view(onehot, (self.window, self.window), axis=(0, 1))
@@ -35,7 +36,7 @@ class VisionGrid:
         """(B, N, window^2 * vocab): the window around each of `cells` (B, N, 2), with each
         (channel, positions (B, M, 2)) in `counts` counted into its channel."""
         batch, n = cells.shape[:2]
-        v, side = self.vision, self.side
+        v, side = self.radius, self.side
         view = self.static_view[cells[..., 0] * self.size + cells[..., 1]].reshape(batch, n, self.window**2, self.vocab)
         corner = (cells[..., 0] * side + cells[..., 1])[..., None]
         rows = np.arange(batch)[:, None]

@@ -54,7 +54,7 @@ class PredatorPreyEnv:
         base = lv.dim * lv.dim
         self.prey_channel, self.predator_channel = base + 2, base + 3
         cells = np.arange(base).reshape(lv.dim, lv.dim)
-        self.vision = VisionGrid(cells, vocab=base + 4, vision=lv.vision, outside=base + 1)
+        self.vision = VisionGrid(cells, vocab=base + 4, radius=lv.vision, outside=base + 1)
         self.obs_dim = self.vision.obs_dim
         self.pred = np.zeros((batch, self.n_agents, 2), dtype=np.int64)
         self.prey = np.zeros((batch, 2), dtype=np.int64)

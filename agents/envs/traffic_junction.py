@@ -143,7 +143,7 @@ class TrafficJunctionEnv:
             self.paths[i, : len(p)] = p
         base = BASE_PER_DIM[lv.kind] * lv.dim
         self.car_channel = base + 2
-        self.vision = VisionGrid(np.where(grid >= 0, grid, base), vocab=base + 3, vision=lv.vision, outside=base)
+        self.vision = VisionGrid(np.where(grid >= 0, grid, base), vocab=base + 3, radius=lv.vision, outside=base)
         self.obs_dim = 2 + self.vision.obs_dim
         shape = (batch, self.n_agents)
         self.alive = np.zeros(shape, dtype=bool)
