@@ -148,9 +148,10 @@ def _sync_serve(args) -> int:
 def _world(args) -> int:
     from pathlib import Path
 
+    from agents.envs import default_agents
     from agents.world import World, WorldConfig
 
-    cfg = WorldConfig(env=args.env, agents=args.agents, batch=args.batch, steps=args.steps, codec=args.codec,
+    cfg = WorldConfig(env=args.env, agents=args.agents or default_agents(args.env), batch=args.batch, steps=args.steps, codec=args.codec,
                       seed=args.seed, deadline_s=args.deadline, sync=args.sync, clock=args.clock, tick_s=args.tick,
                       run=args.run, core=args.core, aggregate=args.aggregate)
     out = Path(args.out) if args.out else None
@@ -181,8 +182,10 @@ def _agent(args) -> int:
 
 
 def _up(args) -> int:
+    from agents.envs import default_agents
     from agents.launcher import up
 
+    args.agents = args.agents or default_agents(args.env)
     return up(args)
 
 
@@ -288,7 +291,7 @@ def _bench_train(args) -> int:
 def _bench_net(args) -> int:
     from bench import net_bench
 
-    print(net_bench.run(steps=args.steps, agents=args.agents, batches=args.batches))
+    print(net_bench.run(steps=args.steps, agents=args.agents, batches=args.batches, repeat=args.repeat))
     return 0
 
 
@@ -297,7 +300,7 @@ def _add_run_args(p, steps: int = 500) -> None:
     from agents.train_config import AGGREGATES, CODECS, CORES
 
     p.add_argument("--env", default="goal", choices=sorted(ENVS), help="environment (default goal)")
-    p.add_argument("--agents", type=int, default=2, help="agent processes (default 2)")
+    p.add_argument("--agents", type=int, help="agent processes (default: the env's cars or predators; 2 for goal)")
     p.add_argument("--batch", type=int, default=1, help="parallel env instances B (default 1)")
     p.add_argument("--steps", type=int, default=steps, help=f"lockstep steps (default {steps})")
     p.add_argument("--codec", default="rice", choices=CODECS, help="message codec (default rice)")
@@ -476,6 +479,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--steps", type=int, default=300, help="steps per configuration (default 300)")
     b.add_argument("--agents", default="2,4,8", help="agent counts (default 2,4,8)")
     b.add_argument("--batches", default="1,256", help="batch sizes (default 1,256)")
+    b.add_argument("--repeat", type=int, default=3, help="runs per configuration; the row is the median (default 3)")
     b.set_defaults(func=_bench_net)
     return p
 

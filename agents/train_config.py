@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .envs import ENVS, make
+from .envs import ENVS, default_agents, make
 
 CODECS = ("float32", "expgolomb", "rice", "range")  # channel.codecs.NAMES (a test keeps them equal)
 RATE_LOSSES = ("surrogate", "codelength", "entropy")  # channel.rate.RATE_LOSSES
@@ -16,7 +16,7 @@ AGGREGATES = ("mean", "attention")  # agents.policy's ways to combine heard mess
 @dataclass
 class TrainConfig:
     env: str = "goal"  # environment name
-    agents: int = 2  # agent slots
+    agents: int = 0  # agent slots; 0: the env's own (tj/pp levels fix it; 2 otherwise)
     codec: str = "range"  # codec whose real bits are reported (and whose length `codelength` uses)
     rate_loss: str = "entropy"  # surrogate | codelength | entropy
     lam: float = 0.01  # rate penalty weight, per bit per message
@@ -42,6 +42,10 @@ class TrainConfig:
     seed: int = 0  # everything random derives from this
     eval_every: int = 250  # updates between evaluations
     device: str = "auto"  # auto | cpu | cuda
+
+    def __post_init__(self):
+        if self.agents == 0:
+            self.agents = default_agents(self.env)
 
     def validate(self) -> None:
         if self.env not in ENVS and not self.env.startswith("pz:"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 
+import json
 import subprocess
 import sys
 
@@ -57,11 +58,22 @@ def test_short_goal_run_learns_to_communicate(tmp_path):
     ("rate_loss", "vibes", "surrogate, codelength, entropy"),
     ("lr", -1.0, "lr must be positive"),
     ("gamma", 1.5, "gamma"),
-    ("env", "pp-easy", "pp-easy has 3 predators; run it with 3 agents, not 2"),
 ])
 def test_bad_hyperparameters_are_clear_errors(field, value, message):
     with pytest.raises(ValueError, match=message):
         TrainConfig(**{field: value}).validate()
+
+
+def test_agent_count_defaults_to_the_env_and_refuses_another(tmp_path):
+    # IC3Net's levels: 5/10/20 cars, 3/5/10 predators; the goal toy is a speaker and a listener
+    assert [TrainConfig(env=e).agents for e in ("goal", "tj-easy", "tj-hard", "pp-easy", "pp-medium")] == [2, 5, 20, 3, 5]
+    with pytest.raises(ValueError, match="pp-easy has 3 predators; run it with 3 agents, not 2"):
+        TrainConfig(env="pp-easy", agents=2).validate()
+    r = subprocess.run([sys.executable, "-m", "agents.cli", "train", "--env", "pp-easy", "--updates", "2", "--batch", "4",
+                        "--rollout", "3", "--eval-every", "1", "--out", str(tmp_path / "pp")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "pp" / "config.json").read_text())["agents"] == 3
 
 
 def test_train_cli_says_what_is_wrong_with_out(tmp_path):

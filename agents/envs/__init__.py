@@ -24,6 +24,16 @@ ENVS = {
 }
 
 
+def default_agents(name: str) -> int:
+    """Agent slots when none are given: Traffic Junction's cars and Predator-Prey's
+    predators are fixed by the level; everything else starts with 2."""
+    if name in traffic_junction.LEVELS:
+        return traffic_junction.LEVELS[name].slots
+    if name in predator_prey.LEVELS:
+        return predator_prey.LEVELS[name].predators
+    return 2
+
+
 def make(name: str, batch: int, seed: int, agents: int = 2):
     if name.startswith("pz:"):
         from .pettingzoo_adapter import PettingZooEnv
