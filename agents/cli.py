@@ -288,6 +288,13 @@ def _bench_train(args) -> int:
     return 0
 
 
+def _bench_envs(args) -> int:
+    from bench import env_bench
+
+    print(env_bench.run(args.batches, args.budget))
+    return 0
+
+
 def _bench_net(args) -> int:
     from bench import net_bench
 
@@ -475,6 +482,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     b.add_argument("--device", default="auto", help="torch device (default auto)")
     b.set_defaults(func=_bench_train)
+    b = bsub.add_parser("envs", help="env steps/s of the batched torch envs per device and B")
+    b.add_argument("--batches", default="1,256,4096", help="batch sizes (default 1,256,4096)")
+    b.add_argument("--budget", type=float, default=0.5, help="seconds per measurement (default 0.5)")
+    b.set_defaults(func=_bench_envs)
     b = bsub.add_parser("net", help="pyzmq round-trip floor, then lockstep steps/s and latency")
     b.add_argument("--steps", type=int, default=300, help="steps per configuration (default 300)")
     b.add_argument("--agents", default="2,4,8", help="agent counts (default 2,4,8)")

@@ -24,7 +24,7 @@ def run_inprocess(cfg: WorldConfig, run_seed: int, epoch_seed: int) -> list[list
     channel = MessageChannel([codecs.get(cfg.codec)] * cfg.agents, pcfg.delta, run_seed)
     shape = (cfg.batch, pcfg.msg_dim)
     records: list[list[dict]] = [[] for _ in range(cfg.agents)]
-    obs = env.reset()
+    obs = env.reset().numpy()
     states = initial_states(policies, cfg.batch)
     for step in range(cfg.steps):
         spoken = []
@@ -42,6 +42,6 @@ def run_inprocess(cfg: WorldConfig, run_seed: int, epoch_seed: int) -> list[list
             heard = np.stack([received[j] for j in sorted(received)], axis=1)  # (B, peers, D)
             actions[:, k] = p.act(spoken[k][0], torch.from_numpy(heard)).argmax(-1).numpy()
             records[k].append({"step": step, "z_hat": spoken[k][1].numpy(), "received": received, "actions": actions[:, k].copy()})
-        obs, _, done, _ = env.step(actions)
+        obs, _, done, _ = (x.numpy() for x in env.step(torch.from_numpy(actions)))
         states = [forget(s, done) for s in states]
     return records

@@ -73,11 +73,12 @@ def initial_states(policies: list[AgentPolicy], batch: int, device="cpu") -> lis
     return [p.initial_state(batch, device) for p in policies]
 
 
-def forget(state: torch.Tensor | None, first: np.ndarray) -> torch.Tensor | None:
-    """The memory with the rows where an episode starts zeroed (None stays None)."""
+def forget(state: torch.Tensor | None, first) -> torch.Tensor | None:
+    """The memory with the rows where an episode starts (`first`, (B,) bool, numpy or
+    torch) zeroed; None stays None."""
     if state is None:
         return None
-    return state * torch.from_numpy(~first).to(device=state.device, dtype=state.dtype)[:, None]
+    return state * ~torch.as_tensor(first, device=state.device)[:, None]
 
 
 def init_policies(cfg: PolicyConfig, n_agents: int, seed: int, shared: bool = False) -> list[AgentPolicy]:

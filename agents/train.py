@@ -78,7 +78,7 @@ def evaluate(policies, priors, cfg: TrainConfig, seed: int, models: list[Categor
              silence: bool = False) -> dict:
     """Greedy episodes on cfg.batch fresh instances; real bits of every codec per agent."""
     device = next(policies[0].parameters()).device
-    env = make(cfg.env, cfg.batch, seed, cfg.agents)
+    env = make(cfg.env, cfg.batch, seed, cfg.agents, device)
     codec = codecs.get(cfg.codec)
     obs = env.reset()
     states = initial_states(policies, cfg.batch, device)
@@ -87,20 +87,21 @@ def evaluate(policies, priors, cfg: TrainConfig, seed: int, models: list[Categor
     length = np.full(cfg.batch, env.max_steps)  # steps taken: Predator-Prey's metric
     sent: list[list[np.ndarray]] = [[] for _ in range(cfg.agents)]  # per agent: (active, D) per step
     goals: list[np.ndarray] = []
-    first_goal = env.goal_idx.copy() if hasattr(env, "goal_idx") else np.zeros(cfg.batch, int)
+    goal_of = (lambda: env.goal_idx.cpu().numpy()) if hasattr(env, "goal_idx") else (lambda: np.zeros(cfg.batch, int))
+    first_goal = goal_of()
     surrogate = np.zeros(cfg.agents)
     count = 0
     for step in range(env.max_steps):
-        o = torch.from_numpy(obs).to(device)
-        logits, m, _, sur, states = communicate(policies, priors, o, states, cfg, codec, 10**9 + step, device, silence)
+        logits, m, _, sur, states = communicate(policies, priors, obs, states, cfg, codec, 10**9 + step, device, silence)
         m = m.cpu().numpy().astype(np.int64)
         for k in range(cfg.agents):
             sent[k].append(m[active, k])
-        goals.append(env.goal_idx[active].copy() if hasattr(env, "goal_idx") else np.zeros(int(active.sum()), int))
+        goals.append(goal_of()[active])
         surrogate += sur[torch.from_numpy(active).to(device)].sum(0).cpu().numpy()
         count += int(active.sum())
-        obs, _, done, succ = env.step(logits.argmax(-1).cpu().numpy())
+        obs, _, done, succ = env.step(logits.argmax(-1))
         states = [forget(s, done) for s in states]
+        done, succ = done.cpu().numpy(), succ.cpu().numpy()
         success |= active & succ
         length[active & done] = step + 1
         active &= ~done
@@ -134,7 +135,7 @@ def calibrate(policies, cfg: TrainConfig, seed: int, priors=None) -> list[Catego
     per-dimension value frequencies from a calibration rollout (its own seed). A learned
     prior lags the policy it trains beside; the final model is refit this way."""
     device = next(policies[0].parameters()).device
-    env = make(cfg.env, cfg.batch, seed, cfg.agents)
+    env = make(cfg.env, cfg.batch, seed, cfg.agents, device)
     codec = codecs.get(cfg.codec)
     r = cfg.prior_radius
     # a small pseudo-count keeps every symbol codable without taxing each of many quiet dimensions
@@ -142,14 +143,13 @@ def calibrate(policies, cfg: TrainConfig, seed: int, priors=None) -> list[Catego
     obs = env.reset()
     states = initial_states(policies, cfg.batch, device)
     for step in range(env.max_steps):
-        logits, m, _, _, states = communicate(policies, priors, torch.from_numpy(obs).to(device), states, cfg, codec,
-                                              2 * 10**9 + step, device)
+        logits, m, _, _, states = communicate(policies, priors, obs, states, cfg, codec, 2 * 10**9 + step, device)
         m = m.cpu().numpy().astype(np.int64)
         idx = np.where(np.abs(m) <= r, m + r, 2 * r + 1)
         for k in range(cfg.agents):
             for d in range(cfg.msg_dim):
                 np.add.at(counts[k, d], idx[:, k, d], 1)
-        obs, _, done, _ = env.step(logits.argmax(-1).cpu().numpy())
+        obs, _, done, _ = env.step(logits.argmax(-1))
         states = [forget(s, done) for s in states]
     return [CategoricalModel(-r, counts[k]) for k in range(cfg.agents)]
 
@@ -167,7 +167,7 @@ def train(cfg: TrainConfig, out: Path | None = None, progress=True) -> dict:
     cfg.validate()
     torch.manual_seed(cfg.seed)
     device = pick_device(cfg.device)
-    env = make(cfg.env, cfg.batch, cfg.seed, cfg.agents)
+    env = make(cfg.env, cfg.batch, cfg.seed, cfg.agents, device)
     pcfg = PolicyConfig(env.obs_dim, env.n_actions, cfg.msg_dim, cfg.hidden, cfg.delta, cfg.core, cfg.aggregate)
     policies = [p.to(device) for p in (starting_policies(cfg, pcfg) if cfg.init else
                                        init_policies(pcfg, cfg.agents, cfg.seed, cfg.share))]
@@ -191,25 +191,24 @@ def train(cfg: TrainConfig, out: Path | None = None, progress=True) -> dict:
         logps, values, ents, rewards, dones, rates = [], [], [], [], [], []
         states = [s.detach() if s is not None else None for s in states]  # backprop through this rollout only
         for _ in range(cfg.rollout):
-            o = torch.from_numpy(obs).to(device)
-            logits, _, rate, _, states = communicate(policies, priors, o, states, cfg, codec, step, device)
+            logits, _, rate, _, states = communicate(policies, priors, obs, states, cfg, codec, step, device)
             dist = torch.distributions.Categorical(logits=logits)
             actions = dist.sample()
-            obs, reward, done, success = env.step(actions.cpu().numpy())
+            values.append(critic(obs))
+            obs, reward, done, success = env.step(actions)
             states = [forget(s, done) for s in states]
             logps.append(dist.log_prob(actions))
             ents.append(dist.entropy().sum(-1))
-            values.append(critic(o))
             if reward.ndim == 2 and not per_agent:
-                reward = reward.sum(axis=1)
-            rewards.append(torch.from_numpy(reward).to(device).reshape(cfg.batch, -1))  # (B, 1 or N)
-            dones.append(torch.from_numpy(done.astype(np.float32)).to(device)[:, None])
+                reward = reward.sum(dim=1)
+            rewards.append(reward.reshape(cfg.batch, -1))  # (B, 1 or N)
+            dones.append(done.float()[:, None])
             rates.append(rate)
             episodes += int(done.sum())
             successes += int(success.sum())
             step += 1
         with torch.no_grad():
-            ret = critic(torch.from_numpy(obs).to(device))
+            ret = critic(obs)
         returns = []
         for r, d in zip(reversed(rewards), reversed(dones)):
             ret = r + cfg.gamma * ret * (1 - d)

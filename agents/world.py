@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from broker import protocol as P
 from broker.peer import Peer
@@ -111,6 +112,7 @@ class World:
             self.peer.heartbeat_if_idle()
             self._pump(0.2)
 
+    @torch.inference_mode()  # the env is torch; nothing here needs gradients
     def run(self, should_stop=lambda: False) -> dict:
         cfg, env = self.cfg, self.env
         self.wait_for_agents()
@@ -118,7 +120,7 @@ class World:
             self.t0 = time.time() + 0.5
             for k in range(cfg.agents):
                 self.peer.send_to(P.agent_id(k), self.agent_config())
-        obs = env.reset()
+        obs = env.reset().numpy()
         metrics = open(self.out / "metrics.jsonl", "w") if self.out else None
         episodes = successes = 0
         reward_sum = 0.0
@@ -127,7 +129,7 @@ class World:
         sent_at = self.send_observations(0, obs, np.ones(cfg.batch, dtype=bool)) if cfg.steps else None
         for step in range(cfg.steps):
             actions = self.collect_actions(step)
-            obs, reward, done, success = env.step(actions)
+            obs, reward, done, success = (x.numpy() for x in env.step(torch.from_numpy(actions)))
             latency = time.monotonic() - sent_at
             steps_done = step + 1
             go_on = steps_done < cfg.steps and not should_stop()

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 
 from agents.envs import make
 from agents.envs.predator_prey import LEVELS, STEP_PENALTY
@@ -17,8 +18,8 @@ def placed(name, pred, prey):
     """One instance with predators and the prey where a test wants them."""
     env = make_pp(name, 1)
     env.reset()
-    env.pred[0] = pred
-    env.prey[0] = prey
+    env.pred[0] = torch.tensor(pred)
+    env.prey[0] = torch.tensor(prey)
     return env
 
 

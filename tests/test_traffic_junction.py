@@ -4,6 +4,7 @@ import dataclasses
 
 import numpy as np
 import pytest
+import torch
 
 from agents.envs import make
 from agents.envs.traffic_junction import CRASH_PENALTY, STEP_PENALTY
@@ -101,7 +102,7 @@ def test_medium_and_hard_road_layouts_match_ic3net(name, kind, slots, size, obs_
     assert (env.obs_dim, env.size, env.npath) == (obs_dim, size, sum(per_arrival))
     assert [len(r) for r in env.routes] == per_arrival  # 12 and 56 paths: nPr(roads, 2)
     ends = set()
-    for path, length in zip(env.paths, env.path_len):
+    for path, length in zip(env.paths.numpy(), env.path_len.numpy()):
         cells = path[:length]
         assert (np.abs(np.diff(cells, axis=0)).sum(axis=1) == 1).all()  # one cell per step
         assert len({tuple(c) for c in cells}) == length  # never revisits a cell
@@ -112,21 +113,21 @@ def test_medium_and_hard_road_layouts_match_ic3net(name, kind, slots, size, obs_
         assert [tuple(env.paths[i, env.path_len[i] - 1]) for i in range(3)] == [(13, 6), (6, 0), (7, 13)]
 
 
-def yield_and_queue(env) -> np.ndarray:
+def yield_and_queue(env) -> torch.Tensor:
     """A hand-written easy-level driver: the column road yields at the junction to a car
     on (or about to enter) the row road, the row road to a car in it, and a car brakes
     behind a braking car. What IC3Net's task asks the agents to learn."""
-    brake = np.zeros(env.alive.shape, dtype=bool)
+    brake = torch.zeros_like(env.alive)
     before, at = (env.loc == MID - 1), (env.loc == MID)
     row = env.alive & (env.path == 1)
     col = env.alive & (env.path == 0)
-    brake |= col & before & (row & (before | at)).any(axis=1, keepdims=True)
-    brake |= row & before & (col & at).any(axis=1, keepdims=True)
+    brake |= col & before & (row & (before | at)).any(dim=1, keepdim=True)
+    brake |= row & before & (col & at).any(dim=1, keepdim=True)
     for _ in range(env.size):  # queues: brake behind a braking car on the same path
         ahead = (brake[:, None, :] & (env.path[:, None, :] == env.path[:, :, None])
-                 & (env.loc[:, None, :] == env.loc[:, :, None] + 1)).any(axis=2)
+                 & (env.loc[:, None, :] == env.loc[:, :, None] + 1)).any(dim=2)
         brake |= env.alive & ahead
-    return brake.astype(np.int64)
+    return brake.long()
 
 
 def test_easy_level_is_solvable_by_yielding_and_all_gas_is_not(scripted_success):

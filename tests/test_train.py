@@ -109,7 +109,7 @@ def test_pettingzoo_adapter_runs_simple_speaker_listener():
     assert not obs[0, 0, 3:].any()  # padding
     for _ in range(30):
         obs, reward, done, success = env.step(np.random.default_rng(0).integers(0, 5, (3, 2)))
-        assert reward.shape == (3,) and np.isfinite(reward).all() and not success.any()
+        assert reward.shape == (3,) and torch.isfinite(reward).all() and not success.any()
     s = train(TrainConfig(env="pz:mpe2.simple_speaker_listener_v4", updates=6, eval_every=3, batch=4, rollout=5,
                           codec="rice", rate_loss="surrogate"), progress=False)
     assert np.isfinite(s["final"]["agents"][0]["bits_per_message"]["rice"])

@@ -1,8 +1,9 @@
 """Environments: one batched interface for the trainer and the networked world.
 
-An env hosts B instances and N agent slots:
+An env hosts B instances and N agent slots, as torch tensors on its device (CPU or CUDA):
     reset() -> obs (B, N, obs_dim) float32
-    step(actions (B, N) int64) -> obs, reward (B,), done (B,) bool, success (B,) bool
+    step(actions (B, N) int64, a tensor or anything torch.as_tensor takes)
+        -> obs, reward (B,), done (B,) bool, success (B,) bool
 (reward is (B, N) where the env sets `reward_per_agent`: each agent its own.)
 Finished instances reset themselves; `done` and `success` describe the episode that
 just ended there. `goal` is the DDCL paper's toy, `tj-*` IC3Net's Traffic Junction,
@@ -34,13 +35,13 @@ def default_agents(name: str) -> int:
     return 2
 
 
-def make(name: str, batch: int, seed: int, agents: int = 2):
+def make(name: str, batch: int, seed: int, agents: int = 2, device="cpu"):
     if name.startswith("pz:"):
         from .pettingzoo_adapter import PettingZooEnv
 
-        return PettingZooEnv(name[3:], batch, seed, agents)
+        return PettingZooEnv(name[3:], batch, seed, agents, device=device)
     try:
         cls = ENVS[name]
     except KeyError:
         raise ValueError(f"unknown env {name!r}; choose one of {', '.join(ENVS)} or pz:<module>") from None
-    return cls(batch=batch, seed=seed, agents=agents)
+    return cls(batch=batch, seed=seed, agents=agents, device=device)

@@ -11,13 +11,14 @@ agents exist so the networked benchmark can scale N. Observations: one-hot x, on
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 SIZE = 8
 MAX_STEPS = 50
 GOALS = np.array([(0, 0), (7, 7), (3, 4), (4, 3), (1, 6), (6, 1)], dtype=np.int64)
 WEIGHTS = np.array([200, 100, 50, 25, 12, 1], dtype=np.float64)
 GOAL_P = WEIGHTS / WEIGHTS.sum()
-MOVES = np.array([(0, 0), (0, 1), (0, -1), (1, 0), (-1, 0)], dtype=np.int64)  # stay N S E W
+MOVES = [(0, 0), (0, 1), (0, -1), (1, 0), (-1, 0)]  # stay N S E W
 
 
 class GoalEnv:
@@ -25,48 +26,51 @@ class GoalEnv:
     n_actions = 5
     max_steps = MAX_STEPS
 
-    def __init__(self, batch: int, seed: int, agents: int = 2):
+    def __init__(self, batch: int, seed: int, agents: int = 2, device="cpu"):
         if agents < 2:
             raise ValueError("the goal env needs a speaker and at least one listener (agents >= 2)")
         self.batch = batch
         self.n_agents = agents
-        self.rng = np.random.default_rng(seed)
-        self.goal_idx = np.zeros(batch, dtype=np.int64)
-        self.pos = np.zeros((batch, agents - 1, 2), dtype=np.int64)
-        self.t = np.zeros(batch, dtype=np.int64)
+        self.device = torch.device(device)
+        self.rng = torch.Generator(self.device).manual_seed(seed)
+        self.goals = torch.as_tensor(GOALS, device=self.device)
+        self.goal_p = torch.as_tensor(GOAL_P, device=self.device)
+        self.moves = torch.tensor(MOVES, device=self.device)
+        self.y_offset = torch.tensor([0, SIZE], device=self.device)
+        self.goal_idx = torch.zeros(batch, dtype=torch.int64, device=self.device)
+        self.goal_pos = torch.zeros((batch, 1, 2), dtype=torch.int64, device=self.device)
+        self.pos = torch.zeros((batch, agents - 1, 2), dtype=torch.int64, device=self.device)
+        self.t = torch.zeros(batch, dtype=torch.int64, device=self.device)
 
-    def _reset(self, mask: np.ndarray) -> None:
+    def _reset(self, mask: torch.Tensor) -> None:
         n = int(mask.sum())
         if not n:
             return
-        g = self.rng.choice(len(GOALS), size=n, p=GOAL_P)
-        cells = self.rng.integers(0, SIZE * SIZE - 1, size=(n, self.n_agents - 1))  # any cell but the goal
-        goal_cell = (GOALS[g, 0] * SIZE + GOALS[g, 1])[:, None]
+        g = torch.multinomial(self.goal_p, n, replacement=True, generator=self.rng)
+        # any cell but the goal
+        cells = torch.randint(0, SIZE * SIZE - 1, (n, self.n_agents - 1), generator=self.rng, device=self.device)
+        goal_cell = (self.goals[g, 0] * SIZE + self.goals[g, 1])[:, None]
         cells = cells + (cells >= goal_cell)
         self.goal_idx[mask] = g
-        self.pos[mask] = np.stack([cells // SIZE, cells % SIZE], axis=-1)
+        self.goal_pos[mask] = self.goals[g][:, None, :]
+        self.pos[mask] = torch.stack([cells // SIZE, cells % SIZE], dim=-1)
         self.t[mask] = 0
 
-    def _obs(self) -> np.ndarray:
-        obs = np.zeros((self.batch, self.n_agents, self.obs_dim), dtype=np.float32)
-        b = np.arange(self.batch)[:, None]
-        goal = GOALS[self.goal_idx][:, None, :]
-        where = np.concatenate([goal, self.pos], axis=1)  # (B, N, 2): what each agent sees
-        a = np.arange(self.n_agents)[None, :]
-        obs[b, a, where[..., 0]] = 1
-        obs[b, a, SIZE + where[..., 1]] = 1
-        return obs
+    def _obs(self) -> torch.Tensor:
+        where = torch.cat([self.goal_pos, self.pos], dim=1)  # (B, N, 2): what each agent sees
+        hot = where + self.y_offset  # x one-hot in 0..7, y in 8..15
+        return torch.zeros((self.batch, self.n_agents, self.obs_dim), device=self.device).scatter_(2, hot, 1.0)
 
-    def reset(self) -> np.ndarray:
-        self._reset(np.ones(self.batch, dtype=bool))
+    def reset(self) -> torch.Tensor:
+        self._reset(torch.ones(self.batch, dtype=torch.bool, device=self.device))
         return self._obs()
 
-    def step(self, actions: np.ndarray):
-        move = MOVES[np.asarray(actions)[:, 1:]]
-        self.pos = np.clip(self.pos + move, 0, SIZE - 1)
+    def step(self, actions):
+        move = self.moves[torch.as_tensor(actions, device=self.device)[:, 1:]]
+        self.pos = (self.pos + move).clamp(0, SIZE - 1)
         self.t += 1
-        success = np.all(self.pos == GOALS[self.goal_idx][:, None, :], axis=(1, 2))
+        success = (self.pos == self.goal_pos).flatten(1).all(dim=1)
         done = success | (self.t >= MAX_STEPS)
-        reward = np.where(success, 1.0, -0.01).astype(np.float32)
+        reward = torch.where(success, 1.0, -0.01)
         self._reset(done)
         return self._obs(), reward, done, success

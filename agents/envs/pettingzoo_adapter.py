@@ -4,7 +4,8 @@ Env name `pz:<module>` (e.g. `pz:mpe2.simple_speaker_listener_v4`); the module's
 `parallel_env(...)` builds each copy. Observations are flattened and zero-padded to the
 largest agent's size; an action beyond an agent's Discrete space wraps modulo its size;
 the team reward is the mean over agents; an instance resets when any agent is done.
-PettingZoo has no notion of success, so `success` is always False.
+PettingZoo has no notion of success, so `success` is always False. PettingZoo steps each
+copy in Python on the CPU; the batch goes to the device as tensors.
 """
 
 from __future__ import annotations
@@ -12,10 +13,11 @@ from __future__ import annotations
 import importlib
 
 import numpy as np
+import torch
 
 
 class PettingZooEnv:
-    def __init__(self, module: str, batch: int, seed: int, agents: int | None = None, **env_kwargs):
+    def __init__(self, module: str, batch: int, seed: int, agents: int | None = None, device="cpu", **env_kwargs):
         try:
             mod = importlib.import_module(module)
         except ImportError as e:
@@ -34,28 +36,29 @@ class PettingZooEnv:
         self.n_actions = int(self.sizes.max())
         self.max_steps = env_kwargs.get("max_cycles", 25)
         self.batch = batch
+        self.device = torch.device(device)
         self.seed = seed
         self._episode = 0
 
-    def _pack(self, obs_dicts) -> np.ndarray:
+    def _pack(self, obs_dicts) -> torch.Tensor:
         out = np.zeros((self.batch, self.n_agents, self.obs_dim), dtype=np.float32)
         for b, obs in enumerate(obs_dicts):
             for k, name in enumerate(self.names):
                 o = np.asarray(obs[name], dtype=np.float32).reshape(-1)
                 out[b, k, : o.size] = o
-        return out
+        return torch.from_numpy(out).to(self.device)
 
     def _reset_one(self, b: int):
         self._episode += 1
         obs, _ = self.envs[b].reset(seed=self.seed * 1_000_003 + self._episode)
         return obs
 
-    def reset(self) -> np.ndarray:
+    def reset(self) -> torch.Tensor:
         self.last = [self._reset_one(b) for b in range(self.batch)]
         return self._pack(self.last)
 
     def step(self, actions: np.ndarray):
-        actions = np.asarray(actions) % self.sizes
+        actions = torch.as_tensor(actions).cpu().numpy() % self.sizes
         reward = np.zeros(self.batch, dtype=np.float32)
         done = np.zeros(self.batch, dtype=bool)
         for b, env in enumerate(self.envs):
@@ -65,4 +68,5 @@ class PettingZooEnv:
                 done[b] = True
                 obs = self._reset_one(b)
             self.last[b] = obs
-        return self._pack(self.last), reward, done, np.zeros(self.batch, dtype=bool)
+        done_t = torch.from_numpy(done).to(self.device)
+        return self._pack(self.last), torch.from_numpy(reward).to(self.device), done_t, torch.zeros_like(done_t)

@@ -1,4 +1,4 @@
-"""Traffic Junction (IC3Net), vectorized over B instances; REFERENCE.md section 3.
+"""Traffic Junction (IC3Net), vectorized over B instances in torch; REFERENCE.md section 3.
 
 N agent slots are cars. Each step every arrival point adds a car with probability
 `add_rate` while a slot is free: a random free slot, a random route from that point, at
@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from .grid import VisionGrid
 
@@ -116,13 +117,14 @@ class TrafficJunctionEnv:
     n_actions = 2
     reward_per_agent = True  # step's reward is (B, N): each car its own, as IC3Net trains
 
-    def __init__(self, batch: int, seed: int, agents: int | None = None, level: str = "tj-easy"):
+    def __init__(self, batch: int, seed: int, agents: int | None = None, level: str = "tj-easy", device="cpu"):
         lv = LEVELS[level]
         if agents not in (None, lv.slots):
             raise ValueError(f"{level} has {lv.slots} car slots; run it with {lv.slots} agents, not {agents}")
         self.level, self.batch, self.n_agents = lv, batch, lv.slots
         self.max_steps = lv.max_steps
-        self.rng = np.random.default_rng(seed)
+        self.device = dev = torch.device(device)
+        self.rng = torch.Generator(dev).manual_seed(seed)
         size = lv.dim + 1 if lv.kind == "easy" else lv.dim  # easy's grid is one larger than --dim
         self.size = size
         grid = np.full((size, size), -1)
@@ -137,58 +139,62 @@ class TrafficJunctionEnv:
         self.routes = routes_of(lv.kind, size, on_road[0] & on_road[1])
         paths = [p for r in self.routes for p in r]  # route id = index here
         self.npath = len(paths)
-        self.path_len = np.array([len(p) for p in paths])
-        self.paths = np.zeros((self.npath, self.path_len.max(), 2), dtype=np.int64)
+        path_len = np.array([len(p) for p in paths])
+        padded = np.zeros((self.npath, path_len.max(), 2), dtype=np.int64)
         for i, p in enumerate(paths):
-            self.paths[i, : len(p)] = p
+            padded[i, : len(p)] = p
+        self.paths, self.path_len = torch.from_numpy(padded).to(dev), torch.from_numpy(path_len).to(dev)
+        # per arrival point: its first path id and how many it has
+        self.route_first = [sum(len(r) for r in self.routes[:i]) for i in range(len(self.routes))]
         base = BASE_PER_DIM[lv.kind] * lv.dim
         self.car_channel = base + 2
-        self.vision = VisionGrid(np.where(grid >= 0, grid, base), vocab=base + 3, radius=lv.vision, outside=base)
+        self.vision = VisionGrid(np.where(grid >= 0, grid, base), vocab=base + 3, radius=lv.vision, outside=base,
+                                 device=dev)
         self.obs_dim = 2 + self.vision.obs_dim
         shape = (batch, self.n_agents)
-        self.alive = np.zeros(shape, dtype=bool)
-        self.path = np.zeros(shape, dtype=np.int64)
-        self.loc = np.zeros(shape, dtype=np.int64)  # index along the path
-        self.wait = np.zeros(shape, dtype=np.int64)
-        self.last_act = np.zeros(shape, dtype=np.int64)
-        self.t = np.zeros(batch, dtype=np.int64)
-        self.failed = np.zeros(batch, dtype=bool)
+        self.alive = torch.zeros(shape, dtype=torch.bool, device=dev)
+        self.path = torch.zeros(shape, dtype=torch.int64, device=dev)
+        self.loc = torch.zeros(shape, dtype=torch.int64, device=dev)  # index along the path
+        self.wait = torch.zeros(shape, dtype=torch.int64, device=dev)
+        self.last_act = torch.zeros(shape, dtype=torch.int64, device=dev)
+        self.t = torch.zeros(batch, dtype=torch.int64, device=dev)
+        self.failed = torch.zeros(batch, dtype=torch.bool, device=dev)
 
-    def _cells(self) -> np.ndarray:
+    def _cells(self) -> torch.Tensor:
         """(B, N, 2) each car's cell; free slots at (0, 0) as in IC3Net."""
-        cells = self.paths[self.path, np.minimum(self.loc, self.path_len[self.path] - 1)]
-        return np.where(self.alive[..., None], cells, 0)
+        cells = self.paths[self.path, torch.minimum(self.loc, self.path_len[self.path] - 1)]
+        return torch.where(self.alive[..., None], cells, 0)
 
-    def _reset(self, mask: np.ndarray) -> None:
+    def _reset(self, mask: torch.Tensor) -> None:
         for a in (self.alive, self.path, self.loc, self.wait, self.last_act):
             a[mask] = 0
         self.t[mask] = 0
         self.failed[mask] = False
 
-    def reset(self) -> np.ndarray:
+    def reset(self) -> torch.Tensor:
         """An empty junction: cars arrive at the end of each step, as in IC3Net."""
-        self._reset(np.ones(self.batch, dtype=bool))
+        self._reset(torch.ones(self.batch, dtype=torch.bool, device=self.device))
         return self._obs()
 
     def _add_cars(self) -> None:
-        b = np.arange(self.batch)
-        first = 0  # index of the route's first path in self.paths
-        for paths in self.routes:
+        def uniform(*shape):
+            return torch.rand(shape, generator=self.rng, device=self.device)
+
+        for first, paths in zip(self.route_first, self.routes):
             free = ~self.alive
-            add = free.any(axis=1) & (self.rng.random(self.batch) <= self.level.add_rate)
-            slot = np.argmax(np.where(free, self.rng.random(free.shape), -1.0), axis=1)  # a random free slot
-            choice = first + self.rng.integers(len(paths), size=self.batch)
-            sel = b[add], slot[add]
+            add = free.any(dim=1) & (uniform(self.batch) <= self.level.add_rate)
+            slot = torch.where(free, uniform(*free.shape), -1.0).argmax(dim=1)  # a random free slot
+            choice = first + (uniform(self.batch) * len(paths)).long().clamp(max=len(paths) - 1)
+            sel = add.nonzero()[:, 0], slot[add]
             self.alive[sel] = True
             self.path[sel] = choice[add]
             self.loc[sel] = 0
             self.wait[sel] = 0
-            first += len(paths)
 
-    def step(self, actions: np.ndarray):
-        alive = self.alive.copy()
+    def step(self, actions):
+        alive = self.alive.clone()
         self.wait += alive
-        brake = alive & (np.asarray(actions) == BRAKE)
+        brake = alive & (torch.as_tensor(actions, device=self.device) == BRAKE)
         gas = alive & ~brake
         self.last_act[brake] = BRAKE
         self.loc += gas
@@ -200,9 +206,10 @@ class TrafficJunctionEnv:
         cells = self._cells()
         flat = cells[..., 0] * self.size + cells[..., 1]
         same = (flat[:, :, None] == flat[:, None, :]) & self.alive[:, None, :]
-        crashed = self.alive & (same.sum(axis=2) > 1)
-        reward = np.where(self.alive, STEP_PENALTY * self.wait + CRASH_PENALTY * crashed, 0.0).astype(np.float32)
-        self.failed |= crashed.any(axis=1)
+        crashed = self.alive & (same.sum(dim=2) > 1)
+        # in float64, then float32: -0.01 * wait rounds as IC3Net's numpy does
+        reward = torch.where(self.alive, STEP_PENALTY * self.wait.double() + CRASH_PENALTY * crashed, 0.0).float()
+        self.failed |= crashed.any(dim=1)
         self.t += 1
         done = self.t >= self.max_steps
         success = done & ~self.failed
@@ -210,9 +217,9 @@ class TrafficJunctionEnv:
             self._reset(done)
         return self._obs(), reward, done, success
 
-    def _obs(self) -> np.ndarray:
+    def _obs(self) -> torch.Tensor:
         cells = self._cells()
         view = self.vision.view(cells, [(self.car_channel, cells)])  # free slots count too, at (0, 0)
-        obs = np.concatenate([self.last_act[..., None].astype(np.float32) / (self.n_actions - 1),
-                              self.path[..., None].astype(np.float32) / max(self.npath - 1, 1), view], axis=2)
-        return np.where(self.alive[..., None], obs, 0.0).astype(np.float32)
+        obs = torch.cat([self.last_act[..., None].float() / (self.n_actions - 1),
+                         self.path[..., None].float() / max(self.npath - 1, 1), view], dim=2)
+        return torch.where(self.alive[..., None], obs, 0.0)
