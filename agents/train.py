@@ -87,7 +87,9 @@ def evaluate(policies, priors, cfg: TrainConfig, seed: int, models: list[Categor
     length = np.full(cfg.batch, env.max_steps)  # steps taken: Predator-Prey's metric
     sent: list[list[np.ndarray]] = [[] for _ in range(cfg.agents)]  # per agent: (active, D) per step
     goals: list[np.ndarray] = []
-    goal_of = (lambda: env.goal_idx.cpu().numpy()) if hasattr(env, "goal_idx") else (lambda: np.zeros(cfg.batch, int))
+    def goal_of() -> np.ndarray:  # the goal toy's goal per instance (bits per goal); zeros elsewhere
+        return env.goal_idx.cpu().numpy() if hasattr(env, "goal_idx") else np.zeros(cfg.batch, int)
+
     first_goal = goal_of()
     surrogate = np.zeros(cfg.agents)
     count = 0

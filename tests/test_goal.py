@@ -60,6 +60,7 @@ def test_every_env_runs_batched_on_the_device_and_is_seeded(name, device):
     ref = make(name, 16, 5, None if name != "goal" else 2)
     obs, obs_ref = env.reset(), ref.reset()
     assert obs.device.type == device and obs.shape == (16, env.n_agents, env.obs_dim) and obs.dtype == torch.float32
+    assert device != "cpu" or torch.equal(obs, obs_ref)
     gen = torch.Generator().manual_seed(0)
     for _ in range(2 * env.max_steps):
         a = torch.randint(0, env.n_actions, (16, env.n_agents), generator=gen)
