@@ -238,15 +238,39 @@ def _train(args) -> int:
     except CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    f = s["final"]
-    print(f"success {f['success_rate']:.3f} ({f['episode_steps']:.1f} steps per episode); "
-          f"real bits per message ({cfg.codec}): "
-          + ", ".join(f"agent {k} {a['bits_per_message'][cfg.codec]:.2f}" for k, a in enumerate(f["agents"]))
-          + f"; {s['env_steps_per_s']:.0f} env steps/s on {s['device']}; wrote {out}/checkpoint.pt")
-    if "goal_frequency_fit" in s:
-        g = s["goal_frequency_fit"]
+    _print_final(s)
+    print(f"{s['env_steps_per_s']:.0f} env steps/s on {s['device']}; wrote {out}/checkpoint.pt")
+    return 0
+
+
+def _print_final(s: dict) -> None:
+    """The held-out evaluation of `ddcl train` and `ddcl evaluate`."""
+    from agents.train import goal_fit
+
+    cfg, f = s["config"], s["final"]
+    codec = cfg["codec"]
+    bits = [a["bits_per_message"][codec] for a in f["agents"]]
+    mean = sum(bits) / len(bits)
+    print(f"success {f['success_rate']:.4f} over {cfg['batch']} episodes ({f['episode_steps']:.1f} steps per "
+          f"episode); {s['no_communication_success']:.4f} with the messages silenced")
+    print(f"real bits per message ({codec}): " + ", ".join(f"agent {k} {b:.2f}" for k, b in enumerate(bits))
+          + f"; mean {mean:.3f}, {32 * cfg['msg_dim'] / mean if mean else float('inf'):.0f} x fewer than "
+          f"{cfg['msg_dim']} float32 values")
+    if cfg["env"] == "goal":
+        g = goal_fit(f, codec)
         print(f"goal: speaker {g['mean_bits']:.2f} bits/msg (Shannon bound {g['shannon_bound_bits']:.2f}), "
               f"r(goal probability, bits) = {g['pearson_r']:.3f}")
+
+
+def _evaluate(args) -> int:
+    from agents.policy import CheckpointError
+    from agents.train import evaluate_run
+
+    try:
+        _print_final(evaluate_run(args.run, args.episodes, args.seed, args.device))
+    except (CheckpointError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -356,6 +380,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"{docs.get(name, '')} (default {f.default})")
     tr.add_argument("--out", default="runs/train", help="output folder (default runs/train)")
     tr.set_defaults(func=_train)
+
+    ev = sub.add_parser("evaluate", help="rerun a `ddcl train` folder's held-out evaluation, on more episodes")
+    ev.add_argument("run", help="the folder `ddcl train --out` wrote")
+    ev.add_argument("--episodes", type=int, help="fresh instances, one episode each (default: the run's batch)")
+    ev.add_argument("--seed", type=int, help="evaluation seed (default: the run's; with the default episodes this "
+                                             "reproduces the run's final figures)")
+    ev.add_argument("--device", default="auto", help="torch device (default auto)")
+    ev.set_defaults(func=_evaluate)
 
     rp = sub.add_parser("report", help="PNG plots of a `ddcl train` folder")
     rp.add_argument("run", help="the folder `ddcl train --out` wrote")

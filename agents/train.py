@@ -49,9 +49,10 @@ class Critic(nn.Module):
         return self.net(obs.flatten(1))  # (B, n_values)
 
 
-def communicate(policies, priors, obs, states, cfg, codec, step, device, silence: bool = False):
+def communicate(policies, priors, obs, states, cfg, codec, step, device, silence: bool = False, rate: bool = True):
     """One round: every agent speaks through the channel and acts on what it heard
-    (nothing, with `silence`: the no-communication ablation). Returns the next states."""
+    (nothing, with `silence`: the no-communication ablation). Returns the next states;
+    the rate loss (None without `rate`: evaluation has no prior to price it with)."""
     hs, z_hats, ms, rates, surrogates, nexts = [], [], [], [], [], []
     for k, p in enumerate(policies):
         h, z, state = p.speak(obs[:, k], states[k])
@@ -61,7 +62,8 @@ def communicate(policies, priors, obs, states, cfg, codec, step, device, silence
         z_hats.append(z_hat)
         ms.append(m)
         nexts.append(state)
-        rates.append(rate_bits(cfg.rate_loss, z, z_hat, cfg.delta, codec, priors[k] if priors else None))
+        if rate:
+            rates.append(rate_bits(cfg.rate_loss, z, z_hat, cfg.delta, codec, priors[k] if priors else None))
         surrogates.append(surrogate_bits(z.detach(), cfg.delta))
     n = len(policies)
     logits = []
@@ -70,7 +72,8 @@ def communicate(policies, priors, obs, states, cfg, codec, step, device, silence
         if silence:
             heard = torch.zeros_like(heard)
         logits.append(p.act(hs[k], heard))
-    return torch.stack(logits, 1), torch.stack(ms, 1), torch.stack(rates, 1), torch.stack(surrogates, 1), nexts
+    return (torch.stack(logits, 1), torch.stack(ms, 1), torch.stack(rates, 1) if rate else None,
+            torch.stack(surrogates, 1), nexts)
 
 
 @torch.no_grad()
@@ -94,7 +97,8 @@ def evaluate(policies, priors, cfg: TrainConfig, seed: int, models: list[Categor
     surrogate = np.zeros(cfg.agents)
     count = 0
     for step in range(env.max_steps):
-        logits, m, _, sur, states = communicate(policies, priors, obs, states, cfg, codec, 10**9 + step, device, silence)
+        logits, m, _, sur, states = communicate(policies, priors, obs, states, cfg, codec, 10**9 + step, device, silence,
+                                                rate=False)
         m = m.cpu().numpy().astype(np.int64)
         for k in range(cfg.agents):
             sent[k].append(m[active, k])
@@ -145,7 +149,8 @@ def calibrate(policies, cfg: TrainConfig, seed: int, priors=None) -> list[Catego
     obs = env.reset()
     states = initial_states(policies, cfg.batch, device)
     for step in range(env.max_steps):
-        logits, m, _, _, states = communicate(policies, priors, obs, states, cfg, codec, 2 * 10**9 + step, device)
+        logits, m, _, _, states = communicate(policies, priors, obs, states, cfg, codec, 2 * 10**9 + step, device,
+                                              rate=False)
         m = m.cpu().numpy().astype(np.int64)
         idx = np.where(np.abs(m) <= r, m + r, 2 * r + 1)
         for k in range(cfg.agents):
@@ -154,6 +159,35 @@ def calibrate(policies, cfg: TrainConfig, seed: int, priors=None) -> list[Catego
         obs, _, done, _ = env.step(logits.argmax(-1))
         states = [forget(s, done) for s in states]
     return [CategoricalModel(-r, counts[k]) for k in range(cfg.agents)]
+
+
+def held_out(policies, cfg: TrainConfig, seed: int, priors=None) -> tuple[dict, dict]:
+    """The final evaluation, on instances no update saw: the range model refit on a
+    calibration rollout (seed + 7919), then cfg.batch greedy episodes (seed + 15485863)
+    with messages and with them silenced. `ddcl evaluate` reruns it on a checkpoint."""
+    models = calibrate(policies, cfg, seed + 7919, priors)
+    final = evaluate(policies, priors, cfg, seed + 15485863, models=models)
+    silent = evaluate(policies, priors, cfg, seed + 15485863, models=[CategoricalModel(0, [1, 1])] * cfg.agents,
+                      silence=True)
+    return final, silent
+
+
+def evaluate_run(run: Path, episodes: int | None = None, seed: int | None = None, device: str = "auto") -> dict:
+    """`held_out` on a `ddcl train` folder's checkpoint: by default on the run's own batch
+    and seed (which reproduces its final figures), or on `episodes` fresh instances."""
+    run = Path(run)
+    try:
+        saved = json.loads((run / "config.json").read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{run} is not a `ddcl train` folder (config.json: {e})") from None
+    cfg = TrainConfig(**{k: v for k, v in saved.items() if k in TrainConfig.__dataclass_fields__})
+    cfg.batch = episodes or cfg.batch
+    cfg.seed = cfg.seed if seed is None else seed
+    env = make(cfg.env, 1, 0, cfg.agents)
+    _, policies, _ = load_checkpoint(run / "checkpoint.pt", cfg.env, env.obs_dim, env.n_actions, cfg.agents)
+    dev = pick_device(device)
+    final, silent = held_out([p.to(dev).eval() for p in policies], cfg, cfg.seed)
+    return {"config": asdict(cfg), "final": final, "no_communication_success": silent["success_rate"]}
 
 
 def starting_policies(cfg: TrainConfig, pcfg: PolicyConfig) -> list:
@@ -258,10 +292,7 @@ def train(cfg: TrainConfig, out: Path | None = None, progress=True) -> dict:
     if log:
         log.close()
         board.close()
-    models = calibrate([p.eval() for p in policies], cfg, cfg.seed + 7919, priors)
-    final = evaluate(policies, priors, cfg, cfg.seed + 15485863, models=models)
-    silent = evaluate(policies, priors, cfg, cfg.seed + 15485863, models=[CategoricalModel(0, [1, 1])] * cfg.agents,
-                      silence=True)
+    final, silent = held_out([p.eval() for p in policies], cfg, cfg.seed, priors)
     summary = {"config": asdict(cfg), "final": final, "history": history,
                "no_communication_success": silent["success_rate"],
                "wall_s": time.monotonic() - start, "env_steps": step * cfg.batch,

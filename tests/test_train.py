@@ -14,7 +14,7 @@ import torch
 from agents import policy
 from agents.envs import make
 from agents.policy import AgentPolicy, CheckpointError, PolicyConfig, load_checkpoint, save_checkpoint
-from agents.train import train
+from agents.train import evaluate_run, train
 from agents.train_config import AGGREGATES, CODECS, CORES, RATE_LOSSES, TrainConfig
 from channel import codecs
 from channel.rate import RATE_LOSSES as CHANNEL_RATE_LOSSES
@@ -44,6 +44,13 @@ def test_short_goal_run_learns_to_communicate(tmp_path):
     env = make("goal", 1, 0)
     _, policies, ck = load_checkpoint(tmp_path / "checkpoint.pt", "goal", env.obs_dim, env.n_actions, 2)
     assert len(policies) == 2 and len(ck["codec"]["models"]) == 2
+    # `ddcl evaluate` on the saved checkpoint reproduces the run's held-out figures, and takes more episodes
+    again = evaluate_run(tmp_path, device="cpu")
+    assert again["final"]["success_rate"] == success and again["no_communication_success"] == s["no_communication_success"]
+    assert again["final"]["agents"][0]["bits_per_message"] == bits
+    r = subprocess.run([sys.executable, "-m", "agents.cli", "evaluate", str(tmp_path), "--episodes", "1024", "--seed", "9"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "over 1024 episodes" in r.stdout and "r(goal probability, bits)" in r.stdout, r.stderr
 
     from agents.report import report
 
@@ -81,6 +88,9 @@ def test_train_cli_says_what_is_wrong_with_out(tmp_path):
     r = subprocess.run([sys.executable, "-m", "agents.cli", "train", "--out", str(tmp_path / "file")],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "is a file, not a folder" in r.stderr and "Traceback" not in r.stderr
+    r = subprocess.run([sys.executable, "-m", "agents.cli", "evaluate", str(tmp_path)], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 2 and "is not a `ddcl train` folder" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_checkpoints_for_another_env_or_shape_are_refused(tmp_path):
