@@ -151,9 +151,9 @@ def _world(args) -> int:
     from agents.envs import default_agents
     from agents.world import World, WorldConfig
 
-    cfg = WorldConfig(env=args.env, agents=args.agents or default_agents(args.env), batch=args.batch, steps=args.steps, codec=args.codec,
-                      seed=args.seed, deadline_s=args.deadline, sync=args.sync, clock=args.clock, tick_s=args.tick,
-                      run=args.run, core=args.core, aggregate=args.aggregate)
+    cfg = WorldConfig(env=args.env, agents=args.agents or default_agents(args.env), batch=args.batch,
+                      steps=args.steps, codec=args.codec, seed=args.seed, deadline_s=args.deadline, sync=args.sync,
+                      clock=args.clock, tick_s=args.tick, run=args.run, core=args.core, aggregate=args.aggregate)
     out = Path(args.out) if args.out else None
     if out:
         out.mkdir(parents=True, exist_ok=True)
