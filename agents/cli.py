@@ -245,8 +245,6 @@ def _train(args) -> int:
 
 def _print_final(s: dict) -> None:
     """The held-out evaluation of `ddcl train` and `ddcl evaluate`."""
-    from agents.train import goal_fit
-
     cfg, f = s["config"], s["final"]
     codec = cfg["codec"]
     bits = [a["bits_per_message"][codec] for a in f["agents"]]
@@ -256,8 +254,8 @@ def _print_final(s: dict) -> None:
     print(f"real bits per message ({codec}): " + ", ".join(f"agent {k} {b:.2f}" for k, b in enumerate(bits))
           + f"; mean {mean:.3f}, {32 * cfg['msg_dim'] / mean if mean else float('inf'):.0f} x fewer than "
           f"{cfg['msg_dim']} float32 values")
-    if cfg["env"] == "goal":
-        g = goal_fit(f, codec)
+    if "goal_frequency_fit" in s:
+        g = s["goal_frequency_fit"]
         print(f"goal: speaker {g['mean_bits']:.2f} bits/msg (Shannon bound {g['shannon_bound_bits']:.2f}), "
               f"r(goal probability, bits) = {g['pearson_r']:.3f}")
 

@@ -187,7 +187,10 @@ def evaluate_run(run: Path, episodes: int | None = None, seed: int | None = None
     _, policies, _ = load_checkpoint(run / "checkpoint.pt", cfg.env, env.obs_dim, env.n_actions, cfg.agents)
     dev = pick_device(device)
     final, silent = held_out([p.to(dev).eval() for p in policies], cfg, cfg.seed)
-    return {"config": asdict(cfg), "final": final, "no_communication_success": silent["success_rate"]}
+    out = {"config": asdict(cfg), "final": final, "no_communication_success": silent["success_rate"]}
+    if cfg.env == "goal":
+        out["goal_frequency_fit"] = goal_fit(final, cfg.codec)
+    return out
 
 
 def starting_policies(cfg: TrainConfig, pcfg: PolicyConfig) -> list:
@@ -240,8 +243,8 @@ def train(cfg: TrainConfig, out: Path | None = None, progress=True) -> dict:
             rewards.append(reward.reshape(cfg.batch, -1))  # (B, 1 or N)
             dones.append(done.float()[:, None])
             rates.append(rate)
-            episodes += int(done.sum())
-            successes += int(success.sum())
+            episodes += done.sum()  # tensors: no device sync per step
+            successes += success.sum()
             step += 1
         with torch.no_grad():
             ret = critic(obs)
@@ -268,7 +271,7 @@ def train(cfg: TrainConfig, out: Path | None = None, progress=True) -> dict:
             for p in policies:
                 p.train()
             row = {"update": update, "env_steps": step * cfg.batch, "wall_s": time.monotonic() - start,
-                   "train_success": successes / max(episodes, 1), "rate_loss_bits": float(rate_mean.detach()),
+                   "train_success": int(successes) / max(int(episodes), 1), "rate_loss_bits": float(rate_mean.detach()),
                    "eval_success": ev["success_rate"], "eval_episode_steps": ev["episode_steps"],
                    "bits": [a["bits_per_message"][cfg.codec] for a in ev["agents"]],
                    "surrogate": [a["surrogate_bits"] for a in ev["agents"]]}

@@ -57,7 +57,7 @@ class PettingZooEnv:
         self.last = [self._reset_one(b) for b in range(self.batch)]
         return self._pack(self.last)
 
-    def step(self, actions: np.ndarray):
+    def step(self, actions):
         actions = torch.as_tensor(actions).cpu().numpy() % self.sizes
         reward = np.zeros(self.batch, dtype=np.float32)
         done = np.zeros(self.batch, dtype=bool)

@@ -144,7 +144,7 @@ class TrafficJunctionEnv:
         for i, p in enumerate(paths):
             padded[i, : len(p)] = p
         self.paths, self.path_len = torch.from_numpy(padded).to(dev), torch.from_numpy(path_len).to(dev)
-        # per arrival point: its first path id and how many it has
+        # per arrival point: the id of its first path (its paths are numbered on from there)
         self.route_first = [sum(len(r) for r in self.routes[:i]) for i in range(len(self.routes))]
         base = BASE_PER_DIM[lv.kind] * lv.dim
         self.car_channel = base + 2
