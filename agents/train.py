@@ -35,6 +35,7 @@ from .train_config import TrainConfig
 
 CALIBRATION_PSEUDO_COUNT = 0.01  # per symbol, added to the counted frequencies
 EPOCH_SEED = 1  # training uses one fixed epoch; the networked run asks the sync service
+PROGRESS_EVERY_S = 15.0  # live line between evaluations: often enough to see a run move, rarely enough not to flood a log
 
 
 class Critic(nn.Module):
@@ -223,7 +224,7 @@ def train(cfg: TrainConfig, out: Path | None = None, progress=True) -> dict:
     obs = env.reset()
     states = initial_states(policies, cfg.batch, device)
     episodes = successes = 0
-    start = time.monotonic()
+    start = last_line = time.monotonic()
     step = 0
     history = []
     for update in range(1, cfg.updates + 1):
@@ -266,6 +267,11 @@ def train(cfg: TrainConfig, out: Path | None = None, progress=True) -> dict:
         loss.backward()
         nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
+        if progress and time.monotonic() - last_line >= PROGRESS_EVERY_S:
+            print(live_line(update, cfg.updates, step * cfg.batch, time.monotonic() - start,
+                            int(successes) / max(int(episodes), 1), float(rate_mean.detach())),
+                  file=sys.stderr, flush=True)
+            last_line = time.monotonic()
         if update % cfg.eval_every == 0 or update == cfg.updates:
             ev = evaluate([p.eval() for p in policies], priors, cfg, cfg.seed + 104729)
             for p in policies:
@@ -292,6 +298,7 @@ def train(cfg: TrainConfig, out: Path | None = None, progress=True) -> dict:
                       f"{cfg.codec} bits/msg {['%.2f' % b for b in row['bits']]}  "
                       f"surrogate {['%.2f' % b for b in row['surrogate']]}", file=sys.stderr, flush=True)
             episodes = successes = 0
+            last_line = time.monotonic()
     if log:
         log.close()
         board.close()
@@ -311,6 +318,14 @@ def train(cfg: TrainConfig, out: Path | None = None, progress=True) -> dict:
         (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def live_line(update: int, updates: int, env_steps: int, wall_s: float, success: float, rate_bits: float) -> str:
+    """Between evaluations: where the run is, its pace, and the training batch's own figures
+    (success since the last evaluation; the rate loss's bits, not real ones)."""
+    eta = wall_s / update * (updates - update)
+    return (f"[train] update {update}/{updates} ({update / updates:.0%})  {env_steps / wall_s:.0f} env steps/s  "
+            f"eta {eta / 60:.1f} min  train success {success:.3f}  rate-loss bits {rate_bits:.2f}")
 
 
 def tensorboard_writer(out: Path | None):

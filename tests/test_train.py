@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from agents import policy
+from agents import train as train_module
 from agents.envs import make
 from agents.policy import AgentPolicy, CheckpointError, PolicyConfig, load_checkpoint, save_checkpoint
 from agents.train import evaluate_run, train
@@ -191,3 +192,13 @@ def test_init_continues_from_a_checkpoint_and_refuses_another_shape(tmp_path):
     assert not torch.allclose(fresh["msg_head.weight"], saved["msg_head.weight"])
     with pytest.raises(CheckpointError, match="msg_dim=4 \\(this run: 2\\)"):
         train(TrainConfig(updates=1, batch=8, msg_dim=2, init=again.init), None, progress=False)
+
+
+def test_progress_lines_come_between_evaluations(monkeypatch, capsys):
+    monkeypatch.setattr(train_module, "PROGRESS_EVERY_S", 0.0)
+    train(TrainConfig(updates=4, eval_every=4, batch=8, rollout=5), None, progress=True)
+    lines = capsys.readouterr().err.splitlines()
+    live = [x for x in lines if "eta" in x]
+    assert [x.split()[2] for x in live] == ["1/4", "2/4", "3/4", "4/4"]
+    assert "(25%)" in live[0] and "rate-loss bits" in live[0]
+    assert sum("eval success" in x for x in lines) == 1
