@@ -25,7 +25,7 @@ from torch import nn
 
 from channel import NoiseKey, codecs, quantize, uniform_torch
 from channel.codecs import CategoricalModel
-from channel.rate import FactorizedPrior, rate_bits, surrogate_bits
+from channel.rate import PRIOR_LOSSES, FactorizedPrior, rate_bits, surrogate_bits
 
 from .agent import pick_device
 from .envs import make
@@ -214,7 +214,7 @@ def train(cfg: TrainConfig, out: Path | None = None, progress=True) -> dict:
     per_agent = getattr(env, "reward_per_agent", False) and not cfg.team_reward
     critic = Critic(cfg.agents * env.obs_dim, cfg.hidden, cfg.agents if per_agent else 1).to(device)
     priors = [FactorizedPrior(cfg.msg_dim, cfg.prior_radius).to(device) for _ in range(cfg.agents)] \
-        if cfg.rate_loss == "entropy" else None
+        if cfg.rate_loss in PRIOR_LOSSES else None
     codec = codecs.get(cfg.codec)
     params = list({id(q): q for m in [*policies, critic] for q in m.parameters()}.values())  # shared: once
     prior_params = [q for m in priors or [] for q in m.parameters()]

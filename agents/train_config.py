@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from .envs import ENVS, default_agents, make
 
 CODECS = ("float32", "expgolomb", "rice", "range")  # channel.codecs.NAMES (a test keeps them equal)
-RATE_LOSSES = ("surrogate", "codelength", "entropy")  # channel.rate.RATE_LOSSES
+RATE_LOSSES = ("surrogate", "codelength", "entropy", "expected")  # channel.rate.RATE_LOSSES
 CORES = ("mlp", "gru")  # agents.policy's cores
 AGGREGATES = ("mean", "attention")  # agents.policy's ways to combine heard messages
 
@@ -18,7 +18,7 @@ class TrainConfig:
     env: str = "goal"  # environment name
     agents: int = 0  # agent slots; 0: the env's own (tj/pp levels fix it; 2 otherwise)
     codec: str = "range"  # codec whose real bits are reported (and whose length `codelength` uses)
-    rate_loss: str = "entropy"  # surrogate | codelength | entropy
+    rate_loss: str = "entropy"  # surrogate | codelength | entropy | expected (entropy's prior, exact mean real length)
     lam: float = 0.01  # rate penalty weight, per bit per message
     lam_warmup: float = 0.3  # fraction of updates over which lam ramps up from 0
     delta: float = 0.2  # quantization step
@@ -36,8 +36,8 @@ class TrainConfig:
     value_coef: float = 0.5  # value-loss weight
     team_reward: bool = False  # sum per-agent rewards into one team reward: one game, not N selfish ones
     adv_norm: bool = False  # scale advantages to unit std per update (large rewards: Traffic Junction's -10s)
-    prior_radius: int = 16  # entropy prior covers -radius..radius, escape beyond
-    prior_lr: float = 1e-2  # Adam learning rate of the entropy prior's logits
+    prior_radius: int = 16  # the entropy/expected prior covers -radius..radius, escape beyond
+    prior_lr: float = 1e-2  # Adam learning rate of the entropy/expected prior's logits
     init: str = ""  # checkpoint (same env and shape) whose policies this run starts from; critic and prior start anew
     seed: int = 0  # everything random derives from this
     eval_every: int = 250  # updates between evaluations

@@ -63,7 +63,7 @@ def test_short_goal_run_learns_to_communicate(tmp_path):
 @pytest.mark.parametrize("field, value, message", [
     ("env", "chess", "choose one of goal"),
     ("codec", "zip", "choose one of float32"),
-    ("rate_loss", "vibes", "surrogate, codelength, entropy"),
+    ("rate_loss", "vibes", "surrogate, codelength, entropy, expected"),
     ("lr", -1.0, "lr must be positive"),
     ("gamma", 1.5, "gamma"),
 ])

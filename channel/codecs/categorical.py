@@ -1,4 +1,4 @@
-"""The probability model the `range` codec and the `entropy` rate loss share.
+"""The probability model the `range` codec and the `entropy` and `expected` rate losses share.
 
 Per message position d (element i uses row i % D), a table over the values
 lo .. lo + K - 1 plus one escape symbol; an escaped value costs the escape symbol and
@@ -82,12 +82,20 @@ class CategoricalModel:
         return relaxed_bits(y, probs, self.lo)
 
 
-def relaxed_bits(y: torch.Tensor, probs: torch.Tensor, lo: int) -> torch.Tensor:
-    """-log2 of the probability of y + U(-1/2, 1/2) under the table's piecewise-constant
-    density: a linear interpolation of neighbouring masses, differentiable in y and probs.
+def relaxed_bits(y: torch.Tensor, probs: torch.Tensor, lo: int, expected: bool = False) -> torch.Tensor:
+    """Bits of y under the table, differentiable in y and probs. Two readings:
 
-    y is shaped (..., D) (z_hat / delta); probs (D, K + 1) or (1, K + 1), rows summing
-    to 1. Beyond the table the escape cost holds, plus a log slope that points back in.
+    - default: -log2 of the probability of y + U(-1/2, 1/2) under the table's
+      piecewise-constant density, a linear interpolation of neighbouring masses (y is a
+      noisy z_hat / delta).
+    - `expected`: the exact mean over the dither of -log2 P(round(y + u)), u ~ U[-1/2, 1/2):
+      m is floor(y) + 1 with probability frac(y), else floor(y), so the code lengths are
+      interpolated (y is the clean z / delta). This is what the range coder spends under
+      this table; unlike the density it has a kink at each integer, so a value that should
+      carry nothing is pushed all the way onto one, where the dither costs it nothing.
+
+    y is shaped (..., D); probs (D, K + 1) or (1, K + 1), rows summing to 1. Beyond the
+    table the escape cost holds, plus a log slope that points back in.
     """
     rows, k1 = probs.shape
     k = k1 - 1
@@ -102,5 +110,5 @@ def relaxed_bits(y: torch.Tensor, probs: torch.Tensor, lo: int) -> torch.Tensor:
     table = ext.expand(*y.shape[:-1], *ext.shape)
     p0 = table.gather(-1, j.unsqueeze(-1)).squeeze(-1)
     p1 = table.gather(-1, (j + 1).unsqueeze(-1)).squeeze(-1)
-    p = (1 - f) * p0 + f * p1
-    return -torch.log2(p) + torch.log2(1 + (t - tc).abs())
+    bits = -(1 - f) * torch.log2(p0) - f * torch.log2(p1) if expected else -torch.log2((1 - f) * p0 + f * p1)
+    return bits + torch.log2(1 + (t - tc).abs())
