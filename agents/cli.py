@@ -14,6 +14,8 @@ import pickle
 import signal
 import sys
 
+from agents.train_config import RATE_LOSSES  # torch-free, like everything the parser needs
+
 DEFAULT_BROKER = os.environ.get("DDCL_BROKER", "tcp://127.0.0.1:5555")
 DEFAULT_BIND = os.environ.get("DDCL_BIND", "tcp://127.0.0.1:5555")
 
@@ -303,10 +305,18 @@ def _bench_fuzz(args) -> int:
     return 1 if stats["bugs"] else 0
 
 
+def _losses(text: str) -> list[str]:
+    names = [x for x in text.split(",") if x]
+    bad = [x for x in names if x not in RATE_LOSSES]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(f"unknown rate loss {', '.join(bad) or text!r}; choose from {', '.join(RATE_LOSSES)}")
+    return names
+
+
 def _bench_train(args) -> int:
     from bench import train_bench
 
-    print(train_bench.run(args.updates, args.batch, args.lam, args.msg_dim, args.seed, args.device))
+    print(train_bench.run(args.updates, args.batch, args.lam, args.msg_dim, args.seed, args.device, args.losses))
     return 0
 
 
@@ -511,6 +521,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--msg-dim", type=int, default=1, help="message dimensions (default 1)")
     b.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     b.add_argument("--device", default="auto", help="torch device (default auto)")
+    b.add_argument("--losses", type=_losses, default=",".join(RATE_LOSSES),
+                   help=f"rate losses to train, comma-separated (default {','.join(RATE_LOSSES)})")
     b.set_defaults(func=_bench_train)
     b = bsub.add_parser("envs", help="env steps/s of the batched torch envs per device and B")
     b.add_argument("--batches", default="1,256,4096", help="batch sizes (default 1,256,4096)")

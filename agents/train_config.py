@@ -1,4 +1,4 @@
-"""Every hyperparameter of `ddcl train`, one line of doc each. Kept free of torch so the
+"""Every hyperparameter of `ddcl train`, one line of doc each. Kept free of torch (a test
 `ddcl` command line starts fast."""
 
 from __future__ import annotations

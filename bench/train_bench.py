@@ -17,9 +17,10 @@ from .common import table
 CODELENGTH_CODEC = "rice"
 
 
-def run(updates: int, batch: int, lam: float, msg_dim: int = 1, seed: int = 0, device: str = "auto") -> str:
+def run(updates: int, batch: int, lam: float, msg_dim: int = 1, seed: int = 0, device: str = "auto",
+        losses=RATE_LOSSES) -> str:
     rows = []
-    for loss in RATE_LOSSES:
+    for loss in losses:
         cfg = TrainConfig(rate_loss=loss, codec=CODELENGTH_CODEC if loss == "codelength" else "range",
                           updates=updates, batch=batch, lam=lam, msg_dim=msg_dim, lam_warmup=0.5, entropy_coef=0.05,
                           eval_every=updates, seed=seed, device=device)

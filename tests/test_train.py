@@ -202,3 +202,11 @@ def test_progress_lines_come_between_evaluations(monkeypatch, capsys):
     assert [x.split()[2] for x in live] == ["1/4", "2/4", "3/4", "4/4"]
     assert "(25%)" in live[0] and "rate-loss bits" in live[0]
     assert sum("eval success" in x for x in lines) == 1
+
+
+def test_the_command_line_parses_without_importing_torch():
+    """`ddcl broker stats` and friends start in a fraction of a second: the parser takes
+    env names, levels and choices from torch-free modules."""
+    code = "import sys, agents.cli as c; c.build_parser(); print('torch' in sys.modules)"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert r.stdout.strip() == "False"

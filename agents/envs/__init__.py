@@ -13,35 +13,28 @@ just ended there. `goal` is the DDCL paper's toy, `tj-*` IC3Net's Traffic Juncti
 
 from __future__ import annotations
 
-from functools import partial
+from .levels import ENVS, PP_LEVELS, TJ_LEVELS, default_agents
 
-from . import predator_prey, traffic_junction
-from .goal import GoalEnv
-
-ENVS = {
-    "goal": GoalEnv,
-    **{name: partial(traffic_junction.TrafficJunctionEnv, level=name) for name in traffic_junction.LEVELS},
-    **{name: partial(predator_prey.PredatorPreyEnv, level=name) for name in predator_prey.LEVELS},
-}
-
-
-def default_agents(name: str) -> int:
-    """Agent slots when none are given: Traffic Junction's cars and Predator-Prey's
-    predators are fixed by the level; everything else starts with 2."""
-    if name in traffic_junction.LEVELS:
-        return traffic_junction.LEVELS[name].slots
-    if name in predator_prey.LEVELS:
-        return predator_prey.LEVELS[name].predators
-    return 2
+__all__ = ["ENVS", "default_agents", "make"]
 
 
 def make(name: str, batch: int, seed: int, agents: int = 2, device="cpu"):
+    """An env by name; its module (and torch) is imported only here."""
+    kw = dict(batch=batch, seed=seed, agents=agents, device=device)
     if name.startswith("pz:"):
         from .pettingzoo_adapter import PettingZooEnv
 
-        return PettingZooEnv(name[3:], batch, seed, agents, device=device)
-    try:
-        cls = ENVS[name]
-    except KeyError:
-        raise ValueError(f"unknown env {name!r}; choose one of {', '.join(ENVS)} or pz:<module>") from None
-    return cls(batch=batch, seed=seed, agents=agents, device=device)
+        return PettingZooEnv(name[3:], **kw)
+    if name == "goal":
+        from .goal import GoalEnv
+
+        return GoalEnv(**kw)
+    if name in TJ_LEVELS:
+        from .traffic_junction import TrafficJunctionEnv
+
+        return TrafficJunctionEnv(level=name, **kw)
+    if name in PP_LEVELS:
+        from .predator_prey import PredatorPreyEnv
+
+        return PredatorPreyEnv(level=name, **kw)
+    raise ValueError(f"unknown env {name!r}; choose one of {', '.join(ENVS)} or pz:<module>")

@@ -15,30 +15,14 @@ it is, and whether the prey is there.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 
 from .grid import VisionGrid
+from .levels import PP_LEVELS as LEVELS
 
 STEP_PENALTY = -0.05
 MOVES = [(-1, 0), (0, 1), (1, 0), (0, -1), (0, 0)]  # up right down left stay
-
-
-@dataclass(frozen=True)
-class Level:
-    dim: int  # grid side
-    predators: int  # agent slots
-    max_steps: int
-    vision: int
-
-
-LEVELS = {
-    "pp-easy": Level(dim=5, predators=3, max_steps=20, vision=0),
-    "pp-medium": Level(dim=10, predators=5, max_steps=40, vision=1),
-    "pp-hard": Level(dim=20, predators=10, max_steps=80, vision=1),
-}
 
 
 class PredatorPreyEnv:

@@ -18,33 +18,17 @@ at cell (0, 0) in the count channel.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 
 from .grid import VisionGrid
+from .levels import TJ_LEVELS as LEVELS
 
 GAS, BRAKE = 0, 1
 STEP_PENALTY = -0.01
 CRASH_PENALTY = -10.0
 
 
-@dataclass(frozen=True)
-class Level:
-    kind: str  # easy | medium | hard: IC3Net's road layouts
-    dim: int  # IC3Net --dim
-    slots: int  # cars (agent slots)
-    max_steps: int
-    add_rate: float  # MAGIC's settings, no curriculum
-    vision: int = 1
-
-
-LEVELS = {
-    "tj-easy": Level("easy", dim=6, slots=5, max_steps=20, add_rate=0.3),
-    "tj-medium": Level("medium", dim=14, slots=10, max_steps=40, add_rate=0.2),
-    "tj-hard": Level("hard", dim=18, slots=20, max_steps=80, add_rate=0.05),
-}
 BASE_PER_DIM = {"easy": 2, "medium": 4, "hard": 8}  # IC3Net's vocabulary size, BASE = k * dim
 S, N, E, W = (1, 0), (-1, 0), (0, 1), (0, -1)  # headings (d row, d column)
 STRAIGHT, RIGHT, LEFT = range(3)  # IC3Net's turn order, which numbers the routes
