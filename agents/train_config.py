@@ -1,5 +1,5 @@
-"""Every hyperparameter of `ddcl train`, one line of doc each. Kept free of torch (a test
-`ddcl` command line starts fast."""
+"""Every hyperparameter of `ddcl train`, one line of doc each. Kept free of torch so the
+`ddcl` command line starts fast (a test checks the parser never imports it)."""
 
 from __future__ import annotations
 
