@@ -25,6 +25,7 @@ from torch import nn
 
 from channel import NoiseKey, codecs, quantize, uniform_torch
 from channel.codecs import CategoricalModel
+from channel.codecs.bits import MAX_COUNT
 from channel.rate import PRIOR_LOSSES, FactorizedPrior, rate_bits, surrogate_bits
 
 from .agent import pick_device
@@ -122,18 +123,24 @@ def evaluate(policies, priors, cfg: TrainConfig, seed: int, models: list[Categor
     for k in range(cfg.agents):
         coders = {name: codecs.get(name, model=models[k]) if name == "range" else codecs.get(name)
                   for name in codecs.NAMES}
-        per_codec = {name: sum(c.encode_bits(batch.reshape(-1))[1] for batch in sent[k] if batch.size) / count
-                     for name, c in coders.items()}
+        per_codec = {name: sum(stream_bits(c, batch) for batch in sent[k]) / count for name, c in coders.items()}
         per_goal = {}
-        all_m, all_g = np.concatenate(sent[k]), np.concatenate(goals)
-        c = coders[cfg.codec]
-        for g in np.unique(all_g):
-            sel = all_m[all_g == g]
-            per_goal[int(g)] = c.encode_bits(sel.reshape(-1))[1] / len(sel)
+        if hasattr(env, "goal_idx"):
+            all_m, all_g = np.concatenate(sent[k]), np.concatenate(goals)
+            for g in np.unique(all_g):
+                sel = all_m[all_g == g]
+                per_goal[int(g)] = stream_bits(coders[cfg.codec], sel) / len(sel)
         result["agents"].append({"bits_per_message": per_codec, "surrogate_bits": float(surrogate[k] / count),
                                  "bits_per_goal": per_goal})
     result["models"] = [m.to_dict() for m in models]
     return result
+
+
+def stream_bits(coder, messages: np.ndarray) -> int:
+    """Real bits of the messages (rows) as bitstreams of at most MAX_COUNT values each:
+    one stream where they fit, as a frame would carry them."""
+    flat = messages.reshape(-1)
+    return sum(coder.encode_bits(flat[i:i + MAX_COUNT])[1] for i in range(0, flat.size, MAX_COUNT))
 
 
 @torch.no_grad()

@@ -210,3 +210,16 @@ def test_the_command_line_parses_without_importing_torch():
     code = "import sys, agents.cli as c; c.build_parser(); print('torch' in sys.modules)"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert r.stdout.strip() == "False"
+
+
+def test_real_bits_of_more_values_than_one_stream_takes():
+    """A held-out evaluation of wide messages on many episodes has more values per step
+    than one bitstream may hold; they are priced as several streams, not refused."""
+    from agents.train import stream_bits
+    from channel.codecs.bits import MAX_COUNT
+
+    rice = codecs.get("rice")
+    messages = np.zeros((MAX_COUNT // 128 + 1, 128), dtype=np.int64)
+    one = rice.encode_bits(np.zeros(MAX_COUNT, dtype=np.int64))[1]
+    assert stream_bits(rice, messages) > one
+    assert stream_bits(rice, messages[:2]) == rice.encode_bits(messages[:2].reshape(-1))[1]
