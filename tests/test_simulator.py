@@ -43,6 +43,23 @@ def test_ddcl_up_writes_summary_and_metrics(tmp_path):
     assert s["success_rate"] is None or 0 <= s["success_rate"] <= 1
 
 
+def test_shipped_traffic_junction_checkpoint_talks_over_the_network(tmp_path):
+    """Five agent processes with the shipped tj-easy policy: 128-value messages, one range
+    model per agent from the checkpoint, through the broker. The cars succeed and the
+    messages stay far below float32 on the wire."""
+    out = tmp_path / "tj"
+    r = subprocess.run([sys.executable, "-m", "agents.cli", "up", "--env", "tj-easy", "--steps", "40", "--batch", "16",
+                        "--codec", "range", "--checkpoint", str(ROOT / "deploy" / "checkpoint" / "tj-easy.pt"),
+                        "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert r.returncode == 0, r.stdout + r.stderr
+    s = json.loads((out / "summary.json").read_text())
+    assert (s["agents"], s["values_per_message"], s["episodes"]) == (5, 128, 32)
+    assert s["success_rate"] >= 0.9 and s["messages"]["delivered"] == 5 * 40
+    assert s["bits_per_message"] < 32 * 128 / 500  # the trained cars say a few bits, not 4096
+    assert s["bytes_per_step"]["sum"]["total"] * 100 < s["float32_bytes_per_step"]["sum"]["total"]
+
+
 @pytest.mark.parametrize("env,n,core,aggregate", [("goal", 2, "mlp", "mean"), ("goal", 2, "gru", "attention"),
                                                    ("pp-easy", 3, "mlp", "mean")])
 def test_networked_run_matches_in_process_run_bit_for_bit(procs, tmp_path, env, n, core, aggregate):
