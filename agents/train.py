@@ -91,11 +91,9 @@ def evaluate(policies, priors, cfg: TrainConfig, seed: int, models: list[Categor
     success = np.zeros(cfg.batch, dtype=bool)
     length = np.full(cfg.batch, env.max_steps)  # steps taken: Predator-Prey's metric
     sent: list[list[np.ndarray]] = [[] for _ in range(cfg.agents)]  # per agent: (active, D) per step
-    goals: list[np.ndarray] = []
-    def goal_of() -> np.ndarray:  # the goal toy's goal per instance (bits per goal); zeros elsewhere
-        return env.goal_idx.cpu().numpy() if hasattr(env, "goal_idx") else np.zeros(cfg.batch, int)
-
-    first_goal = goal_of()
+    goals: list[np.ndarray] = []  # the goal toy's goal per active instance and step: bits per goal
+    has_goals = hasattr(env, "goal_idx")
+    first_goal = env.goal_idx.cpu().numpy() if has_goals else np.zeros(cfg.batch, int)
     surrogate = np.zeros(cfg.agents)
     count = 0
     for step in range(env.max_steps):
@@ -104,7 +102,8 @@ def evaluate(policies, priors, cfg: TrainConfig, seed: int, models: list[Categor
         m = m.cpu().numpy().astype(np.int64)
         for k in range(cfg.agents):
             sent[k].append(m[active, k])
-        goals.append(goal_of()[active])
+        if has_goals:
+            goals.append(env.goal_idx.cpu().numpy()[active])
         surrogate += sur[torch.from_numpy(active).to(device)].sum(0).cpu().numpy()
         count += int(active.sum())
         obs, _, done, succ = env.step(logits.argmax(-1))
@@ -125,7 +124,7 @@ def evaluate(policies, priors, cfg: TrainConfig, seed: int, models: list[Categor
                   for name in codecs.NAMES}
         per_codec = {name: sum(stream_bits(c, batch) for batch in sent[k]) / count for name, c in coders.items()}
         per_goal = {}
-        if hasattr(env, "goal_idx"):
+        if has_goals:
             all_m, all_g = np.concatenate(sent[k]), np.concatenate(goals)
             for g in np.unique(all_g):
                 sel = all_m[all_g == g]

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from .codecs.base import Codec
-from .codecs.categorical import CategoricalModel, relaxed_bits
+from .codecs.categorical import CategoricalModel, table_bits
 
 RATE_LOSSES = ("surrogate", "codelength", "entropy", "expected")
 PRIOR_LOSSES = ("entropy", "expected")  # the ones that learn a FactorizedPrior
@@ -55,7 +55,7 @@ class FactorizedPrior(nn.Module):
         """Per-message bits, summed over the last dimension: the relaxed -log2 P of z_hat,
         or with `expected` the mean real length over the dither of clean z."""
         y = z / torch.as_tensor(delta, dtype=z.dtype, device=z.device)
-        return relaxed_bits(y, self.probs(), self.lo, expected).sum(-1)
+        return table_bits(y, self.probs(), self.lo, expected).sum(-1)
 
     def export(self) -> CategoricalModel:
         return CategoricalModel(self.lo, self.probs().detach().cpu().double().numpy())

@@ -79,10 +79,10 @@ class CategoricalModel:
 
     def relaxed_bits(self, y: torch.Tensor) -> torch.Tensor:
         probs = torch.as_tensor(self.probs, dtype=y.dtype, device=y.device)
-        return relaxed_bits(y, probs, self.lo)
+        return table_bits(y, probs, self.lo)
 
 
-def relaxed_bits(y: torch.Tensor, probs: torch.Tensor, lo: int, expected: bool = False) -> torch.Tensor:
+def table_bits(y: torch.Tensor, probs: torch.Tensor, lo: int, expected: bool = False) -> torch.Tensor:
     """Bits of y under the table, differentiable in y and probs. Two readings:
 
     - default: -log2 of the probability of y + U(-1/2, 1/2) under the table's
