@@ -258,12 +258,12 @@ def _print_final(s: dict) -> None:
           f"{cfg['msg_dim']} float32 values")
     if "goal_frequency_fit" in s:
         g = s["goal_frequency_fit"]
-        # the goals' entropy bounds a code that names every goal; merged goals can go below it
-        print(f"goal: speaker {g['mean_bits']:.2f} bits/msg (goal entropy {g['shannon_bound_bits']:.2f}), "
-              f"r(goal probability, bits) = {g['pearson_r']:.3f}")
-        won = f.get("success_by_goal", {})
+        # weighted by goal probability, not by message count: long episodes weigh no more
+        print(f"goal: speaker {g['mean_bits']:.2f} bits/msg averaged over goals (goal entropy "
+              f"{g['shannon_bound_bits']:.2f}), r(goal probability, bits) = {g['pearson_r']:.3f}")
+        won = f["success_by_goal"]
         print("per goal, most to least frequent: bits " + " ".join(f"{b:.2f}" for b in g["bits"])
-              + "; success " + " ".join(f"{won[k]:.3f}" if k in won else "-" for k in g["goals"]))
+              + "; success " + " ".join(f"{won[k]:.3f}" for k in g["goals"]))
 
 
 def _evaluate(args) -> int:

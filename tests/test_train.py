@@ -52,6 +52,9 @@ def test_short_goal_run_learns_to_communicate(tmp_path):
     r = subprocess.run([sys.executable, "-m", "agents.cli", "evaluate", str(tmp_path), "--episodes", "1024", "--seed", "9"],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and "over 1024 episodes" in r.stdout and "r(goal probability, bits)" in r.stdout, r.stderr
+    per_goal = next(line for line in r.stdout.splitlines() if line.startswith("per goal"))
+    goal_bits, goal_success = (part.split() for part in per_goal.split(": bits ")[1].split("; success "))
+    assert len(goal_bits) == len(goal_success) >= 5 and all(0 <= float(x) <= 1 for x in goal_success), per_goal
 
     from agents.report import report
 
