@@ -36,6 +36,7 @@ from channel import ChannelError, codecs, frame, load_kernels
 
 from . import lockstep as L
 from .clock import Clock
+from .desync import oracle_path
 from .envs import make
 from .message import MessageChannel, SyncMode
 from .policy import PolicyConfig, forget, init_policies, load_checkpoint
@@ -129,8 +130,7 @@ class Agent:
         self.channel = MessageChannel(coders, pcfg.delta, self.run_seed, SyncMode.parse(cfg["sync"]))
         self.clock.mode, self.clock.tick_s, self.clock.t0 = cfg["clock"], cfg["tick_s"], cfg.get("t0") or 0.0
         if cfg.get("oracle_dir") and self.oracle is None:
-            path = Path(cfg["oracle_dir"]) / f"oracle-agent-{self.index}.jsonl"
-            self.oracle = open(path, "a")
+            self.oracle = open(oracle_path(Path(cfg["oracle_dir"]), self.index), "a")
         log.info("agent %d ready on %s: env %s, B=%d, codec %s, sync %s", self.index, self.device, cfg["env"],
                  cfg["batch"], cfg["codec"], cfg["sync"])
 

@@ -16,12 +16,25 @@ import numpy as np
 
 from channel import NoiseKey, uniform_numpy
 
+ORACLE_GLOB = "oracle-agent-*.jsonl"
+
+
+def oracle_path(run: Path, agent: int) -> Path:
+    """Agent `agent`'s oracle log in the run folder. Agents append (a restarted one goes
+    on where it left off), so the world clears the folder's logs when a run starts."""
+    return Path(run) / f"oracle-agent-{agent}.jsonl"
+
+
+def clear_oracle(run: Path) -> None:
+    for p in Path(run).glob(ORACLE_GLOB):
+        p.unlink()
+
 
 def decodes(run: Path):
     """Every decode in the run's oracle record, matched to its send:
     (world step, sender, receiver, (noise step, seed) sent with, (noise step, seed) used)."""
     records = {int(p.stem.rsplit("-", 1)[1]): [json.loads(line) for line in p.read_text().splitlines()]
-               for p in sorted(Path(run).glob("oracle-agent-*.jsonl"))}
+               for p in sorted(Path(run).glob(ORACLE_GLOB))}
     sends = defaultdict(list)  # (sender, frame tag) -> [(world step, noise step, seed)]
     for k, recs in records.items():
         for rec in recs:

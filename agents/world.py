@@ -27,6 +27,7 @@ from broker.bus import Publisher
 
 from . import lockstep as L
 from .clock import MODES as CLOCK_MODES
+from .desync import clear_oracle
 from .envs import make
 from .message import SyncMode
 
@@ -62,6 +63,8 @@ class World:
         self.cfg = cfg
         self.t0 = None
         self.out = Path(out) if out else None
+        if self.out:
+            clear_oracle(self.out)  # an earlier run's logs in the same folder would count as this run's
         self.progress = progress
         self.env = make(cfg.env, cfg.batch, cfg.seed, cfg.agents)
         load_kernels()  # before registering: the first actions must not wait for them

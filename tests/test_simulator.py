@@ -43,6 +43,18 @@ def test_ddcl_up_writes_summary_and_metrics(tmp_path):
     assert s["success_rate"] is None or 0 <= s["success_rate"] <= 1
 
 
+def test_a_second_run_into_the_same_folder_reports_only_its_own_decodes(tmp_path):
+    """Agents append to their oracle logs (a restarted agent goes on); a new run in the
+    same folder starts them afresh, so its desync figures count its own decodes only."""
+    out = tmp_path / "run"
+    for steps in (30, 20):
+        r = subprocess.run([sys.executable, "-m", "agents.cli", "up", "--steps", str(steps), "--out", str(out)],
+                           cwd=ROOT, capture_output=True, text=True, timeout=180, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+        assert r.returncode == 0, r.stdout + r.stderr
+        s = json.loads((out / "summary.json").read_text())
+        assert s["desync"]["messages"] == 2 * steps  # each of 2 agents decodes its peer once per step
+
+
 def test_shipped_traffic_junction_checkpoint_talks_over_the_network(tmp_path):
     """Five agent processes with the shipped tj-easy policy: 128-value messages, one range
     model per agent from the checkpoint, through the broker. The cars succeed and the
