@@ -164,7 +164,14 @@ def _world(args) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    summary = world.run(stop_flag())
+    try:
+        summary = world.run(stop_flag())
+    except TimeoutError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if summary is None:
+        print("stopped before step 0", file=sys.stderr)
+        return 130
     from agents.launcher import render_summary
 
     print(render_summary(summary))
@@ -545,8 +552,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from broker.peer import BrokerError
+
     try:
         return args.func(args)
+    except BrokerError as e:  # no broker at the endpoint, or it refused this peer
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -3,7 +3,9 @@ loopback, live progress, a clean stop (Ctrl-C too), and the result table."""
 
 from __future__ import annotations
 
+import ctypes
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -34,8 +36,25 @@ def ddcl(*args: str) -> list[str]:
     return [sys.executable, "-m", "agents.cli", *args]
 
 
+PR_SET_PDEATHSIG = 1
+_prctl = getattr(ctypes.CDLL(None, use_errno=True), "prctl", None) if sys.platform == "linux" else None
+
+
+def _child_setup(parent: int):
+    """Runs in each child before exec. Its own process group: a terminal's Ctrl-C reaches
+    only `ddcl up`, which stops the world first so that it can still write its summary.
+    On Linux, SIGTERM when `ddcl up` dies, however it dies: no child outlives it."""
+    def setup() -> None:
+        os.setpgid(0, 0)
+        if _prctl is not None:
+            _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+            if os.getppid() != parent:  # it died before the line above
+                os.kill(os.getpid(), signal.SIGTERM)
+    return setup
+
+
 class ProcessGroup:
-    """Children that all stop together: SIGTERM, a grace period, then SIGKILL."""
+    """Children that stop in order: SIGTERM, a grace period, then SIGKILL."""
 
     def __init__(self, logs: Path):
         self.logs = logs
@@ -44,21 +63,24 @@ class ProcessGroup:
     def start(self, name: str, cmd: list[str], progress: bool = False) -> subprocess.Popen:
         """Output to logs/<name>.log; with `progress`, stderr (live progress) to the terminal."""
         log = open(self.logs / f"{name}.log", "w")
-        p = subprocess.Popen(cmd, stdout=log, stderr=None if progress else subprocess.STDOUT)
+        p = subprocess.Popen(cmd, stdout=log, stderr=None if progress else subprocess.STDOUT,
+                             preexec_fn=_child_setup(os.getpid()))
         self.procs.append((name, p))
         return p
 
-    def stop(self, grace_s: float = 5.0) -> None:
-        for _, p in self.procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + grace_s
-        for _, p in self.procs:
-            try:
-                p.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+    def stop(self, first: tuple[str, ...] = (), grace_s: float = 5.0) -> None:
+        """The children named in `first`, then the others together."""
+        for batch in ([p for n, p in self.procs if n in first], [p for n, p in self.procs if n not in first]):
+            for p in batch:
+                if p.poll() is None:
+                    p.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + grace_s
+            for p in batch:
+                try:
+                    p.wait(max(0.0, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
 
 
 def up(args) -> int:
@@ -100,13 +122,17 @@ def up(args) -> int:
         print("[up] stopping", file=sys.stderr)
         rc = 130
     finally:
-        group.stop()
+        # the world first: it ends its step, collects the agents' figures and the broker's
+        # byte counts, and writes the summary of the steps it ran
+        group.stop(first=("world",))
         signal.signal(signal.SIGTERM, old)
-    summary_path = out / "summary.json"
-    if rc == 0 and summary_path.exists():
+    summary_path = out / "summary.json"  # the world removes an earlier run's at its start
+    if rc in (0, 130) and summary_path.exists():
         summary = add_desync(out, json.loads(summary_path.read_text()), args.seed)
         summary_path.write_text(json.dumps(summary, indent=2))
         print(render_summary(summary))
+        if summary["steps"] < summary["config"]["steps"]:
+            print(f"stopped at step {summary['steps']} of {summary['config']['steps']}")
         print(f"\nwrote {out / 'metrics.jsonl'} and {summary_path}")
     elif rc != 130:
         print(f"[up] the world exited with status {rc}; see {out / 'logs'}", file=sys.stderr)

@@ -63,8 +63,9 @@ class World:
         self.cfg = cfg
         self.t0 = None
         self.out = Path(out) if out else None
-        if self.out:
-            clear_oracle(self.out)  # an earlier run's logs in the same folder would count as this run's
+        if self.out:  # an earlier run's files in the same folder would pass for this run's
+            clear_oracle(self.out)
+            (self.out / "summary.json").unlink(missing_ok=True)
         self.progress = progress
         self.env = make(cfg.env, cfg.batch, cfg.seed, cfg.agents)
         load_kernels()  # before registering: the first actions must not wait for them
@@ -105,20 +106,32 @@ class World:
             except Exception as e:  # a bad control message must not stop the world
                 log.warning("bad control message from %s: %s", src, e)
 
-    def wait_for_agents(self) -> None:
+    def wait_for_agents(self, should_stop=lambda: False) -> bool:
+        """True once every agent has joined; False when stopped first."""
         want = {P.agent_id(k) for k in range(self.cfg.agents)}
         deadline = time.monotonic() + self.cfg.join_timeout_s
         while not want <= self.joined:
+            if should_stop():
+                return False
             if time.monotonic() > deadline:
                 raise TimeoutError(f"agents missing after {self.cfg.join_timeout_s}s: "
                                    f"{sorted(x.decode() for x in want - self.joined)}")
             self.peer.heartbeat_if_idle()
             self._pump(0.2)
+        return True
 
     @torch.inference_mode()  # the env is torch; nothing here needs gradients
-    def run(self, should_stop=lambda: False) -> dict:
+    def run(self, should_stop=lambda: False) -> dict | None:
+        """The run's summary; None when stopped before every agent joined."""
         cfg, env = self.cfg, self.env
-        self.wait_for_agents()
+        try:
+            joined = self.wait_for_agents(should_stop)
+        except TimeoutError:
+            self.close()
+            raise
+        if not joined:
+            self.close()
+            return None
         if cfg.clock == "wall":  # step t happens at t0 + t * tick; agents read their clocks against it
             self.t0 = time.time() + 0.5
             for k in range(cfg.agents):
@@ -165,9 +178,12 @@ class World:
         summary = self.summary(broker_stats, steps_done, elapsed, episodes, successes, reward_sum)
         if self.out:
             (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
+        self.close()
+        return summary
+
+    def close(self) -> None:
         self.bus.close()
         self.peer.close()
-        return summary
 
     def send_observations(self, step: int, obs: np.ndarray, first: np.ndarray) -> float:
         """Step `step` starts: each agent gets its observations (the broker marks the step

@@ -126,3 +126,89 @@ def test_killed_agent_misses_deadlines_then_rejoins(procs, tmp_path):
     assert s["deadline_misses"][0] == 0 and s["deadline_misses"][1] >= 3
     last = [json.loads(x) for x in metrics.read_text().splitlines()[-20:]]
     assert last[0]["deadline_misses"] == last[-1]["deadline_misses"]  # rejoined: no new misses
+
+
+def test_a_world_waiting_for_agents_stops_on_sigterm(procs):
+    """No agent ever joins: SIGTERM must end the wait at once (the join timeout is 60 s),
+    with a plain message, not a traceback."""
+    from tests.test_broker import stats
+
+    ep = procs.broker()
+    world = procs.start("world", "world", "--broker", ep, "--steps", "10")
+    deadline = time.monotonic() + 60
+    while "world" not in stats(ep)["peers"]:
+        assert time.monotonic() < deadline and world.poll() is None, procs.log("world")
+        time.sleep(0.1)
+    time.sleep(0.5)  # registered; its stop handler is set as its wait begins
+    world.send_signal(signal.SIGTERM)
+    assert world.wait(15) == 130, procs.log("world")
+    assert "stopped before step 0" in procs.log("world") and "Traceback" not in procs.log("world")
+
+
+def test_a_role_with_no_broker_says_so_and_exits(procs):
+    from agents.launcher import free_port
+
+    agent = procs.start("agent", "agent", "--broker", f"tcp://127.0.0.1:{free_port()}")
+    assert agent.wait(60) == 2
+    out = procs.log("agent")
+    assert "error: no answer from the broker" in out and "Traceback" not in out
+
+
+def _processes_with(text: str) -> list[int]:
+    """Live processes whose command line contains `text`."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if text.encode() in f.read():
+                    found.append(int(pid))
+        except OSError:  # gone meanwhile
+            pass
+    return found
+
+
+@pytest.fixture
+def long_up(tmp_path):
+    """A `ddcl up` of 100000 steps, once it steps: (process, endpoint, out folder). Whatever
+    the test leaves running is killed afterwards."""
+    from agents.launcher import free_port
+
+    port, out = free_port(), tmp_path / "run"
+    up = subprocess.Popen([sys.executable, "-m", "agents.cli", "up", "--steps", "100000", "--port", str(port),
+                           "--out", str(out)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    metrics, deadline = out / "metrics.jsonl", time.monotonic() + 120
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) > 20):
+        assert time.monotonic() < deadline and up.poll() is None, "the run never started stepping"
+        time.sleep(0.1)
+    yield up, f"127.0.0.1:{port}", out
+    for pid in [up.pid] + _processes_with(f"127.0.0.1:{port}"):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_ctrl_c_on_ddcl_up_prints_what_ran_and_leaves_no_process(long_up):
+    up, endpoint, out = long_up
+    up.send_signal(signal.SIGINT)  # a terminal's Ctrl-C: the children have their own process group
+    stdout, _ = up.communicate(timeout=120)
+    assert up.returncode == 130, stdout
+    s = json.loads((out / "summary.json").read_text())
+    assert 20 < s["steps"] < 100000 and f"stopped at step {s['steps']} of 100000" in stdout
+    assert s["steps"] == len((out / "metrics.jsonl").read_text().splitlines())
+    assert s["messages"]["sent"] == 2 * s["steps"] and s["agents_reporting"] == [0, 1]
+    assert _processes_with(endpoint) == []
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_children_do_not_outlive_a_killed_ddcl_up(long_up):
+    up, endpoint, _ = long_up
+    assert len(_processes_with(endpoint)) >= 5  # broker, sync, world, 2 agents
+    up.kill()
+    up.communicate()
+    deadline = time.monotonic() + 30
+    while _processes_with(endpoint):
+        assert time.monotonic() < deadline, _processes_with(endpoint)
+        time.sleep(0.2)
