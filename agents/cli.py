@@ -180,10 +180,15 @@ def _world(args) -> int:
 
 def _agent(args) -> int:
     from agents.agent import Agent
+    from agents.policy import CheckpointError
 
     agent = Agent(args.broker, args.id.encode(), args.device, args.checkpoint, record=bool(args.record),
                   curve=_curve(args), bus_url=args.bus, run=args.run)
-    stats = agent.run(stop_flag())
+    try:
+        stats = agent.run(stop_flag())
+    except CheckpointError as e:  # it fits only once the world's config says env and agents
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if args.record:
         with open(args.record, "wb") as fh:
             pickle.dump(stats.record, fh)
@@ -195,6 +200,16 @@ def _up(args) -> int:
     from agents.launcher import up
 
     args.agents = args.agents or default_agents(args.env)
+    if args.checkpoint:  # refused here, not by every agent after the world has started
+        from agents.envs import make
+        from agents.policy import CheckpointError, load_checkpoint
+
+        env = make(args.env, 1, 0, args.agents)
+        try:
+            load_checkpoint(args.checkpoint, args.env, env.obs_dim, env.n_actions, args.agents)
+        except CheckpointError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     return up(args)
 
 

@@ -212,3 +212,12 @@ def test_children_do_not_outlive_a_killed_ddcl_up(long_up):
     while _processes_with(endpoint):
         assert time.monotonic() < deadline, _processes_with(endpoint)
         time.sleep(0.2)
+
+
+def test_ddcl_up_refuses_a_checkpoint_for_another_env_before_starting(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "agents.cli", "up", "--env", "goal", "--steps", "5", "--checkpoint",
+                        str(ROOT / "deploy" / "checkpoint" / "tj-easy.pt"), "--out", str(tmp_path / "run")],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert r.returncode == 2
+    assert "is for env 'tj-easy', not 'goal'" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "run").exists()  # nothing started
