@@ -20,6 +20,35 @@ DEFAULT_BROKER = os.environ.get("DDCL_BROKER", "tcp://127.0.0.1:5555")
 DEFAULT_BIND = os.environ.get("DDCL_BIND", "tcp://127.0.0.1:5555")
 
 
+def int_in(lo: int, hi: int | None = None):
+    """An argparse type: an integer from lo to hi (no upper limit when None)."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if hi is None and v < lo:
+            raise argparse.ArgumentTypeError(f"{v} is below {lo}")
+        if hi is not None and not lo <= v <= hi:
+            raise argparse.ArgumentTypeError(f"{v} is outside {lo}..{hi}")
+        return v
+    return parse
+
+
+def positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not v > 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} must be a positive number")
+    return v
+
+
+POSITIVE, COUNT = int_in(1), int_in(0)
+SEED32 = int_in(0, 2**32 - 1)  # a run seed keys Philox: 32 bits
+
+
 def field_docs(cls) -> dict[str, str]:
     """The one-line comment after each dataclass field: the config's own documentation."""
     import inspect
@@ -54,12 +83,20 @@ def _broker_serve(args) -> int:
     from broker.bus import EMBEDDED, Publisher
     from broker.faults_file import load_faults
     from broker.server import Broker
+    import zmq
 
     schedule = load_faults(args.faults) if args.faults else []
     if args.log_dir:
         Path(args.log_dir).mkdir(parents=True, exist_ok=True)
     bus = None if args.bus == EMBEDDED else Publisher(args.bus, args.run, "broker")
-    b = Broker(args.bind, heartbeat_s=args.heartbeat, log_dir=args.log_dir, bus=bus, run=args.run, curve=_curve(args))
+    try:
+        b = Broker(args.bind, heartbeat_s=args.heartbeat, log_dir=args.log_dir, bus=bus, run=args.run,
+                   curve=_curve(args))
+    except zmq.ZMQError as e:  # the endpoint is taken or malformed
+        print(f"error: cannot bind {args.bind}: {e.strerror}", file=sys.stderr)
+        if bus:
+            bus.close()
+        return 2
     b.schedule(schedule)
     logging.getLogger("ddcl.broker").info("broker listening on %s", b.endpoint)
     try:
@@ -200,6 +237,10 @@ def _up(args) -> int:
     from agents.launcher import up
 
     args.agents = args.agents or default_agents(args.env)
+    if args.faults:  # refused here (FaultError), not by the broker after the start
+        from broker.faults_file import load_faults
+
+        load_faults(args.faults)
     if args.checkpoint:  # refused here, not by every agent after the world has started
         from agents.envs import make
         from agents.policy import CheckpointError, load_checkpoint
@@ -365,15 +406,15 @@ def _add_run_args(p, steps: int = 500) -> None:
     from agents.train_config import AGGREGATES, CODECS, CORES
 
     p.add_argument("--env", default="goal", choices=sorted(ENVS), help="environment (default goal)")
-    p.add_argument("--agents", type=int, help="agent processes (default: the env's cars or predators; 2 for goal)")
-    p.add_argument("--batch", type=int, default=1, help="parallel env instances B (default 1)")
-    p.add_argument("--steps", type=int, default=steps, help=f"lockstep steps (default {steps})")
+    p.add_argument("--agents", type=POSITIVE, help="agent processes (default: the env's cars or predators; 2 for goal)")
+    p.add_argument("--batch", type=POSITIVE, default=1, help="parallel env instances B (default 1)")
+    p.add_argument("--steps", type=POSITIVE, default=steps, help=f"lockstep steps (default {steps})")
     p.add_argument("--codec", default="rice", choices=CODECS, help="message codec (default rice)")
-    p.add_argument("--seed", type=int, default=0, help="run seed (default 0)")
-    p.add_argument("--deadline", type=float, default=1.0, help="per-step wait for actions, seconds (default 1)")
+    p.add_argument("--seed", type=SEED32, default=0, help="run seed (default 0)")
+    p.add_argument("--deadline", type=positive_float, default=1.0, help="per-step wait for actions, seconds (default 1)")
     p.add_argument("--sync", default="implicit", help="implicit | stamped | checked:K (default implicit)")
     p.add_argument("--clock", default="logical", choices=["logical", "wall"], help="noise clock (default logical)")
-    p.add_argument("--tick", type=float, default=0.1, help="wall clock: seconds per step (default 0.1)")
+    p.add_argument("--tick", type=positive_float, default=0.1, help="wall clock: seconds per step (default 0.1)")
     p.add_argument("--core", default="mlp", choices=CORES, help="untrained policies: mlp | gru (default mlp)")
     p.add_argument("--aggregate", default="mean", choices=AGGREGATES,
                    help="untrained policies: how heard messages combine (default mean)")
@@ -396,12 +437,12 @@ def build_parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="run broker, sync, world and agents as processes; print the result")
     _add_run_args(up)
     up.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
-    up.add_argument("--port", type=int, default=0, help="broker TCP port on 127.0.0.1 (default: a free one)")
+    up.add_argument("--port", type=int_in(0, 65535), default=0, help="broker TCP port on 127.0.0.1 (default: a free one)")
     up.add_argument("--device", default="auto", help="agent torch device: auto, cpu, cuda (default auto)")
     up.add_argument("--checkpoint", help="policy checkpoint for the agents (default: untrained, seeded)")
     up.add_argument("--faults", help="TOML file of faults triggered by step (see README)")
-    up.add_argument("--beacon-every", type=int, default=10, help="sync beacon period in steps, 0 = none (default 10)")
-    up.add_argument("--epoch-steps", type=int, default=0, help="rotate the epoch seed every E steps, 0 = never (default 0)")
+    up.add_argument("--beacon-every", type=COUNT, default=10, help="sync beacon period in steps, 0 = none (default 10)")
+    up.add_argument("--epoch-steps", type=COUNT, default=0, help="rotate the epoch seed every E steps, 0 = never (default 0)")
     up.set_defaults(func=_up)
 
     tr = sub.add_parser("train", help="train DDCL policies in-process (A2C); write a checkpoint")
@@ -417,8 +458,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("evaluate", help="rerun a `ddcl train` folder's held-out evaluation, on more episodes")
     ev.add_argument("run", help="the folder `ddcl train --out` wrote")
-    ev.add_argument("--episodes", type=int, help="fresh instances, one episode each (default: the run's batch)")
-    ev.add_argument("--seed", type=int, help="evaluation seed (default: the run's; with the default episodes this "
+    ev.add_argument("--episodes", type=POSITIVE, help="fresh instances, one episode each (default: the run's batch)")
+    ev.add_argument("--seed", type=COUNT, help="evaluation seed (default: the run's; with the default episodes this "
                                              "reproduces the run's final figures)")
     ev.add_argument("--device", default="auto", help="torch device (default auto)")
     ev.set_defaults(func=_evaluate)
@@ -431,7 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
     bsub = broker.add_subparsers(dest="broker_cmd", required=True, metavar="ACTION")
     b = bsub.add_parser("serve", help="run the broker")
     b.add_argument("--bind", default=DEFAULT_BIND, help=f"ROUTER endpoint (env DDCL_BIND; default {DEFAULT_BIND})")
-    b.add_argument("--heartbeat", type=float, default=1.0, help="heartbeat interval, seconds (default 1)")
+    b.add_argument("--heartbeat", type=positive_float, default=1.0, help="heartbeat interval, seconds (default 1)")
     b.add_argument("--log-dir", help="folder for faults.jsonl (the run folder)")
     b.add_argument("--faults", help="TOML file of faults triggered by world step")
     _add_common(b)
@@ -439,7 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
     b = bsub.add_parser("stats", help="live per-step byte figures of a running broker")
     b.add_argument("--broker", default=DEFAULT_BROKER, help=f"broker endpoint (env DDCL_BROKER; default {DEFAULT_BROKER})")
     b.add_argument("--json", action="store_true", help="print the raw JSON")
-    b.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the broker (default 3)")
+    b.add_argument("--timeout", type=positive_float, default=3.0, help="seconds to wait for the broker (default 3)")
     _add_common(b)
     b.set_defaults(func=_broker_stats)
 
@@ -474,7 +515,7 @@ def build_parser() -> argparse.ArgumentParser:
     for fp in fsub.choices.values():
         fp.add_argument("--broker", default=DEFAULT_BROKER, help="broker endpoint (env DDCL_BROKER)")
         fp.add_argument("--json", action="store_true", help="print the raw reply")
-        fp.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the broker (default 3)")
+        fp.add_argument("--timeout", type=positive_float, default=3.0, help="seconds to wait for the broker (default 3)")
         fp.add_argument("--keys", default=os.environ.get("DDCL_KEYS"), help="CURVE keys folder (env DDCL_KEYS)")
         fp.set_defaults(func=_broker_fault)
 
@@ -489,8 +530,8 @@ def build_parser() -> argparse.ArgumentParser:
     sw = swsub.add_parser("skew", help="success and bits against clock skew, one line per sync mode")
     sw.add_argument("--values", default="0,1,2,4,8,16", help="skews of agent-1, in steps (default 0,1,2,4,8,16)")
     sw.add_argument("--sync", default="implicit,stamped,checked:2", help="sync modes (default implicit,stamped,checked:2)")
-    sw.add_argument("--steps", type=int, default=300, help="steps per run (default 300)")
-    sw.add_argument("--batch", type=int, default=32, help="env instances per run (default 32)")
+    sw.add_argument("--steps", type=POSITIVE, default=300, help="steps per run (default 300)")
+    sw.add_argument("--batch", type=POSITIVE, default=32, help="env instances per run (default 32)")
     sw.add_argument("--codec", default="rice", help="message codec (default rice)")
     sw.add_argument("--checkpoint", help="trained policy (default: untrained)")
     sw.add_argument("--out", default="runs/sweep-skew", help="folder for runs, CSV and PNG (default runs/sweep-skew)")
@@ -500,7 +541,7 @@ def build_parser() -> argparse.ArgumentParser:
     bbsub = bus.add_subparsers(dest="bus_cmd", required=True, metavar="ACTION")
     bs = bbsub.add_parser("sub", help="print bus messages (like mosquitto_sub -t 'ddcl/#' -v)")
     bs.add_argument("--topic", default="#", help="filter under ddcl/<run>/ (default #)")
-    bs.add_argument("--count", type=int, default=0, help="stop after N messages (default: never)")
+    bs.add_argument("--count", type=COUNT, default=0, help="stop after N messages (default: never)")
     bs.add_argument("--broker", default=DEFAULT_BROKER, help="broker endpoint for the embedded bus")
     _add_common(bs)
     bs.set_defaults(func=_bus_sub)
@@ -509,10 +550,10 @@ def build_parser() -> argparse.ArgumentParser:
     ssub = sync.add_subparsers(dest="sync_cmd", required=True, metavar="ACTION")
     s = ssub.add_parser("serve", help="run the sync service")
     s.add_argument("--broker", default=DEFAULT_BROKER, help="broker endpoint (env DDCL_BROKER)")
-    s.add_argument("--seed", type=int, default=0, help="run seed (default 0)")
-    s.add_argument("--epoch-seed", type=int, default=1, help="seed of epoch 0 (default 1)")
-    s.add_argument("--epoch-steps", type=int, default=0, help="rotate the epoch seed every E steps, 0 = never (default 0)")
-    s.add_argument("--beacon-every", type=int, default=10, help="beacon period in world steps, 0 = none (default 10)")
+    s.add_argument("--seed", type=SEED32, default=0, help="run seed (default 0)")
+    s.add_argument("--epoch-seed", type=int_in(0, 0xFFFFFF), default=1, help="seed of epoch 0 (default 1)")
+    s.add_argument("--epoch-steps", type=COUNT, default=0, help="rotate the epoch seed every E steps, 0 = never (default 0)")
+    s.add_argument("--beacon-every", type=COUNT, default=10, help="beacon period in world steps, 0 = none (default 10)")
     _add_common(s)
     s.set_defaults(func=_sync_serve)
 
@@ -534,31 +575,31 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="benchmarks (not tests): print a table")
     bsub = bench.add_subparsers(dest="bench", required=True, metavar="BENCH")
     b = bsub.add_parser("channel", help="codec bits vs entropy, codec and noise throughput")
-    b.add_argument("--budget", type=float, default=0.2, help="seconds per timing (default 0.2)")
+    b.add_argument("--budget", type=positive_float, default=0.2, help="seconds per timing (default 0.2)")
     b.set_defaults(func=_bench_channel)
     b = bsub.add_parser("fuzz", help="random and mutated bytes into frame/codec parsers")
-    b.add_argument("--inputs", type=int, default=100_000, help="inputs to try (default 100000)")
-    b.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    b.add_argument("--inputs", type=POSITIVE, default=100_000, help="inputs to try (default 100000)")
+    b.add_argument("--seed", type=COUNT, default=0, help="random seed (default 0)")
     b.set_defaults(func=_bench_fuzz)
     b = bsub.add_parser("train", help="goal toy: one training per rate loss, real bits of every codec")
-    b.add_argument("--updates", type=int, default=4000, help="updates per run (default 4000)")
-    b.add_argument("--batch", type=int, default=512, help="env instances (default 512)")
+    b.add_argument("--updates", type=POSITIVE, default=4000, help="updates per run (default 4000)")
+    b.add_argument("--batch", type=POSITIVE, default=512, help="env instances (default 512)")
     b.add_argument("--lam", type=float, default=0.015, help="rate weight (default 0.015)")
-    b.add_argument("--msg-dim", type=int, default=1, help="message dimensions (default 1)")
-    b.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    b.add_argument("--msg-dim", type=POSITIVE, default=1, help="message dimensions (default 1)")
+    b.add_argument("--seed", type=COUNT, default=0, help="seed (default 0)")
     b.add_argument("--device", default="auto", help="torch device (default auto)")
     b.add_argument("--losses", type=_losses, default=",".join(RATE_LOSSES),
                    help=f"rate losses to train, comma-separated (default {','.join(RATE_LOSSES)})")
     b.set_defaults(func=_bench_train)
     b = bsub.add_parser("envs", help="env steps/s of the batched torch envs per device and B")
     b.add_argument("--batches", default="1,256,4096", help="batch sizes (default 1,256,4096)")
-    b.add_argument("--budget", type=float, default=0.5, help="seconds per measurement (default 0.5)")
+    b.add_argument("--budget", type=positive_float, default=0.5, help="seconds per measurement (default 0.5)")
     b.set_defaults(func=_bench_envs)
     b = bsub.add_parser("net", help="pyzmq round-trip floor, then lockstep steps/s and latency")
-    b.add_argument("--steps", type=int, default=300, help="steps per configuration (default 300)")
+    b.add_argument("--steps", type=POSITIVE, default=300, help="steps per configuration (default 300)")
     b.add_argument("--agents", default="2,4,8", help="agent counts (default 2,4,8)")
     b.add_argument("--batches", default="1,256", help="batch sizes (default 1,256)")
-    b.add_argument("--repeat", type=int, default=3, help="runs per configuration; the row is the median (default 3)")
+    b.add_argument("--repeat", type=POSITIVE, default=3, help="runs per configuration; the row is the median (default 3)")
     b.set_defaults(func=_bench_net)
     return p
 
@@ -567,11 +608,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from broker.faults import FaultError
     from broker.peer import BrokerError
 
     try:
         return args.func(args)
-    except BrokerError as e:  # no broker at the endpoint, or it refused this peer
+    except (BrokerError, FaultError) as e:  # no broker at the endpoint or it refused; a bad faults file
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

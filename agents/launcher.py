@@ -83,7 +83,19 @@ class ProcessGroup:
                     p.wait()
 
 
+def port_in_use(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
 def up(args) -> int:
+    if args.port and port_in_use(args.port):
+        print(f"error: port {args.port} on 127.0.0.1 is in use; pick another --port or leave it out", file=sys.stderr)
+        return 2
     out = Path(args.out)
     (out / "logs").mkdir(parents=True, exist_ok=True)
     endpoint = f"tcp://127.0.0.1:{args.port or free_port()}"
@@ -101,7 +113,11 @@ def up(args) -> int:
         broker = group.start("broker", broker_cmd + (["--faults", args.faults] if args.faults else []))
         # the others register at start-up, with a timeout: on a loaded machine the broker's
         # imports alone can outlast it
-        wait_port(int(endpoint.rsplit(":", 1)[1]), alive=lambda: broker.poll() is None)
+        try:
+            wait_port(int(endpoint.rsplit(":", 1)[1]), alive=lambda: broker.poll() is None)
+        except TimeoutError:
+            print(f"[up] the broker did not start; see {out / 'logs' / 'broker.log'}", file=sys.stderr)
+            return 2
         group.start("sync", ddcl("sync", "serve", "--broker", endpoint, "--seed", str(args.seed),
                                  "--beacon-every", str(args.beacon_every), "--epoch-steps", str(args.epoch_steps), *common))
         world_cmd = ddcl("world", "--broker", endpoint, "--env", args.env, "--agents", str(args.agents),

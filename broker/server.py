@@ -47,7 +47,11 @@ class Broker:
             self.sock.setsockopt(opt, val)
         if curve:
             curve.serve(self.sock)
-        self.sock.bind(endpoint)
+        try:
+            self.sock.bind(endpoint)
+        except zmq.ZMQError:
+            self.sock.close(0)
+            raise
         self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.heartbeat_s = heartbeat_s
         self.peers: dict[bytes, PeerInfo] = {}

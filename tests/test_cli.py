@@ -1,0 +1,48 @@
+"""The `ddcl` command line refuses bad input with a plain message and exit status 2,
+before anything starts."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from agents.cli import main
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["up", "--batch", "0"], "argument --batch: 0 is below 1"),
+    (["up", "--steps", "-5"], "argument --steps: -5 is below 1"),
+    (["up", "--agents", "x"], "argument --agents: 'x' is not an integer"),
+    (["up", "--seed", str(2**32)], "argument --seed: 4294967296 is outside 0..4294967295"),
+    (["up", "--deadline", "0"], "argument --deadline: 0 must be a positive number"),
+    (["world", "--tick", "nan"], "argument --tick: nan must be a positive number"),
+    (["up", "--port", "70000"], "argument --port: 70000 is outside 0..65535"),
+    (["sync", "serve", "--epoch-seed", str(1 << 24)], "argument --epoch-seed: 16777216 is outside 0..16777215"),
+    (["bench", "net", "--repeat", "0"], "argument --repeat: 0 is below 1"),
+])
+def test_bad_numbers_are_refused_by_the_parser(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_up_refuses_a_bad_faults_file_before_starting(tmp_path, capsys):
+    bad = tmp_path / "faults.toml"
+    bad.write_text('[[fault]]\nstep = "x"\n')
+    for path, message in ((bad, "fault #1 needs a step >= 0"), (tmp_path / "missing.toml", "cannot read faults file")):
+        assert main(["up", "--faults", str(path), "--out", str(tmp_path / "run")]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_up_and_the_broker_refuse_a_port_in_use(tmp_path, capsys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["up", "--port", str(port), "--out", str(tmp_path / "run")]) == 2
+        assert f"port {port} on 127.0.0.1 is in use" in capsys.readouterr().err
+        assert main(["broker", "serve", "--bind", f"tcp://127.0.0.1:{port}"]) == 2
+        assert f"cannot bind tcp://127.0.0.1:{port}: Address already in use" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
