@@ -3,7 +3,9 @@ floor), then lockstep steps/s and per-step latency of whole networked runs.
 
 A lockstep step is 6 sequential one-way hops (world->broker->agent observations,
 agent->broker->agents messages, agent->broker->world actions), so its latency is also
-shown as a multiple of floor/2 x 6 = 3 round trips.
+shown as a multiple of floor/2 x 6 = 3 round trips; beside it, the same for a bare
+pyzmq skeleton of the lockstep, which splits a step into the transport's share and the
+roles' work.
 """
 
 from __future__ import annotations
@@ -63,6 +65,72 @@ def pyzmq_round_trip(n: int = 3000, gap_s: float = 0.0) -> float:
     return statistics.median(samples)
 
 
+_SKELETON = """
+import sys, zmq
+role, ep, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+ctx = zmq.Context()
+if role == "broker":
+    s = ctx.socket(zmq.ROUTER); s.setsockopt(zmq.LINGER, 0); s.bind(ep); print("ready", flush=True)
+    who = {}
+    while True:
+        src, kind, body = s.recv_multipart()
+        if kind == b"hi":
+            who[body] = src
+        elif kind == b"obs":
+            for k in range(n): s.send_multipart([who[b"%d" % k], b"obs", b""])
+        elif kind == b"msg":
+            for k in range(n):
+                if b"%d" % k != body: s.send_multipart([who[b"%d" % k], b"msg", body])
+        elif kind == b"act":
+            s.send_multipart([who[b"w"], b"act", body])
+        elif kind == b"stop":
+            for peer in who.values(): s.send_multipart([peer, b"stop", b""])
+            break
+else:
+    s = ctx.socket(zmq.DEALER); s.setsockopt(zmq.LINGER, 0); s.connect(ep)
+    me = role.encode(); s.send_multipart([b"hi", me]); heard = 0
+    while True:
+        kind, body = s.recv_multipart()
+        if kind == b"stop": break
+        if kind == b"obs": s.send_multipart([b"msg", me])
+        elif kind == b"msg":
+            heard += 1
+            if heard == n - 1: heard = 0; s.send_multipart([b"act", me])
+"""
+
+
+def skeleton(agents: int, steps: int) -> float:
+    """Median seconds per lockstep step of a bare pyzmq skeleton: the same processes and
+    the same six hops as `ddcl up` (world -> broker -> agents -> broker -> peers, agents ->
+    broker -> world), with no env, policy, channel, accounting or checks. What the
+    transport alone costs on this machine; the rest of a real step is the roles' work."""
+    from agents.launcher import free_port
+
+    ep = f"tcp://127.0.0.1:{free_port()}"
+    broker = subprocess.Popen([sys.executable, "-c", _SKELETON, "broker", ep, str(agents)], stdout=subprocess.PIPE,
+                              text=True)
+    broker.stdout.readline()
+    peers = [subprocess.Popen([sys.executable, "-c", _SKELETON, str(k), ep, str(agents)]) for k in range(agents)]
+    s = zmq.Context.instance().socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    s.connect(ep)
+    s.send_multipart([b"hi", b"w"])
+    time.sleep(1.0)  # every agent registered (a lost first step would only be a slow sample)
+    samples = []
+    for i in range(steps + steps // 10):
+        t = time.perf_counter()
+        s.send_multipart([b"obs", b""])
+        for _ in range(agents):
+            s.recv_multipart()
+        if i >= steps // 10:  # the warm-up, as in the real runs
+            samples.append(time.perf_counter() - t)
+    s.send_multipart([b"stop", b""])
+    for p in [broker, *peers]:
+        p.wait(10)
+    s.close()
+    return statistics.median(samples)
+
+
 def lockstep(agents: int, batch: int, steps: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run"
@@ -95,15 +163,17 @@ def run(steps: int = 300, agents: str = "2,4,8", batches: str = "1,256", repeat:
                   file=sys.stderr, flush=True)
             before = pyzmq_round_trip(1000)
             r = lockstep(n, b, steps)
+            bare = skeleton(n, max(steps, 1000))
             r["floor"] = (before + pyzmq_round_trip(1000)) / 2
-            r["ratio"] = r["p50"] / (r["floor"] / 2 * HOPS_PER_STEP)
+            bound = r["floor"] / 2 * HOPS_PER_STEP
+            r["ratio"], r["skeleton"], r["skeleton_ratio"] = r["p50"] / bound, bare, bare / bound
             floors.append(r["floor"])
             runs.append(r)
         runs.sort(key=lambda r: r["ratio"])
         mid = runs[len(runs) // 2]
         spread = f"{runs[0]['ratio']:.2f}-{runs[-1]['ratio']:.2f}"
         rows.append([n, b, mid["floor"] * 1e6, mid["steps_per_s"], mid["p50"] * 1e3, mid["p90"] * 1e3, mid["ratio"],
-                     spread, mid["header_framing"]])
+                     spread, mid["skeleton"] * 1e3, mid["skeleton_ratio"], mid["header_framing"]])
     paced = pyzmq_round_trip(500, gap_s=0.003)
     return "\n".join([
         f"machine: {platform.machine()}, {os.cpu_count()} CPUs, {platform.python_version()}, "
@@ -111,8 +181,9 @@ def run(steps: int = 300, agents: str = "2,4,8", batches: str = "1,256", repeat:
         f"floor: pyzmq DEALER<->ROUTER round trip, back to back, median, measured before and after each run "
         f"({min(floors) * 1e6:.0f}-{max(floors) * 1e6:.0f} us); bound per step = {HOPS_PER_STEP} hops x floor/2",
         f"each row: the median of {repeat} runs by p50 / bound; the spread of that ratio beside it",
+        "skeleton: a bare pyzmq lockstep with the same processes and hops and no work, right after each run",
         f"the same round trip with 3 ms idle between round trips: {paced * 1e6:.0f} us",
         "",
-        table(["agents", "B", "floor us", "steps/s", "p50 ms", "p90 ms", "p50 / bound", "spread", "hdr+framing B/msg"],
-              rows),
+        table(["agents", "B", "floor us", "steps/s", "p50 ms", "p90 ms", "p50 / bound", "spread", "skeleton ms",
+               "skeleton / bound", "hdr+framing B/msg"], rows),
     ])
