@@ -100,13 +100,13 @@ def up(args) -> int:
     (out / "logs").mkdir(parents=True, exist_ok=True)
     endpoint = f"tcp://127.0.0.1:{args.port or free_port()}"
     group = ProcessGroup(out / "logs")
-    stopping = []
 
-    def on_term(signum, _frame):
-        stopping.append(signum)
+    def on_term(_signum, _frame):
         raise KeyboardInterrupt
 
-    old = signal.signal(signal.SIGTERM, on_term)
+    # SIGINT too, explicitly: a shell starts background jobs with SIGINT ignored, and
+    # Python then never turns it into KeyboardInterrupt
+    old = {sig: signal.signal(sig, on_term) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         common = ["--bus", args.bus, "--run", args.run] + (["--keys", args.keys] if args.keys else [])
         broker_cmd = ddcl("broker", "serve", "--bind", endpoint, "--log-dir", str(out), *common)
@@ -141,7 +141,8 @@ def up(args) -> int:
         # the world first: it ends its step, collects the agents' figures and the broker's
         # byte counts, and writes the summary of the steps it ran
         group.stop(first=("world",))
-        signal.signal(signal.SIGTERM, old)
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
     summary_path = out / "summary.json"  # the world removes an earlier run's at its start
     if rc in (0, 130) and summary_path.exists():
         summary = add_desync(out, json.loads(summary_path.read_text()), args.seed)
