@@ -120,18 +120,18 @@ class World:
             self._pump(0.2)
         return True
 
-    @torch.inference_mode()  # the env is torch; nothing here needs gradients
     def run(self, should_stop=lambda: False) -> dict | None:
-        """The run's summary; None when stopped before every agent joined."""
-        cfg, env = self.cfg, self.env
+        """The run's summary; None when stopped before every agent joined. The world's
+        connections close however the run ends."""
         try:
-            joined = self.wait_for_agents(should_stop)
-        except TimeoutError:
-            self.close()
-            raise
-        if not joined:
-            self.close()
-            return None
+            return self._lockstep(should_stop) if self.wait_for_agents(should_stop) else None
+        finally:
+            self.bus.close()
+            self.peer.close()
+
+    @torch.inference_mode()  # the env is torch; nothing here needs gradients
+    def _lockstep(self, should_stop) -> dict:
+        cfg, env = self.cfg, self.env
         if cfg.clock == "wall":  # step t happens at t0 + t * tick; agents read their clocks against it
             self.t0 = time.time() + 0.5
             for k in range(cfg.agents):
@@ -178,12 +178,7 @@ class World:
         summary = self.summary(broker_stats, steps_done, elapsed, episodes, successes, reward_sum)
         if self.out:
             (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
-        self.close()
         return summary
-
-    def close(self) -> None:
-        self.bus.close()
-        self.peer.close()
 
     def send_observations(self, step: int, obs: np.ndarray, first: np.ndarray) -> float:
         """Step `step` starts: each agent gets its observations (the broker marks the step

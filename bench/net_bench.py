@@ -37,19 +37,25 @@ while True:
 """
 
 
+def _router(script: str, *args: str) -> tuple[subprocess.Popen, zmq.Socket]:
+    """A ROUTER process running `script` (endpoint first in its argv) once it is bound,
+    and a DEALER connected to it from here."""
+    from agents.launcher import free_port
+
+    ep = f"tcp://127.0.0.1:{free_port()}"
+    proc = subprocess.Popen([sys.executable, "-c", script, ep, *args], stdout=subprocess.PIPE, text=True)
+    proc.stdout.readline()  # "ready"
+    s = zmq.Context.instance().socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    s.connect(ep)
+    return proc, s
+
+
 def pyzmq_round_trip(n: int = 3000, gap_s: float = 0.0) -> float:
     """Median seconds for one DEALER->ROUTER->DEALER round trip across two processes,
     back to back, or with gap_s of sleep between round trips (both ends then idle, as
     in a lockstep step, and on a VM an idle vCPU wakes slowly)."""
-    from agents.launcher import free_port
-
-    ep = f"tcp://127.0.0.1:{free_port()}"
-    echo = subprocess.Popen([sys.executable, "-c", _ECHO, ep], stdout=subprocess.PIPE, text=True)
-    echo.stdout.readline()
-    ctx = zmq.Context.instance()
-    s = ctx.socket(zmq.DEALER)
-    s.setsockopt(zmq.LINGER, 0)
-    s.connect(ep)
+    echo, s = _router(_ECHO)
     samples = []
     for i in range(n):
         t = time.perf_counter()
@@ -67,7 +73,7 @@ def pyzmq_round_trip(n: int = 3000, gap_s: float = 0.0) -> float:
 
 _SKELETON = """
 import sys, zmq
-role, ep, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+ep, role, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
 ctx = zmq.Context()
 if role == "broker":
     s = ctx.socket(zmq.ROUTER); s.setsockopt(zmq.LINGER, 0); s.bind(ep); print("ready", flush=True)
@@ -76,6 +82,7 @@ if role == "broker":
         src, kind, body = s.recv_multipart()
         if kind == b"hi":
             who[body] = src
+            if len(who) == n + 1: s.send_multipart([who[b"w"], b"go", b""])
         elif kind == b"obs":
             for k in range(n): s.send_multipart([who[b"%d" % k], b"obs", b""])
         elif kind == b"msg":
@@ -104,18 +111,11 @@ def skeleton(agents: int, steps: int) -> float:
     the same six hops as `ddcl up` (world -> broker -> agents -> broker -> peers, agents ->
     broker -> world), with no env, policy, channel, accounting or checks. What the
     transport alone costs on this machine; the rest of a real step is the roles' work."""
-    from agents.launcher import free_port
-
-    ep = f"tcp://127.0.0.1:{free_port()}"
-    broker = subprocess.Popen([sys.executable, "-c", _SKELETON, "broker", ep, str(agents)], stdout=subprocess.PIPE,
-                              text=True)
-    broker.stdout.readline()
-    peers = [subprocess.Popen([sys.executable, "-c", _SKELETON, str(k), ep, str(agents)]) for k in range(agents)]
-    s = zmq.Context.instance().socket(zmq.DEALER)
-    s.setsockopt(zmq.LINGER, 0)
-    s.connect(ep)
+    broker, s = _router(_SKELETON, "broker", str(agents))
+    ep = s.getsockopt_string(zmq.LAST_ENDPOINT)
+    peers = [subprocess.Popen([sys.executable, "-c", _SKELETON, ep, str(k), str(agents)]) for k in range(agents)]
     s.send_multipart([b"hi", b"w"])
-    time.sleep(1.0)  # every agent registered (a lost first step would only be a slow sample)
+    s.recv_multipart()  # "go": every agent has registered
     samples = []
     for i in range(steps + steps // 10):
         t = time.perf_counter()

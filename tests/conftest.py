@@ -20,6 +20,14 @@ ROOT = Path(__file__).resolve().parents[1]
 load_kernels()
 
 
+def stats(endpoint: str) -> dict:
+    """A running broker's live figures, asked as the CLI asks."""
+    from broker.peer import Peer
+
+    with Peer(endpoint, b"cli") as p:
+        return p.stats()
+
+
 class Procs:
     def __init__(self, tmp: Path):
         self.tmp = tmp

@@ -13,17 +13,13 @@ import zmq
 from broker import protocol as P
 from broker.peer import BrokerError, Peer
 from channel import codecs, frame
+from tests.conftest import stats
 
 RICE = codecs.get("rice")
 
 
 def message(sender: int, values) -> bytes:
     return frame.pack(kind=frame.Kind.MESSAGE, sender=sender, codec=RICE.wire_id, count=len(values), payload=RICE.encode(values))
-
-
-def stats(endpoint: str) -> dict:
-    with Peer(endpoint, b"cli") as p:
-        return p.stats()
 
 
 def test_assigns_ids_routes_broadcasts_and_counts(procs):

@@ -16,7 +16,7 @@ import torch
 
 from agents.inprocess import run_inprocess
 from agents.world import WorldConfig
-from tests.conftest import ROOT
+from tests.conftest import ROOT, stats
 
 
 def test_ddcl_up_writes_summary_and_metrics(tmp_path):
@@ -131,8 +131,6 @@ def test_killed_agent_misses_deadlines_then_rejoins(procs, tmp_path):
 def test_a_world_waiting_for_agents_stops_on_sigterm(procs):
     """No agent ever joins: SIGTERM must end the wait at once (the join timeout is 60 s),
     with a plain message, not a traceback."""
-    from tests.test_broker import stats
-
     ep = procs.broker()
     world = procs.start("world", "world", "--broker", ep, "--steps", "10")
     deadline = time.monotonic() + 60
