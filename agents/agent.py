@@ -191,12 +191,14 @@ class Agent:
             if req.get("op") == L.CONFIG:
                 self.configure(req)
             elif req.get("op") == L.END:
+                if self.oracle:  # the world reads the oracle logs once every agent has reported
+                    self.oracle.flush()
                 s = self.stats
                 self.peer.send_to(P.WORLD_ID, P.pack({"op": L.AGENT_STATS, "agent": self.index, "messages": s.messages,
                                                       "payload_bits": s.payload_bits, "silent_peers": s.silent_peers,
                                                       "bad_frames": s.bad_frames, "bad_beacons": s.bad_beacons,
                                                       "beacons": s.beacons, "msg_dim": self.pcfg.msg_dim,
-                                                      "delta": self.pcfg.delta}))
+                                                      "delta": self.pcfg.delta, "run_seed": self.run_seed}))
                 return False
             return True
         if self.config is None:

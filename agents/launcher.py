@@ -145,8 +145,7 @@ def up(args) -> int:
             signal.signal(sig, handler)
     summary_path = out / "summary.json"  # the world removes an earlier run's at its start
     if rc in (0, 130) and summary_path.exists():
-        summary = add_desync(out, json.loads(summary_path.read_text()), args.seed)
-        summary_path.write_text(json.dumps(summary, indent=2))
+        summary = json.loads(summary_path.read_text())
         print(render_summary(summary))
         if summary["steps"] < summary["config"]["steps"]:
             print(f"stopped at step {summary['steps']} of {summary['config']['steps']}")
@@ -154,14 +153,6 @@ def up(args) -> int:
     elif rc != 130:
         print(f"[up] the world exited with status {rc}; see {out / 'logs'}", file=sys.stderr)
     return rc
-
-
-def add_desync(out: Path, summary: dict, run_seed: int) -> dict:
-    """Fold the oracle's desync figures into the summary (agents have exited by now)."""
-    from .desync import analyze
-
-    summary["desync"] = analyze(out, summary["delta"], run_seed, summary["batch"] * summary["values_per_message"])
-    return summary
 
 
 def render_summary(s: dict) -> str:

@@ -27,7 +27,7 @@ from broker.bus import Publisher
 
 from . import lockstep as L
 from .clock import MODES as CLOCK_MODES
-from .desync import clear_oracle
+from .desync import analyze, clear_oracle
 from .envs import make
 from .message import SyncMode
 
@@ -230,6 +230,10 @@ class World:
         shapes = {(s.get("msg_dim"), s.get("delta")) for s in self.agent_stats.values()}
         msg_dim, delta = shapes.pop() if len(shapes) == 1 else (cfg.msg_dim, cfg.delta)
         bits = sum(s["payload_bits"] for s in self.agent_stats.values())
+        seeds = {s.get("run_seed") for s in self.agent_stats.values()}
+        run_seed = seeds.pop() if len(seeds) == 1 else None
+        # what the agents' oracle logs say about their noise (flushed before they reported)
+        desync = analyze(self.out, delta, run_seed, cfg.batch * msg_dim) if self.out and run_seed is not None else None
         return {
             "env": cfg.env, "agents": cfg.agents, "batch": cfg.batch, "steps": steps, "codec": cfg.codec,
             "bytes_per_step": b["bytes_per_step"],
@@ -251,6 +255,7 @@ class World:
             "bad_beacons": sum(s.get("bad_beacons", 0) for s in self.agent_stats.values()),
             "sync": cfg.sync, "clock": cfg.clock,
             "agents_reporting": sorted(self.agent_stats),
+            "desync": desync,
             "broker": {k: b[k] for k in ("by_kind_per_step", "other", "links", "steps")},
             "config": asdict(cfg),
         }

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from agents.desync import desync_by_step
+from agents.desync import analyze, desync_by_step
 from broker.faults import FaultError, FaultTable
 from broker.faults_file import load_faults
 from tests.conftest import ROOT, free_port
@@ -117,6 +117,25 @@ def test_skew_desyncs_implicit_links_until_cleared(procs, tmp_path):
 def test_stamped_frames_carry_the_step_and_stay_in_sync(procs, tmp_path):
     before, during, after = live_skew_run(procs, tmp_path, "stamped")
     assert mean(before) == 0 and mean(during) < 0.02 and mean(after) == 0
+
+
+def test_a_world_started_alone_reports_desync_with_the_sync_services_seed(procs, tmp_path):
+    """Roles started one by one, as containers run them: the world's summary carries the
+    desync figures, priced with the run seed the agents got from the sync service (11),
+    not the world's own env seed (0)."""
+    ep = procs.broker()
+    procs.start("sync", "sync", "serve", "--broker", ep, "--seed", "11", "--beacon-every", "0")
+    for k in range(2):
+        procs.start(f"agent-{k}", "agent", "--broker", ep, "--id", f"agent-{k}", "--device", "cpu")
+    run = tmp_path / "run"
+    world = procs.start("world", "world", "--broker", ep, "--steps", "600", "--seed", "0", "--out", str(run))
+    wait_steps(run, 20)
+    assert ddcl("broker", "fault", "skew", "agent-1", "2", "--broker", ep).returncode == 0
+    assert world.wait(120) == 0, procs.log("world")
+    d = json.loads((run / "summary.json").read_text())["desync"]
+    assert d["messages"] == 2 * 600 and 0 < d["desynced_fraction"] < 1
+    assert d["mean_error"] == analyze(run, 0.2, 11, 4)["mean_error"] != analyze(run, 0.2, 0, 4)["mean_error"]
+    assert "desync (implicit sync)" in procs.log("world")
 
 
 def test_the_next_beacon_corrects_a_skewed_clock(tmp_path):
