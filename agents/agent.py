@@ -130,7 +130,10 @@ class Agent:
         self.channel = MessageChannel(coders, pcfg.delta, self.run_seed, SyncMode.parse(cfg["sync"]))
         self.clock.mode, self.clock.tick_s, self.clock.t0 = cfg["clock"], cfg["tick_s"], cfg.get("t0") or 0.0
         if cfg.get("oracle_dir") and self.oracle is None:
-            self.oracle = open(oracle_path(Path(cfg["oracle_dir"]), self.index), "a")
+            try:
+                self.oracle = open(oracle_path(Path(cfg["oracle_dir"]), self.index), "a")
+            except OSError as e:  # a log off the data plane: the run goes on, unmeasured for desync
+                log.warning("no oracle log (the world's run folder is not reachable from here): %s", e)
         log.info("agent %d ready on %s: env %s, B=%d, codec %s, sync %s", self.index, self.device, cfg["env"],
                  cfg["batch"], cfg["codec"], cfg["sync"])
 

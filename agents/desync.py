@@ -27,14 +27,15 @@ def oracle_path(run: Path, agent: int) -> Path:
 
 def clear_oracle(run: Path) -> None:
     for p in Path(run).glob(ORACLE_GLOB):
-        p.unlink()
+        if p.is_file():
+            p.unlink()
 
 
 def decodes(run: Path):
     """Every decode in the run's oracle record, matched to its send:
     (world step, sender, receiver, (noise step, seed) sent with, (noise step, seed) used)."""
     records = {int(p.stem.rsplit("-", 1)[1]): [json.loads(line) for line in p.read_text().splitlines()]
-               for p in sorted(Path(run).glob(ORACLE_GLOB))}
+               for p in sorted(Path(run).glob(ORACLE_GLOB)) if p.is_file()}
     sends = defaultdict(list)  # (sender, frame tag) -> [(world step, noise step, seed)]
     for k, recs in records.items():
         for rec in recs:

@@ -106,6 +106,27 @@ def test_networked_run_matches_in_process_run_bit_for_bit(procs, tmp_path, env, 
         np.testing.assert_array_equal(x["z_hat"], y["received"][0])
 
 
+def test_an_agent_that_cannot_write_its_oracle_log_still_runs(procs, tmp_path):
+    """The oracle log is off the data plane: an agent that cannot open it (here a folder
+    in its place; elsewhere a run folder on another host) warns and plays on."""
+    ep = procs.broker()
+    procs.start("sync", "sync", "serve", "--broker", ep)
+    run = tmp_path / "run"
+    world = procs.start("world", "world", "--broker", ep, "--steps", "30", "--out", str(run))
+    deadline = time.monotonic() + 60
+    while "world" not in stats(ep)["peers"]:  # registered: it has cleared the old logs
+        assert time.monotonic() < deadline, procs.log("world")
+        time.sleep(0.1)
+    (run / "oracle-agent-1.jsonl").mkdir()
+    for k in range(2):
+        procs.start(f"agent-{k}", "agent", "--broker", ep, "--id", f"agent-{k}", "--device", "cpu")
+    assert world.wait(120) == 0, procs.log("world")
+    assert procs.procs["agent-1"].wait(30) == 0 and "no oracle log" in procs.log("agent-1")
+    s = json.loads((run / "summary.json").read_text())
+    assert s["steps"] == 30 and s["messages"]["delivered"] == 60 and s["agents_reporting"] == [0, 1]
+    assert s["desync"]["messages"] == 0  # agent-1's frames cannot be matched to their sends
+
+
 def test_killed_agent_misses_deadlines_then_rejoins(procs, tmp_path):
     ep = procs.broker()
     procs.start("sync", "sync", "serve", "--broker", ep)
