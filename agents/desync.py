@@ -31,11 +31,29 @@ def clear_oracle(run: Path) -> None:
             p.unlink()
 
 
-def decodes(run: Path):
+def read_oracle(run: Path) -> tuple[dict[int, list[dict]], int]:
+    """Each agent's oracle records, and how many lines were torn. An agent killed mid-run
+    leaves a partly written last line; restarted, it appends right after it."""
+    records, torn = {}, 0
+    for p in sorted(Path(run).glob(ORACLE_GLOB)):
+        if not p.is_file():
+            continue
+        recs = records[int(p.stem.rsplit("-", 1)[1])] = []
+        for line in p.read_text(errors="replace").splitlines():
+            try:
+                rec = json.loads(line)
+                tag, ns, seed = rec["sent"]
+                heard = [(sender, t, s, sd) for sender, t, s, sd in rec["heard"]]
+                recs.append({"step": rec["step"], "sent": (tag, ns, seed), "heard": heard})
+            except (ValueError, KeyError, TypeError):
+                torn += 1
+    return records, torn
+
+
+def decodes(run: Path, records: dict[int, list[dict]] | None = None):
     """Every decode in the run's oracle record, matched to its send:
     (world step, sender, receiver, (noise step, seed) sent with, (noise step, seed) used)."""
-    records = {int(p.stem.rsplit("-", 1)[1]): [json.loads(line) for line in p.read_text().splitlines()]
-               for p in sorted(Path(run).glob(ORACLE_GLOB)) if p.is_file()}
+    records = read_oracle(run)[0] if records is None else records
     sends = defaultdict(list)  # (sender, frame tag) -> [(world step, noise step, seed)]
     for k, recs in records.items():
         for rec in recs:
@@ -58,8 +76,9 @@ def analyze(run: Path, delta: float, run_seed: int, values: int) -> dict:
     def noise(sender: int, step: int, seed: int) -> np.ndarray:
         return uniform_numpy(values, NoiseKey(run_seed, seed, sender), step)
 
+    records, torn = read_oracle(run)
     events = []  # (step, src, dst, desynced, error)
-    for step, sender, dst, tx, rx in decodes(run):
+    for step, sender, dst, tx, rx in decodes(run, records):
         wrong = tx != rx
         err = float(delta * np.abs(noise(sender, *tx) - noise(sender, *rx)).mean()) if wrong else 0.0
         events.append((step, sender, dst, wrong, err))
@@ -76,6 +95,7 @@ def analyze(run: Path, delta: float, run_seed: int, values: int) -> dict:
         "mean_error": sum(e[4] for e in events) / total if total else None,
         "links": {k: {"messages": n, "desynced_fraction": w / n, "mean_error": e / n} for k, (n, w, e) in sorted(links.items())},
         "recovery_steps": recovery(run, events),
+        "torn_lines": torn,
     }
 
 
