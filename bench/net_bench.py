@@ -150,6 +150,20 @@ def per_message_overhead(summary: dict) -> float:
     return (up["header"] + up["framing"]) / per_msg
 
 
+def cpuidle() -> str:
+    """The guest's idle driver and halt polling: with none, every idle vCPU halts and its
+    wake-up goes through the hypervisor, which the floor pays on every message."""
+    def read(path: str) -> str | None:
+        try:
+            return Path(path).read_text().strip()
+        except OSError:
+            return None
+
+    driver = read("/sys/devices/system/cpu/cpuidle/current_driver") or "unknown"
+    poll = read("/sys/module/haltpoll/parameters/guest_halt_poll_ns")
+    return f"cpuidle {driver}" + (f", guest_halt_poll_ns {poll}" if poll is not None else "")
+
+
 def run(steps: int = 300, agents: str = "2,4,8", batches: str = "1,256", repeat: int = 3) -> str:
     """Each configuration `repeat` times, each run between two floor measurements: the
     VM's speed drifts within minutes, so a ratio is only fair against the floor of the
@@ -177,7 +191,7 @@ def run(steps: int = 300, agents: str = "2,4,8", batches: str = "1,256", repeat:
     paced = pyzmq_round_trip(500, gap_s=0.003)
     return "\n".join([
         f"machine: {platform.machine()}, {os.cpu_count()} CPUs, {platform.python_version()}, "
-        f"pyzmq {zmq.__version__}, libzmq {zmq.zmq_version()}",
+        f"pyzmq {zmq.__version__}, libzmq {zmq.zmq_version()}, {cpuidle()}",
         f"floor: pyzmq DEALER<->ROUTER round trip, back to back, median, measured before and after each run "
         f"({min(floors) * 1e6:.0f}-{max(floors) * 1e6:.0f} us); bound per step = {HOPS_PER_STEP} hops x floor/2",
         f"each row: the median of {repeat} runs by p50 / bound; the spread of that ratio beside it",
