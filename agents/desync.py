@@ -50,10 +50,9 @@ def read_oracle(run: Path) -> tuple[dict[int, list[dict]], int]:
     return records, torn
 
 
-def decodes(run: Path, records: dict[int, list[dict]] | None = None):
-    """Every decode in the run's oracle record, matched to its send:
+def decodes(records: dict[int, list[dict]]):
+    """Every decode in the oracle records (`read_oracle`), matched to its send:
     (world step, sender, receiver, (noise step, seed) sent with, (noise step, seed) used)."""
-    records = read_oracle(run)[0] if records is None else records
     sends = defaultdict(list)  # (sender, frame tag) -> [(world step, noise step, seed)]
     for k, recs in records.items():
         for rec in recs:
@@ -78,7 +77,7 @@ def analyze(run: Path, delta: float, run_seed: int, values: int) -> dict:
 
     records, torn = read_oracle(run)
     events = []  # (step, src, dst, desynced, error)
-    for step, sender, dst, tx, rx in decodes(run, records):
+    for step, sender, dst, tx, rx in decodes(records):
         wrong = tx != rx
         err = float(delta * np.abs(noise(sender, *tx) - noise(sender, *rx)).mean()) if wrong else 0.0
         events.append((step, sender, dst, wrong, err))
@@ -102,7 +101,7 @@ def analyze(run: Path, delta: float, run_seed: int, values: int) -> dict:
 def desync_by_step(run: Path, agent: int) -> dict[int, float]:
     """World step -> fraction of desynced decodes on links into or out of `agent`."""
     out = defaultdict(lambda: [0, 0])
-    for step, sender, dst, tx, rx in decodes(run):
+    for step, sender, dst, tx, rx in decodes(read_oracle(run)[0]):
         if agent in (sender, dst):
             out[step][0] += 1
             out[step][1] += tx != rx

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,20 @@ def stats(endpoint: str) -> dict:
 
     with Peer(endpoint, b"cli") as p:
         return p.stats()
+
+
+def ddcl(*args: str, timeout: float = 30) -> subprocess.CompletedProcess:
+    """One `ddcl` command run to its end, output captured."""
+    return subprocess.run([sys.executable, "-m", "agents.cli", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+
+
+def wait_registered(endpoint: str, peer: str, proc: subprocess.Popen, timeout_s: float = 60) -> None:
+    """Until `peer` has registered with the broker (`proc` must stay alive meanwhile)."""
+    deadline = time.monotonic() + timeout_s
+    while peer not in stats(endpoint)["peers"]:
+        assert time.monotonic() < deadline and proc.poll() is None, f"{peer} never registered"
+        time.sleep(0.1)
 
 
 class Procs:

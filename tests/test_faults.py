@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 
 import pytest
@@ -13,7 +10,7 @@ import pytest
 from agents.desync import analyze, desync_by_step
 from broker.faults import FaultError, FaultTable
 from broker.faults_file import load_faults
-from tests.conftest import ROOT, free_port
+from tests.conftest import ddcl, free_port
 
 AGENTS = {"agent-0", "agent-1"}
 
@@ -57,11 +54,6 @@ def test_faults_file_parses_and_rejects_with_the_entry_named(tmp_path):
     bad.write_text('[[fault]]\nstep = -1\nkind = "skew"\n')
     with pytest.raises(FaultError, match="fault #1"):
         load_faults(bad)
-
-
-def ddcl(*args: str, timeout: float = 30) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "agents.cli", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout, env=dict(os.environ, PYTHONPATH=str(ROOT)))
 
 
 def steps_done(run) -> int:

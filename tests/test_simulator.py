@@ -16,7 +16,7 @@ import torch
 
 from agents.inprocess import run_inprocess
 from agents.world import WorldConfig
-from tests.conftest import ROOT, stats
+from tests.conftest import ROOT, ddcl, free_port, wait_registered
 
 
 def test_ddcl_up_writes_summary_and_metrics(tmp_path):
@@ -113,10 +113,7 @@ def test_an_agent_that_cannot_write_its_oracle_log_still_runs(procs, tmp_path):
     procs.start("sync", "sync", "serve", "--broker", ep)
     run = tmp_path / "run"
     world = procs.start("world", "world", "--broker", ep, "--steps", "30", "--out", str(run))
-    deadline = time.monotonic() + 60
-    while "world" not in stats(ep)["peers"]:  # registered: it has cleared the old logs
-        assert time.monotonic() < deadline, procs.log("world")
-        time.sleep(0.1)
+    wait_registered(ep, "world", world)  # so it has cleared the old logs
     (run / "oracle-agent-1.jsonl").mkdir()
     for k in range(2):
         procs.start(f"agent-{k}", "agent", "--broker", ep, "--id", f"agent-{k}", "--device", "cpu")
@@ -154,10 +151,7 @@ def test_a_world_waiting_for_agents_stops_on_sigterm(procs):
     with a plain message, not a traceback."""
     ep = procs.broker()
     world = procs.start("world", "world", "--broker", ep, "--steps", "10")
-    deadline = time.monotonic() + 60
-    while "world" not in stats(ep)["peers"]:
-        assert time.monotonic() < deadline and world.poll() is None, procs.log("world")
-        time.sleep(0.1)
+    wait_registered(ep, "world", world)
     time.sleep(0.5)  # registered; its stop handler is set as its wait begins
     world.send_signal(signal.SIGTERM)
     assert world.wait(15) == 130, procs.log("world")
@@ -165,8 +159,6 @@ def test_a_world_waiting_for_agents_stops_on_sigterm(procs):
 
 
 def test_a_role_with_no_broker_says_so_and_exits(procs):
-    from agents.launcher import free_port
-
     agent = procs.start("agent", "agent", "--broker", f"tcp://127.0.0.1:{free_port()}")
     assert agent.wait(60) == 2
     out = procs.log("agent")
@@ -190,8 +182,6 @@ def _processes_with(text: str) -> list[int]:
 def long_up(tmp_path):
     """A `ddcl up` of 100000 steps, once it steps: (process, endpoint, out folder). Whatever
     the test leaves running is killed afterwards."""
-    from agents.launcher import free_port
-
     port, out = free_port(), tmp_path / "run"
     up = subprocess.Popen([sys.executable, "-m", "agents.cli", "up", "--steps", "100000", "--port", str(port),
                            "--out", str(out)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -234,9 +224,8 @@ def test_children_do_not_outlive_a_killed_ddcl_up(long_up):
 
 
 def test_ddcl_up_refuses_a_checkpoint_for_another_env_before_starting(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "agents.cli", "up", "--env", "goal", "--steps", "5", "--checkpoint",
-                        str(ROOT / "deploy" / "checkpoint" / "tj-easy.pt"), "--out", str(tmp_path / "run")],
-                       cwd=ROOT, capture_output=True, text=True, timeout=120, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    r = ddcl("up", "--env", "goal", "--steps", "5", "--checkpoint", str(ROOT / "deploy" / "checkpoint" / "tj-easy.pt"),
+             "--out", str(tmp_path / "run"), timeout=120)
     assert r.returncode == 2
     assert "is for env 'tj-easy', not 'goal'" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "run").exists()  # nothing started
