@@ -189,10 +189,12 @@ def _world(args) -> int:
 
     from agents.envs import default_agents
     from agents.world import World, WorldConfig
+    from broker.peer import BrokerLost
 
     cfg = WorldConfig(env=args.env, agents=args.agents or default_agents(args.env), batch=args.batch,
                       steps=args.steps, codec=args.codec, seed=args.seed, deadline_s=args.deadline, sync=args.sync,
-                      clock=args.clock, tick_s=args.tick, run=args.run, core=args.core, aggregate=args.aggregate)
+                      clock=args.clock, tick_s=args.tick, run=args.run, core=args.core, aggregate=args.aggregate,
+                      broker_timeout_s=args.broker_timeout)
     out = Path(args.out) if args.out else None
     if out:
         out.mkdir(parents=True, exist_ok=True)
@@ -206,6 +208,9 @@ def _world(args) -> int:
     except TimeoutError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except BrokerLost as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     if summary is None:
         print("stopped before step 0", file=sys.stderr)
         return 130
@@ -561,6 +566,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_args(w)
     w.add_argument("--broker", default=DEFAULT_BROKER, help="broker endpoint (env DDCL_BROKER)")
     w.add_argument("--out", help="run folder for metrics.jsonl and summary.json (default: print the summary)")
+    w.add_argument("--broker-timeout", type=positive_float, default=10.0,
+                   help="seconds a silent broker has to come back (restarted) before the run ends with status 1 "
+                        "(default 10)")
     w.set_defaults(func=_world)
 
     a = sub.add_parser("agent", help="run one agent process")

@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+from broker.protocol import HEARTBEAT_S, LIVENESS
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -83,6 +85,23 @@ class ProcessGroup:
                     p.wait()
 
 
+def exit_reason(rc: int) -> str:
+    return f"killed by {signal.Signals(-rc).name}" if rc < 0 else f"status {rc}"
+
+
+def wait_world(world: subprocess.Popen, services: dict[str, subprocess.Popen]) -> int:
+    """The world's exit status; a service that dies under it is named at once (the world
+    ends the run itself once it misses the broker)."""
+    gone: set[str] = set()
+    while (rc := world.poll()) is None:
+        for name, p in services.items():
+            if name not in gone and p.poll() is not None:
+                gone.add(name)
+                print(f"[up] the {name} exited during the run ({exit_reason(p.returncode)})", file=sys.stderr, flush=True)
+        time.sleep(0.1)
+    return rc
+
+
 def port_in_use(port: int) -> bool:
     with socket.socket() as s:
         try:
@@ -118,13 +137,15 @@ def up(args) -> int:
         except TimeoutError:
             print(f"[up] the broker did not start; see {out / 'logs' / 'broker.log'}", file=sys.stderr)
             return 2
-        group.start("sync", ddcl("sync", "serve", "--broker", endpoint, "--seed", str(args.seed),
+        sync = group.start("sync", ddcl("sync", "serve", "--broker", endpoint, "--seed", str(args.seed),
                                  "--beacon-every", str(args.beacon_every), "--epoch-steps", str(args.epoch_steps), *common))
         world_cmd = ddcl("world", "--broker", endpoint, "--env", args.env, "--agents", str(args.agents),
                          "--batch", str(args.batch), "--steps", str(args.steps), "--codec", args.codec,
                          "--seed", str(args.seed), "--deadline", str(args.deadline), "--out", str(out),
                          "--sync", args.sync, "--clock", args.clock, "--tick", str(args.tick),
-                         "--core", args.core, "--aggregate", args.aggregate, *common)
+                         "--core", args.core, "--aggregate", args.aggregate,
+                         # nothing here restarts a broker: its silence for the heartbeat liveness means it died
+                         "--broker-timeout", str(LIVENESS * HEARTBEAT_S), *common)
         world = group.start("world", world_cmd, progress=True)
         for k in range(args.agents):
             cmd = ddcl("agent", "--broker", endpoint, "--id", f"agent-{k}", "--device", args.device, *common)
@@ -133,7 +154,7 @@ def up(args) -> int:
             group.start(f"agent-{k}", cmd)
         print(f"[up] broker on {endpoint}; {args.agents} agents, B={args.batch}, {args.steps} steps; "
               f"logs in {out / 'logs'}", file=sys.stderr, flush=True)
-        rc = world.wait()
+        rc = wait_world(world, {"broker": broker, "sync service": sync})
     except KeyboardInterrupt:
         print("[up] stopping", file=sys.stderr)
         rc = 130
@@ -151,7 +172,7 @@ def up(args) -> int:
             print(f"stopped at step {summary['steps']} of {summary['config']['steps']}")
         print(f"\nwrote {out / 'metrics.jsonl'} and {summary_path}")
     elif rc != 130:
-        print(f"[up] the world exited with status {rc}; see {out / 'logs'}", file=sys.stderr)
+        print(f"[up] the world exited with {exit_reason(rc)}; see {out / 'logs'}", file=sys.stderr)
     return rc
 
 

@@ -5,6 +5,8 @@ them), collect every agent's actions until the per-step deadline, step the env, 
 next observations, then write this step's metrics while the agents work.
 An agent whose actions miss the deadline gets action 0 ("stay"/"gas") for that step,
 counted in `deadline_misses`; a restarted agent re-joins and is sent the config again.
+A broker silent for `broker_timeout_s` ends the run (BrokerLost; metrics.jsonl keeps the
+steps run); one restarted within it takes the world back, and the run goes on.
 """
 
 from __future__ import annotations
@@ -20,10 +22,9 @@ import numpy as np
 import torch
 
 from broker import protocol as P
-from broker.peer import Peer
-from channel import ChannelError, frame, load_kernels
-
 from broker.bus import Publisher
+from broker.peer import BrokerLost, Peer
+from channel import ChannelError, frame, load_kernels
 
 from . import lockstep as L
 from .clock import MODES as CLOCK_MODES
@@ -48,6 +49,7 @@ class WorldConfig:
     seed: int = 0  # env seed and untrained-policy seed
     deadline_s: float = 1.0  # per-step wait for actions
     join_timeout_s: float = 60.0  # wait for all agents to join before step 0
+    broker_timeout_s: float = 10.0  # a silent broker's time to come back (restarted) before the run ends
     sync: str = "implicit"  # implicit | stamped | checked:K
     clock: str = "logical"  # logical | wall
     tick_s: float = 0.1  # wall clock: seconds per step
@@ -138,6 +140,14 @@ class World:
                 self.peer.send_to(P.agent_id(k), self.agent_config())
         obs = env.reset().numpy()
         metrics = open(self.out / "metrics.jsonl", "w") if self.out else None
+        try:
+            return self._steps(should_stop, obs, metrics)
+        finally:
+            if metrics:
+                metrics.close()
+
+    def _steps(self, should_stop, obs: np.ndarray, metrics) -> dict:
+        cfg, env = self.cfg, self.env
         episodes = successes = 0
         reward_sum = 0.0
         start = last_print = time.monotonic()
@@ -145,6 +155,10 @@ class World:
         sent_at = self.send_observations(0, obs, np.ones(cfg.batch, dtype=bool)) if cfg.steps else None
         for step in range(cfg.steps):
             actions = self.collect_actions(step)
+            if self.peer.silent_s() > cfg.broker_timeout_s:
+                raise BrokerLost(f"no word from the broker at {self.peer.endpoint} for {self.peer.silent_s():.1f} s: "
+                                 f"the run ends at step {step} of {cfg.steps}"
+                                 + (f"; {self.out / 'metrics.jsonl'} holds the steps run" if self.out else ""))
             obs, reward, done, success = (x.numpy() for x in env.step(torch.from_numpy(actions)))
             latency = time.monotonic() - sent_at
             steps_done = step + 1
@@ -171,8 +185,6 @@ class World:
             if not go_on:
                 break
         elapsed = time.monotonic() - start
-        if metrics:
-            metrics.close()
         self.finish_agents()
         broker_stats = self.peer.stats()
         summary = self.summary(broker_stats, steps_done, elapsed, episodes, successes, reward_sum)
@@ -250,6 +262,8 @@ class World:
             "steps_per_second": steps / elapsed if elapsed > 0 else None,
             "deadline_misses": self.misses,
             "late_actions": self.late,
+            # each restart of the broker zeroes its counts: byte figures cover the steps since the last
+            "broker_restarts": self.peer.reregistrations,
             "silent_peers": sum(s["silent_peers"] for s in self.agent_stats.values()),
             "beacons_received": sum(s.get("beacons", 0) for s in self.agent_stats.values()),
             "bad_beacons": sum(s.get("bad_beacons", 0) for s in self.agent_stats.values()),

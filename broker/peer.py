@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 import zmq
 
 from . import protocol as P
 
+log = logging.getLogger("ddcl.peer")
+
 
 class BrokerError(RuntimeError):
     """The broker refused a request or did not answer in time."""
+
+
+class BrokerLost(BrokerError):
+    """The broker went silent mid-run for longer than the role waits for it."""
 
 
 class Peer:
@@ -29,7 +36,11 @@ class Peer:
         self.sock.connect(endpoint)
         self.endpoint = endpoint
         self.role = role
-        self.last_sent = time.monotonic()
+        self.last_sent = self.last_heard = time.monotonic()
+        self.id = b""
+        self.reregistrations = 0  # times a restarted broker took this peer back
+        self._asked_again: float | None = None  # when this peer last registered again, until answered
+        self._missed = False  # the broker has been silent past its liveness: said once per outage
         self.id = self._register(wanted_id, timeout_s) if role != b"cli" else b""
 
     def __enter__(self):
@@ -75,14 +86,51 @@ class Peer:
             self.send_parts([P.HEARTBEAT])
 
     def recv(self, timeout_s: float | None) -> list[bytes] | None:
-        """The next message, or None after timeout_s (None: wait forever)."""
-        # a receive timeout, not a poll: Socket.poll builds a Poller per call, and this
-        # runs several times per lockstep step
-        self.sock.rcvtimeo = -1 if timeout_s is None else max(0, int(timeout_s * 1000))
-        try:
-            return self.sock.recv_multipart()
-        except zmq.Again:
-            return None
+        """The next message for the role, or None after timeout_s (None: wait forever).
+        The broker's heartbeats and a re-registration with a restarted broker stay in here."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            # a receive timeout, not a poll: Socket.poll builds a Poller per call, and this
+            # runs several times per lockstep step
+            self.sock.rcvtimeo = -1 if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
+            try:
+                parts = self.sock.recv_multipart()
+            except zmq.Again:
+                if self.id and not self._missed and self.silent_s() > P.LIVENESS * P.HEARTBEAT_S:
+                    self._missed = True
+                    log.warning("no word from the broker at %s for %.0f s; waiting for it", self.endpoint,
+                                self.silent_s())
+                return None
+            self.last_heard = time.monotonic()
+            if self._missed:
+                self._missed = False
+                log.warning("the broker at %s answers again", self.endpoint)
+            if not self._liveness(parts):
+                return parts
+
+    def _liveness(self, parts: list[bytes]) -> bool:
+        """Consume the broker's own liveness traffic (True), or leave a message to the role."""
+        if len(parts) == 1 and parts[0] == P.HEARTBEAT:
+            return True
+        if not self.id or len(parts) != 2:
+            return False
+        if parts[0] == P.ERROR and parts[1] == P.NOT_REGISTERED:
+            # the broker restarted: one REGISTER answers a burst of these errors
+            if self._asked_again is None or self.last_heard - self._asked_again > 0.5:
+                self._asked_again = self.last_heard
+                self.send_parts([P.REGISTER, self.role, self.id])
+            return True
+        if parts[0] == P.REGISTERED and parts[1] == self.id:
+            if self._asked_again is not None:
+                self._asked_again = None
+                self.reregistrations += 1
+            return True
+        return False
+
+    def silent_s(self) -> float:
+        """Seconds since the broker last sent anything: past LIVENESS heartbeat intervals,
+        it is gone."""
+        return time.monotonic() - self.last_heard
 
     def request(self, parts: list[bytes], reply_cmd: bytes, timeout_s: float = 5.0):
         """Send a command and wait for its reply (ignoring anything else); msgpack-decoded."""

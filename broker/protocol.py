@@ -8,7 +8,7 @@ A peer is a DEALER; the broker one ROUTER. Two message shapes travel:
 - a command: a multipart message whose first frame is one command byte (0x01..0x3F):
 
     REGISTER   [cmd, role, wanted id or b""]      -> REGISTERED [cmd, id] | ERROR
-    HEARTBEAT  [cmd]                              (any message also proves liveness)
+    HEARTBEAT  [cmd]                              both ways; any message also proves liveness
     SEND       [cmd, destination id, body]        -> to destination: DELIVER [cmd, src, body]
     STEP       [cmd, step (msgpack)]              broker -> sync service: a lockstep boundary
     STATS      [cmd]                              -> STATS_REPLY [cmd, msgpack dict]
@@ -17,6 +17,11 @@ A peer is a DEALER; the broker one ROUTER. Two message shapes travel:
     SUBSCRIBE  [cmd, topic filter]                -> BUS_MESSAGE [cmd, topic, payload, retain]...
     BYE        [cmd]                              the peer leaves
     ERROR      [cmd, utf-8 text]                  the broker refused the last message
+
+Liveness runs both ways: the broker counts a peer dead after LIVENESS silent heartbeat
+intervals, and sends HEARTBEAT to every peer it has sent nothing to for an interval, so a
+peer can tell a dead broker from a quiet one. A restarted broker knows no one: it answers
+a peer's traffic with ERROR NOT_REGISTERED, and the peer registers again under its id.
 
 SEND to ALL_AGENTS reaches every agent (the sync service's beacons); messages the broker
 itself originates (clock faults for an agent) come as DELIVER from BROKER_ID.
@@ -45,6 +50,8 @@ CONTROL_REPLY = b"\x0c"
 PUBLISH = b"\x0d"
 SUBSCRIBE = b"\x0e"
 BUS_MESSAGE = b"\x0f"
+
+NOT_REGISTERED = b"register first"  # ERROR text: the broker does not know this connection
 
 ROLES = (b"agent", b"world", b"sync", b"cli")
 WORLD_ID = b"world"

@@ -29,6 +29,7 @@ class PeerInfo:
     role: bytes
     routing: bytes
     last_seen: float
+    last_sent: float = 0.0
 
 
 class Broker:
@@ -89,6 +90,7 @@ class Broker:
                 self.release_due()
                 if time.monotonic() >= next_check:
                     self.expire_dead()
+                    self.heartbeat_quiet()
                     next_check = time.monotonic() + self.heartbeat_s
         finally:
             if self.fault_log:
@@ -102,6 +104,14 @@ class Broker:
                 log.warning("peer %s silent for %d intervals: dead", pid.decode(), P.LIVENESS)
                 self._forget(pid)
                 self.publish_status(pid, "offline")  # the last will
+
+    def heartbeat_quiet(self) -> None:
+        """A heartbeat to every peer sent nothing for an interval: the lockstep's peers hear
+        from the broker every step and get none; an idle one learns the broker lives."""
+        quiet = time.monotonic() - self.heartbeat_s
+        for peer in list(self.peers.values()):
+            if peer.last_sent < quiet:
+                self.deliver(peer, [P.HEARTBEAT], "control", 0)
 
     def _forget(self, pid: bytes) -> None:
         info = self.peers.pop(pid, None)
@@ -128,7 +138,7 @@ class Broker:
         self.acct.record("up", "control", link, parts)
         if pid is None and cmd not in (P.STATS, P.CONTROL, P.PUBLISH, P.SUBSCRIBE):
             self.acct.other["rejected"] += 1
-            self.reply(routing, "?", [P.ERROR, b"register first"])
+            self.reply(routing, "?", [P.ERROR, P.NOT_REGISTERED])
         elif cmd == P.HEARTBEAT and len(parts) == 1:
             pass
         elif cmd == P.STATS and len(parts) == 1:
@@ -282,7 +292,7 @@ class Broker:
         self.acct.record("up", kind, link, parts, payload)
         if pid is None:
             self.acct.other["rejected"] += 1
-            self.reply(routing, link, [P.ERROR, b"register first"])
+            self.reply(routing, link, [P.ERROR, P.NOT_REGISTERED])
             return
         if dest == P.ALL_AGENTS:
             for peer in self.agents():
@@ -305,6 +315,7 @@ class Broker:
             self.sock.send_multipart([peer.routing] + parts, zmq.NOBLOCK)
         except zmq.ZMQError:  # EHOSTUNREACH (gone) or EAGAIN (its queue is full)
             return False
+        peer.last_sent = time.monotonic()
         self.acct.record("down", kind, peer.id.decode(), parts, payload)
         return True
 

@@ -94,6 +94,22 @@ def test_dead_peers_expire_and_restarted_agents_reclaim_their_id(procs):
         assert again.recv(5) is not None
 
 
+def test_an_idle_peer_hears_the_brokers_heartbeats(procs):
+    """Liveness both ways: a registered peer the broker has nothing for still hears from it
+    every interval, and the Peer class keeps those heartbeats from the role."""
+    ep = procs.broker()
+    raw = zmq.Context.instance().socket(zmq.DEALER)
+    raw.setsockopt(zmq.LINGER, 0)
+    raw.connect(ep)
+    raw.send_multipart([P.REGISTER, b"agent", b"agent-5"])
+    assert raw.poll(5000) and raw.recv_multipart() == [P.REGISTERED, b"agent-5"]
+    assert raw.poll(int(2.5 * P.HEARTBEAT_S * 1000)) and raw.recv_multipart() == [P.HEARTBEAT]
+    raw.close()
+    with Peer(ep, b"agent") as quiet:
+        assert quiet.recv(2.5 * P.HEARTBEAT_S) is None
+        assert quiet.silent_s() < 2 * P.HEARTBEAT_S
+
+
 class CountingRelay:
     """A TCP relay that counts every byte each way: an independent view of the wire."""
 

@@ -146,6 +146,34 @@ def test_killed_agent_misses_deadlines_then_rejoins(procs, tmp_path):
     assert last[0]["deadline_misses"] == last[-1]["deadline_misses"]  # rejoined: no new misses
 
 
+def test_a_run_goes_on_through_a_broker_restart(procs, tmp_path):
+    """The broker SIGKILLed mid-run and started again on its port: every peer registers
+    again under its id, the steps of the outage miss their deadline, and the run ends."""
+    port = free_port()
+    ep = procs.broker(port)
+    procs.start("sync", "sync", "serve", "--broker", ep)
+    for k in range(2):
+        procs.start(f"agent-{k}", "agent", "--broker", ep, "--device", "cpu")  # ids assigned, as in compose
+    run = tmp_path / "run"
+    world = procs.start("world", "world", "--broker", ep, "--steps", "600", "--deadline", "0.2", "--out", str(run))
+    metrics, deadline = run / "metrics.jsonl", time.monotonic() + 60
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) > 20):
+        assert time.monotonic() < deadline, procs.log("world")
+        time.sleep(0.1)
+    procs.procs["broker"].send_signal(signal.SIGKILL)
+    procs.procs["broker"].wait()
+    time.sleep(1.0)
+    procs.broker(port)
+    assert world.wait(180) == 0, procs.log("world")
+    s = json.loads((run / "summary.json").read_text())
+    assert s["steps"] == 600 and s["broker_restarts"] == 1
+    assert min(s["deadline_misses"]) >= 1  # the outage's steps
+    assert 0 < s["broker"]["steps"] < 600  # the new broker counts from when it came up
+    assert s["messages"]["sent"] == s["messages"]["delivered"] > 0
+    for name in ("agent-0", "agent-1", "sync", "world"):
+        assert "the broker at" in procs.log(name) and "answers again" in procs.log(name), name
+
+
 def test_a_world_waiting_for_agents_stops_on_sigterm(procs):
     """No agent ever joins: SIGTERM must end the wait at once (the join timeout is 60 s),
     with a plain message, not a traceback."""
@@ -221,6 +249,20 @@ def test_children_do_not_outlive_a_killed_ddcl_up(long_up):
     while _processes_with(endpoint):
         assert time.monotonic() < deadline, _processes_with(endpoint)
         time.sleep(0.2)
+
+
+def test_a_broker_killed_under_ddcl_up_ends_the_run_with_its_reason(long_up):
+    up, endpoint, out = long_up
+    (broker,) = _processes_with(f"--bind\0tcp://{endpoint}")
+    os.kill(broker, signal.SIGKILL)
+    text, _ = up.communicate(timeout=60)
+    assert up.returncode == 1, text
+    assert "[up] the broker exited during the run (killed by SIGKILL)" in text
+    assert "no word from the broker" in text and "metrics.jsonl holds the steps run" in text
+    assert "Traceback" not in text
+    assert len((out / "metrics.jsonl").read_text().splitlines()) > 20
+    time.sleep(0.5)
+    assert _processes_with(endpoint) == []
 
 
 def test_ddcl_up_refuses_a_checkpoint_for_another_env_before_starting(tmp_path):
