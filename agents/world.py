@@ -262,8 +262,8 @@ class World:
             "steps_per_second": steps / elapsed if elapsed > 0 else None,
             "deadline_misses": self.misses,
             "late_actions": self.late,
-            # each restart of the broker zeroes its counts: byte figures cover the steps since the last
-            "broker_restarts": self.peer.reregistrations,
+            # a restarted broker counts from zero: its figures then cover the steps since
+            "reregistrations": self.peer.reregistrations,
             "silent_peers": sum(s["silent_peers"] for s in self.agent_stats.values()),
             "beacons_received": sum(s.get("beacons", 0) for s in self.agent_stats.values()),
             "bad_beacons": sum(s.get("bad_beacons", 0) for s in self.agent_stats.values()),

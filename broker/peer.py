@@ -38,7 +38,7 @@ class Peer:
         self.role = role
         self.last_sent = self.last_heard = time.monotonic()
         self.id = b""
-        self.reregistrations = 0  # times a restarted broker took this peer back
+        self.reregistrations = 0  # times this peer registered again: a restarted broker, or one that gave it up for dead
         self._asked_again: float | None = None  # when this peer last registered again, until answered
         self._missed = False  # the broker has been silent past its liveness: said once per outage
         self.id = self._register(wanted_id, timeout_s) if role != b"cli" else b""

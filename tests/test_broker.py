@@ -94,6 +94,17 @@ def test_dead_peers_expire_and_restarted_agents_reclaim_their_id(procs):
         assert again.recv(5) is not None
 
 
+def test_a_peer_given_up_for_dead_registers_again_under_its_id(procs):
+    ep = procs.broker()
+    with Peer(ep, b"agent", b"agent-2") as stalled:
+        time.sleep(P.LIVENESS * P.HEARTBEAT_S + 1.5)  # nothing sent, nothing read: a stopped process
+        assert "agent-2" not in stats(ep)["peers"]
+        stalled.send_to(P.WORLD_ID, b"\x80")  # answered with ERROR register first
+        assert stalled.recv(1.0) is None  # the error and the new REGISTERED stay inside Peer
+        assert stalled.reregistrations == 1
+        assert stats(ep)["peers"].get("agent-2") == "agent"
+
+
 def test_an_idle_peer_hears_the_brokers_heartbeats(procs):
     """Liveness both ways: a registered peer the broker has nothing for still hears from it
     every interval, and the Peer class keeps those heartbeats from the role."""
