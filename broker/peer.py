@@ -114,6 +114,9 @@ class Peer:
             return True
         if not self.id or len(parts) != 2:
             return False
+        if parts[0] == P.ERROR and parts[1] == P.REPLACED:
+            raise BrokerError(f"{self.id.decode()} was taken over by a newer connection to the broker at "
+                              f"{self.endpoint} (a restarted or second process with the same id): this one stops")
         if parts[0] == P.ERROR and parts[1] == P.NOT_REGISTERED:
             # the broker restarted: one REGISTER answers a burst of these errors
             if self._asked_again is None or self.last_heard - self._asked_again > 0.5:

@@ -21,7 +21,8 @@ A peer is a DEALER; the broker one ROUTER. Two message shapes travel:
 Liveness runs both ways: the broker counts a peer dead after LIVENESS silent heartbeat
 intervals, and sends HEARTBEAT to every peer it has sent nothing to for an interval, so a
 peer can tell a dead broker from a quiet one. A restarted broker knows no one: it answers
-a peer's traffic with ERROR NOT_REGISTERED, and the peer registers again under its id.
+a peer's traffic with ERROR NOT_REGISTERED, and the peer registers again under its id;
+a connection whose id a newer registration took over gets ERROR REPLACED and stops.
 
 SEND to ALL_AGENTS reaches every agent (the sync service's beacons); messages the broker
 itself originates (clock faults for an agent) come as DELIVER from BROKER_ID.
@@ -52,6 +53,7 @@ SUBSCRIBE = b"\x0e"
 BUS_MESSAGE = b"\x0f"
 
 NOT_REGISTERED = b"register first"  # ERROR text: the broker does not know this connection
+REPLACED = b"id taken over by a newer connection"  # ERROR text: a restarted process holds this id now
 
 ROLES = (b"agent", b"world", b"sync", b"cli")
 WORLD_ID = b"world"

@@ -57,6 +57,7 @@ class Broker:
         self.heartbeat_s = heartbeat_s
         self.peers: dict[bytes, PeerInfo] = {}
         self.by_routing: dict[bytes, bytes] = {}
+        self.replaced: set[bytes] = set()  # connections whose id a newer registration took over
         self.acct = Accounting()
         self.faults = FaultTable()
         self.scheduled: list[tuple[int, dict]] = []  # (world step, fault request) from a faults file
@@ -138,7 +139,7 @@ class Broker:
         self.acct.record("up", "control", link, parts)
         if pid is None and cmd not in (P.STATS, P.CONTROL, P.PUBLISH, P.SUBSCRIBE):
             self.acct.other["rejected"] += 1
-            self.reply(routing, "?", [P.ERROR, P.NOT_REGISTERED])
+            self.refuse_unknown(routing, "?")
         elif cmd == P.HEARTBEAT and len(parts) == 1:
             pass
         elif cmd == P.STATS and len(parts) == 1:
@@ -167,12 +168,19 @@ class Broker:
         if old is not None and old.routing != routing:
             log.info("peer %s re-registered: the new connection takes over", pid.decode())
             self.by_routing.pop(old.routing, None)
+            self.replaced.add(old.routing)
         self.peers[pid] = PeerInfo(pid, role, routing, time.monotonic())
         self.by_routing[routing] = pid
         self.reply(routing, pid.decode(), [P.REGISTERED, pid])
         self.publish_status(pid, "online")
         if role == b"agent" and any(self.faults.clock_of(pid.decode()).values()):
             self._push_clock(pid.decode())  # a restarted agent gets its clock faults back
+
+    def refuse_unknown(self, routing: bytes, link: str) -> None:
+        """An unregistered connection is told to register; one whose id was taken over is
+        told so, or it would register again and take the id back, and two live processes
+        would trade one id forever."""
+        self.reply(routing, link, [P.ERROR, P.REPLACED if routing in self.replaced else P.NOT_REGISTERED])
 
     def _grant_id(self, routing: bytes, role: bytes, wanted: bytes) -> bytes | None:
         """The id this registration gets, or None after replying with an ERROR."""
@@ -292,7 +300,7 @@ class Broker:
         self.acct.record("up", kind, link, parts, payload)
         if pid is None:
             self.acct.other["rejected"] += 1
-            self.reply(routing, link, [P.ERROR, P.NOT_REGISTERED])
+            self.refuse_unknown(routing, link)
             return
         if dest == P.ALL_AGENTS:
             for peer in self.agents():

@@ -105,6 +105,17 @@ def test_a_peer_given_up_for_dead_registers_again_under_its_id(procs):
         assert stats(ep)["peers"].get("agent-2") == "agent"
 
 
+def test_a_replaced_peer_is_told_so_instead_of_taking_its_id_back(procs):
+    ep = procs.broker()
+    with Peer(ep, b"agent", b"agent-4") as old, Peer(ep, b"agent", b"agent-4") as new, Peer(ep, b"agent") as other:
+        old.send_to(P.WORLD_ID, b"\x80")
+        with pytest.raises(BrokerError, match="taken over"):
+            old.recv(5)
+        data = message(P.agent_index(other.id), [1, 2])
+        other.broadcast_frame(data)
+        assert new.recv(5) == [data] and new.reregistrations == 0
+
+
 def test_an_idle_peer_hears_the_brokers_heartbeats(procs):
     """Liveness both ways: a registered peer the broker has nothing for still hears from it
     every interval, and the Peer class keeps those heartbeats from the role."""
