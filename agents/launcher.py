@@ -172,7 +172,7 @@ def up(args) -> int:
             print(f"stopped at step {summary['steps']} of {summary['config']['steps']}")
         print(f"\nwrote {out / 'metrics.jsonl'} and {summary_path}")
     elif rc != 130:
-        print(f"[up] the world exited with {exit_reason(rc)}; see {out / 'logs'}", file=sys.stderr)
+        print(f"[up] the world exited ({exit_reason(rc)}); see {out / 'logs'}", file=sys.stderr)
     return rc
 
 

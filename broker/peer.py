@@ -37,7 +37,7 @@ class Peer:
         self.endpoint = endpoint
         self.role = role
         self.last_sent = self.last_heard = time.monotonic()
-        self.id = b""
+        self.id = b""  # until registered: _register reads the broker's answer itself
         self.reregistrations = 0  # times this peer registered again: a restarted broker, or one that gave it up for dead
         self._asked_again: float | None = None  # when this peer last registered again, until answered
         self._missed = False  # the broker has been silent past its liveness: said once per outage
@@ -118,7 +118,7 @@ class Peer:
             raise BrokerError(f"{self.id.decode()} was taken over by a newer connection to the broker at "
                               f"{self.endpoint} (a restarted or second process with the same id): this one stops")
         if parts[0] == P.ERROR and parts[1] == P.NOT_REGISTERED:
-            # the broker restarted: one REGISTER answers a burst of these errors
+            # the broker restarted, or gave this peer up for dead: one REGISTER answers a burst
             if self._asked_again is None or self.last_heard - self._asked_again > 0.5:
                 self._asked_again = self.last_heard
                 self.send_parts([P.REGISTER, self.role, self.id])
