@@ -103,10 +103,16 @@ class Agent:
         self.epochs.update(reply)
         self.run_seed = int(reply["run_seed"])
         self.clock = Clock()
+        self.peer.on_reregistered = self._taken_back
         self.config = None
         self.oracle = None
         self.world_step = 0
         self.inbox: dict[int, bytes] = {}  # latest unconsumed message per peer sender
+
+    def _taken_back(self) -> None:
+        """A broker took this agent back. A restarted one holds no clock faults (one that
+        gave the agent up for dead pushes its faults right after), so the clock runs true."""
+        self.clock.set_faults(0.0, 0.0, self.world_step)
 
     def configure(self, cfg: dict) -> None:
         n = cfg["agents"]

@@ -41,6 +41,7 @@ class Peer:
         self.reregistrations = 0  # times this peer registered again: a restarted broker, or one that gave it up for dead
         self._asked_again: float | None = None  # when this peer last registered again, until answered
         self._missed = False  # the broker has been silent past its liveness: said once per outage
+        self.on_reregistered = None  # called when a broker takes this peer back, before its next message
         self.id = self._register(wanted_id, timeout_s) if role != b"cli" else b""
 
     def __enter__(self):
@@ -127,6 +128,8 @@ class Peer:
             if self._asked_again is not None:
                 self._asked_again = None
                 self.reregistrations += 1
+                if self.on_reregistered:
+                    self.on_reregistered()
             return True
         return False
 

@@ -69,6 +69,8 @@ class Broker:
         self.bus = bus  # an MQTT publisher; None: the embedded hub below serves the bus
         self.hub = Hub(run)
         self.started = time.monotonic()
+        # none yet: a listing an earlier broker left retained on MQTT would say otherwise
+        self.publish("faults", json.dumps(self.faults.listing()).encode(), retain=True)
 
     # -- the loop ---------------------------------------------------------------
 

@@ -61,15 +61,16 @@ def serve(endpoint: str, run_seed: int, base_seed: int, epoch_steps: int = 0, be
         bus.publish("epoch", P.pack(schedule.announcement(0)), retain=True)
         log.info("sync service up: run seed %d, epoch seed %d, E=%d, beacons every %d", run_seed, base_seed,
                  epoch_steps, beacon_every)
-        taken_back = 0
+
+        def taken_back() -> None:  # a restarted broker knows none of this
+            peer.send_parts([P.CONTROL, P.pack({"op": "step-relay", "every": every})])  # its reply goes unread
+            bus.publish("epoch", P.pack(schedule.announcement(step)), retain=True)
+
+        peer.on_reregistered = taken_back
         try:
             while not should_stop():
                 peer.heartbeat_if_idle()
                 msg = peer.recv(0.2)
-                if peer.reregistrations != taken_back:  # a restarted broker: it knows none of this
-                    taken_back = peer.reregistrations
-                    peer.send_parts([P.CONTROL, P.pack({"op": "step-relay", "every": every})])  # reply unread
-                    bus.publish("epoch", P.pack(schedule.announcement(step)), retain=True)
                 if not msg:
                     continue
                 if msg[0] == P.STEP and len(msg) == 2:

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from agents.desync import desync_by_step
 from agents.inprocess import run_inprocess
 from agents.world import WorldConfig
 from tests.conftest import ROOT, ddcl, free_port, wait_registered
@@ -147,31 +148,40 @@ def test_killed_agent_misses_deadlines_then_rejoins(procs, tmp_path):
 
 
 def test_a_run_goes_on_through_a_broker_restart(procs, tmp_path):
-    """The broker SIGKILLed mid-run and started again on its port: every peer registers
-    again under its id, the steps of the outage miss their deadline, and the run ends."""
+    """The broker SIGKILLed mid-run, with a clock fault on, and started again on its port:
+    every peer registers again under its id, the steps of the outage miss their deadline,
+    the fault the old broker held ends with it, and the run ends."""
     port = free_port()
     ep = procs.broker(port)
-    procs.start("sync", "sync", "serve", "--broker", ep)
+    procs.start("sync", "sync", "serve", "--broker", ep, "--beacon-every", "0")  # no beacon corrects the skew
     for k in range(2):
         procs.start(f"agent-{k}", "agent", "--broker", ep, "--device", "cpu")  # ids assigned, as in compose
     run = tmp_path / "run"
-    world = procs.start("world", "world", "--broker", ep, "--steps", "600", "--deadline", "0.2", "--out", str(run))
+    world = procs.start("world", "world", "--broker", ep, "--steps", "3000", "--deadline", "0.2", "--out", str(run))
     metrics, deadline = run / "metrics.jsonl", time.monotonic() + 60
     while not (metrics.exists() and len(metrics.read_text().splitlines()) > 20):
         assert time.monotonic() < deadline, procs.log("world")
         time.sleep(0.1)
+    assert ddcl("broker", "fault", "skew", "agent-1", "2", "--broker", ep).returncode == 0
+    time.sleep(0.3)
     procs.procs["broker"].send_signal(signal.SIGKILL)
     procs.procs["broker"].wait()
     time.sleep(1.0)
     procs.broker(port)
     assert world.wait(180) == 0, procs.log("world")
     s = json.loads((run / "summary.json").read_text())
-    assert s["steps"] == 600 and s["reregistrations"] == 1
+    assert s["steps"] == 3000 and s["reregistrations"] == 1
     assert min(s["deadline_misses"]) >= 1  # the outage's steps
-    assert 0 < s["broker"]["steps"] < 600  # the new broker counts from when it came up
+    assert 0 < s["broker"]["steps"] < 3000  # the new broker counts from when it came up
     assert s["messages"]["sent"] == s["messages"]["delivered"] > 0
     for name in ("agent-0", "agent-1", "sync", "world"):
         assert "the broker at" in procs.log(name) and "answers again" in procs.log(name), name
+    rows = [json.loads(x) for x in metrics.read_text().splitlines()]
+    back = max(r["step"] for r, prev in zip(rows[1:], rows) if r["deadline_misses"] != prev["deadline_misses"])
+    by_step = desync_by_step(run, 1)
+    assert any(v > 0 for step, v in by_step.items() if step < back)  # the skew took
+    late = [v for step, v in by_step.items() if step > back + 20]
+    assert late and not any(late)  # and left with the broker that held it
 
 
 def test_a_world_waiting_for_agents_stops_on_sigterm(procs):
