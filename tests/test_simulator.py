@@ -17,6 +17,7 @@ import torch
 from agents.desync import desync_by_step
 from agents.inprocess import run_inprocess
 from agents.world import WorldConfig
+from broker.protocol import HEARTBEAT_S, LIVENESS
 from tests.conftest import ROOT, ddcl, free_port, wait_registered
 
 
@@ -166,7 +167,7 @@ def test_a_run_goes_on_through_a_broker_restart(procs, tmp_path):
     time.sleep(0.3)
     procs.procs["broker"].send_signal(signal.SIGKILL)
     procs.procs["broker"].wait()
-    time.sleep(1.0)
+    time.sleep(LIVENESS * HEARTBEAT_S + 0.5)  # long enough for every peer to miss it, however fast the restart
     procs.broker(port)
     assert world.wait(180) == 0, procs.log("world")
     s = json.loads((run / "summary.json").read_text())
