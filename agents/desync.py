@@ -25,19 +25,20 @@ def oracle_path(run: Path, agent: int) -> Path:
     return Path(run) / f"oracle-agent-{agent}.jsonl"
 
 
+def oracle_files(run: Path) -> list[Path]:
+    return [p for p in sorted(Path(run).glob(ORACLE_GLOB)) if p.is_file()]
+
+
 def clear_oracle(run: Path) -> None:
-    for p in Path(run).glob(ORACLE_GLOB):
-        if p.is_file():
-            p.unlink()
+    for p in oracle_files(run):
+        p.unlink()
 
 
 def read_oracle(run: Path) -> tuple[dict[int, list[dict]], int]:
     """Each agent's oracle records, and how many lines were torn. An agent killed mid-run
     leaves a partly written last line; restarted, it appends right after it."""
     records, torn = {}, 0
-    for p in sorted(Path(run).glob(ORACLE_GLOB)):
-        if not p.is_file():
-            continue
+    for p in oracle_files(run):
         recs = records[int(p.stem.rsplit("-", 1)[1])] = []
         for line in p.read_text(errors="replace").splitlines():
             try:

@@ -155,8 +155,8 @@ class World:
         sent_at = self.send_observations(0, obs, np.ones(cfg.batch, dtype=bool)) if cfg.steps else None
         for step in range(cfg.steps):
             actions = self.collect_actions(step)
-            if self.peer.silent_s() > cfg.broker_timeout_s:
-                raise BrokerLost(f"no word from the broker at {self.peer.endpoint} for {self.peer.silent_s():.1f} s: "
+            if (silent := self.peer.silent_s()) > cfg.broker_timeout_s:
+                raise BrokerLost(f"no word from the broker at {self.peer.endpoint} for {silent:.1f} s: "
                                  f"the run ends at step {step} of {cfg.steps}"
                                  + (f"; {self.out / 'metrics.jsonl'} holds the steps run" if self.out else ""))
             obs, reward, done, success = (x.numpy() for x in env.step(torch.from_numpy(actions)))

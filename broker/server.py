@@ -69,8 +69,7 @@ class Broker:
         self.bus = bus  # an MQTT publisher; None: the embedded hub below serves the bus
         self.hub = Hub(run)
         self.started = time.monotonic()
-        # none yet: a listing an earlier broker left retained on MQTT would say otherwise
-        self.publish("faults", json.dumps(self.faults.listing()).encode(), retain=True)
+        self.publish_faults()  # none yet: a listing an earlier broker left retained on MQTT would say otherwise
 
     # -- the loop ---------------------------------------------------------------
 
@@ -386,7 +385,7 @@ class Broker:
                 self._push_clock(f.target)
         if any(f.kind == "reorder" for f in faults) and action == "clear":
             self.flush_reorder()
-        self.publish("faults", json.dumps(self.faults.listing()).encode(), retain=True)
+        self.publish_faults()
 
     def _push_clock(self, agent: str) -> None:
         peer = self.peers.get(agent.encode())
@@ -407,6 +406,9 @@ class Broker:
                 self.hub.drop(routing)
                 continue
             self.acct.record("down", "control", "bus", parts)
+
+    def publish_faults(self) -> None:
+        self.publish("faults", json.dumps(self.faults.listing()).encode(), retain=True)
 
     def publish_status(self, pid: bytes, status: str) -> None:
         self.publish(f"status/{pid.decode(errors='replace')}", status.encode(), retain=True)

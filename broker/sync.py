@@ -55,16 +55,20 @@ def serve(endpoint: str, run_seed: int, base_seed: int, epoch_steps: int = 0, be
     step = 0
     with Peer(endpoint, b"sync", P.SYNC_ID, curve=curve) as peer:
         # only the steps that matter: beacon times and epoch boundaries (multiples of the gcd)
-        every = math.gcd(beacon_every, epoch_steps)
-        peer.request([P.CONTROL, P.pack({"op": "step-relay", "every": every})], P.CONTROL_REPLY)
+        relay = [P.CONTROL, P.pack({"op": "step-relay", "every": math.gcd(beacon_every, epoch_steps)})]
+        peer.request(relay, P.CONTROL_REPLY)
         bus = Publisher(bus_url, run, "sync", peer)
-        bus.publish("epoch", P.pack(schedule.announcement(0)), retain=True)
+
+        def publish_epoch(at: int) -> None:
+            bus.publish("epoch", P.pack(schedule.announcement(at)), retain=True)
+
+        publish_epoch(0)
         log.info("sync service up: run seed %d, epoch seed %d, E=%d, beacons every %d", run_seed, base_seed,
                  epoch_steps, beacon_every)
 
         def taken_back() -> None:  # a restarted broker knows none of this
-            peer.send_parts([P.CONTROL, P.pack({"op": "step-relay", "every": every})])  # its reply goes unread
-            bus.publish("epoch", P.pack(schedule.announcement(step)), retain=True)
+            peer.send_parts(relay)  # its reply goes unread
+            publish_epoch(step)
 
         peer.on_reregistered = taken_back
         try:
@@ -76,7 +80,7 @@ def serve(endpoint: str, run_seed: int, base_seed: int, epoch_steps: int = 0, be
                 if msg[0] == P.STEP and len(msg) == 2:
                     new = int(P.unpack(msg[1]))
                     if schedule.epoch_at(new) != schedule.epoch_at(step):
-                        bus.publish("epoch", P.pack(schedule.announcement(new)), retain=True)
+                        publish_epoch(new)
                     step = new
                     if beacon_every and step % beacon_every == 0:
                         beacon = {"op": "beacon", "ref_step": step, "ref_time": time.time(), **schedule.announcement(step)}
