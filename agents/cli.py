@@ -14,7 +14,7 @@ import pickle
 import signal
 import sys
 
-from agents.train_config import RATE_LOSSES  # torch-free, like everything the parser needs
+from agents.train_config import AGGREGATES, CODECS, CORES, RATE_LOSSES  # torch-free, like everything the parser needs
 
 DEFAULT_BROKER = os.environ.get("DDCL_BROKER", "tcp://127.0.0.1:5555")
 DEFAULT_BIND = os.environ.get("DDCL_BIND", "tcp://127.0.0.1:5555")
@@ -43,6 +43,27 @@ def positive_float(text: str) -> float:
     if not v > 0 or v == float("inf"):
         raise argparse.ArgumentTypeError(f"{text} must be a positive number")
     return v
+
+
+def int_list(text: str) -> list[int]:
+    """An argparse type: comma-separated integers."""
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
+
+
+def bad_sync_mode(modes: list[str]) -> str | None:
+    """Why the first malformed sync mode is refused (None: all good). Checked before any
+    process starts; the grammar lives with SyncMode, whose import is too heavy for the parser."""
+    from agents.message import SyncMode
+
+    for mode in modes:
+        try:
+            SyncMode.parse(mode)
+        except ValueError as e:
+            return str(e)
+    return None
 
 
 POSITIVE, COUNT = int_in(1), int_in(0)
@@ -242,6 +263,9 @@ def _up(args) -> int:
     from agents.launcher import up
 
     args.agents = args.agents or default_agents(args.env)
+    if error := bad_sync_mode([args.sync]):
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     if args.faults:  # refused here (FaultError), not by the broker after the start
         from broker.faults_file import load_faults
 
@@ -262,6 +286,9 @@ def _up(args) -> int:
 def _sweep(args) -> int:
     from agents.sweep import sweep_skew
 
+    if error := bad_sync_mode(args.sync.split(",")):
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     return sweep_skew(args)
 
 
@@ -408,7 +435,6 @@ def _bench_net(args) -> int:
 
 def _add_run_args(p, steps: int = 500) -> None:
     from agents.envs import ENVS
-    from agents.train_config import AGGREGATES, CODECS, CORES
 
     p.add_argument("--env", default="goal", choices=sorted(ENVS), help="environment (default goal)")
     p.add_argument("--agents", type=POSITIVE, help="agent processes (default: the env's cars or predators; 2 for goal)")
@@ -533,11 +559,11 @@ def build_parser() -> argparse.ArgumentParser:
     sweep = sub.add_parser("sweep", help="run grids of networked runs")
     swsub = sweep.add_subparsers(dest="sweep_cmd", required=True, metavar="GRID")
     sw = swsub.add_parser("skew", help="success and bits against clock skew, one line per sync mode")
-    sw.add_argument("--values", default="0,1,2,4,8,16", help="skews of agent-1, in steps (default 0,1,2,4,8,16)")
+    sw.add_argument("--values", type=int_list, default="0,1,2,4,8,16", help="skews of agent-1, in steps (default 0,1,2,4,8,16)")
     sw.add_argument("--sync", default="implicit,stamped,checked:2", help="sync modes (default implicit,stamped,checked:2)")
     sw.add_argument("--steps", type=POSITIVE, default=300, help="steps per run (default 300)")
     sw.add_argument("--batch", type=POSITIVE, default=32, help="env instances per run (default 32)")
-    sw.add_argument("--codec", default="rice", help="message codec (default rice)")
+    sw.add_argument("--codec", default="rice", choices=CODECS, help="message codec (default rice)")
     sw.add_argument("--checkpoint", help="trained policy (default: untrained)")
     sw.add_argument("--out", default="runs/sweep-skew", help="folder for runs, CSV and PNG (default runs/sweep-skew)")
     sw.set_defaults(func=_sweep)

@@ -14,7 +14,7 @@ from pathlib import Path
 def sweep_skew(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    skews = [int(v) for v in args.values.split(",")]
+    skews = args.values
     modes = args.sync.split(",")
     rows = []
     for mode in modes:

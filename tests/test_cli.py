@@ -20,8 +20,10 @@ from agents.cli import main
     (["up", "--port", "70000"], "argument --port: 70000 is outside 0..65535"),
     (["sync", "serve", "--epoch-seed", str(1 << 24)], "argument --epoch-seed: 16777216 is outside 0..16777215"),
     (["bench", "net", "--repeat", "0"], "argument --repeat: 0 is below 1"),
+    (["sweep", "skew", "--values", "1,x"], "argument --values: '1,x' is not a comma-separated list of integers"),
+    (["sweep", "skew", "--codec", "zip"], "argument --codec: invalid choice: 'zip'"),
 ])
-def test_bad_numbers_are_refused_by_the_parser(argv, message, capsys):
+def test_bad_values_are_refused_by_the_parser(argv, message, capsys):
     with pytest.raises(SystemExit) as e:
         main(argv)
     assert e.value.code == 2 and message in capsys.readouterr().err
@@ -33,6 +35,13 @@ def test_up_refuses_a_bad_faults_file_before_starting(tmp_path, capsys):
     for path, message in ((bad, "fault #1 needs a step >= 0"), (tmp_path / "missing.toml", "cannot read faults file")):
         assert main(["up", "--faults", str(path), "--out", str(tmp_path / "run")]) == 2
         assert message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("argv", [["up", "--sync", "checked:0"], ["sweep", "skew", "--sync", "implicit,stamp"]])
+def test_a_bad_sync_mode_is_refused_before_anything_starts(argv, tmp_path, capsys):
+    assert main(argv + ["--out", str(tmp_path / "run")]) == 2
+    assert "sync mode must be implicit, stamped or checked:K" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
 
 
