@@ -261,11 +261,13 @@ def _agent(args) -> int:
 def _up(args) -> int:
     from agents.envs import default_agents
     from agents.launcher import up
+    from broker.bus import parse_url
 
     args.agents = args.agents or default_agents(args.env)
     if error := bad_sync_mode([args.sync]):
         print(f"error: {error}", file=sys.stderr)
         return 2
+    parse_url(args.bus)  # a BusError here, not from every process after the start
     if args.faults:  # refused here (FaultError), not by the broker after the start
         from broker.faults_file import load_faults
 
@@ -296,16 +298,21 @@ def _bus_sub(args) -> int:
     import asyncio
 
     from broker.bus import BusClient
+    from broker.protocol import HEARTBEAT_S, LIVENESS
 
     async def main() -> None:
         async with BusClient(args.bus, args.run, broker=args.broker) as c:
             await c.subscribe(args.topic)
-            seen = 0
+            seen, missing = 0, False
             while args.count == 0 or seen < args.count:
                 m = await c.next_message(1.0)
                 if m is not None:
                     seen += 1
                     print(m.topic, m.payload.decode(errors="replace"), flush=True)
+                if missing != (c.silent_s() > LIVENESS * HEARTBEAT_S):  # the embedded bus's broker
+                    missing = not missing
+                    print(f"[bus] no word from the broker at {args.broker}; waiting for it" if missing
+                          else "[bus] the broker answers again", file=sys.stderr, flush=True)
 
     asyncio.run(main())
     return 0
@@ -642,12 +649,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from broker.bus import BusError
     from broker.faults import FaultError
     from broker.peer import BrokerError
 
     try:
         return args.func(args)
-    except (BrokerError, FaultError) as e:  # no broker at the endpoint or it refused; a bad faults file
+    except (BrokerError, BusError, FaultError) as e:  # no broker or bus server, or it refused; a bad faults file
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -89,6 +89,12 @@ def exit_reason(rc: int) -> str:
     return f"killed by {signal.Signals(-rc).name}" if rc < 0 else f"status {rc}"
 
 
+def last_words(log: Path) -> str:
+    """': <the log's last line>', to name a child's reason for dying; '' for an empty log."""
+    lines = log.read_text(errors="replace").strip().splitlines() if log.exists() else []
+    return f": {lines[-1]}" if lines else ""
+
+
 def wait_world(world: subprocess.Popen, services: dict[str, subprocess.Popen]) -> int:
     """The world's exit status; a service that dies under it is named at once (the world
     ends the run itself once it misses the broker)."""
@@ -135,7 +141,8 @@ def up(args) -> int:
         try:
             wait_port(int(endpoint.rsplit(":", 1)[1]), alive=lambda: broker.poll() is None)
         except TimeoutError:
-            print(f"[up] the broker did not start; see {out / 'logs' / 'broker.log'}", file=sys.stderr)
+            print(f"[up] the broker did not start{last_words(out / 'logs' / 'broker.log')}; see "
+                  f"{out / 'logs' / 'broker.log'}", file=sys.stderr)
             return 2
         sync = group.start("sync", ddcl("sync", "serve", "--broker", endpoint, "--seed", str(args.seed),
                                  "--beacon-every", str(args.beacon_every), "--epoch-steps", str(args.epoch_steps), *common))

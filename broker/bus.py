@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
+from collections import deque
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
@@ -86,9 +87,14 @@ class Hub:
         return [(r, msg) for r, fs in self.subs.items() if any(topic_matches(f, topic) for f in fs)]
 
     def subscribe(self, routing: bytes, pattern: str) -> list[list[bytes]]:
-        """Add a subscription; the retained messages it matches, to send at once."""
-        self.subs.setdefault(routing, set()).add(pattern)
-        return [[P.BUS_MESSAGE, t.encode(), v, b"1"] for t, v in self.retained.items() if topic_matches(pattern, t)]
+        """Add a subscription; what to send at once: the acknowledgement, then the retained
+        messages it matches (none for a repeat, which the subscriber sends to probe)."""
+        known = self.subs.setdefault(routing, set())
+        ack = [P.SUBSCRIBED, pattern.encode()]
+        if pattern in known:
+            return [ack]
+        known.add(pattern)
+        return [ack] + [[P.BUS_MESSAGE, t.encode(), v, b"1"] for t, v in self.retained.items() if topic_matches(pattern, t)]
 
     def drop(self, routing: bytes) -> None:
         self.subs.pop(routing, None)
@@ -148,13 +154,23 @@ class Publisher:
 
 
 class BusClient:
-    """Async reader/writer on either backend; `async with BusClient(url, run) as c:`."""
+    """Async reader/writer on either backend; `async with BusClient(url, run) as c:`.
 
-    def __init__(self, url: str, run: str, broker: str = P.DEFAULT_ENDPOINT, identifier: str = "ddcl-client"):
+    Embedded, `subscribe` waits for the broker's acknowledgement (BusError after
+    `timeout_s`), and a subscriber silent for a heartbeat interval sends its SUBSCRIBEs
+    again: that proves the broker alive (`silent_s`) and restores the subscriptions on a
+    broker restarted in place. On MQTT, a lost server raises BusError."""
+
+    def __init__(self, url: str, run: str, broker: str = P.DEFAULT_ENDPOINT, identifier: str = "ddcl-client",
+                 timeout_s: float = 3.0):
         self.server = parse_url(url)
         self.run = run
         self.broker = broker
         self.identifier = identifier
+        self.timeout_s = timeout_s
+        self._filters: list[bytes] = []  # embedded: the subscriptions, to send again
+        self._early: deque[BusMessage] = deque()  # embedded: messages that came before an acknowledgement
+        self._heard = self._probed = 0.0
 
     async def __aenter__(self):
         if self.server is not None:
@@ -168,15 +184,16 @@ class BusClient:
         else:
             self._ctx = zmq.asyncio.Context()
             self._sock = self._ctx.socket(zmq.DEALER)
-            self._sock.setsockopt(zmq.LINGER, 0)
+            self._sock.setsockopt(zmq.LINGER, 1000)  # a publish just before the exit still goes out
             self._sock.connect(self.broker)
+            self._heard = self._probed = asyncio.get_running_loop().time()
         return self
 
     async def __aexit__(self, *exc):
         if self.server is not None:
             await self._mqtt.__aexit__(*exc)
         else:
-            self._sock.close(0)
+            self._sock.close()
             self._ctx.term()
 
     async def publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
@@ -190,22 +207,57 @@ class BusClient:
         full = full_topic(self.run, pattern)
         if self.server is not None:
             await self._mqtt.subscribe(full, qos=1)
-        else:
-            await self._sock.send_multipart([P.SUBSCRIBE, full.encode()])
+            return
+        self._filters.append(full.encode())
+        await self._sock.send_multipart([P.SUBSCRIBE, full.encode()])
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout_s
+        while (left := deadline - loop.time()) > 0 and await self._sock.poll(max(1, int(left * 1000))):
+            parts = await self._sock.recv_multipart()
+            self._heard = loop.time()
+            if parts == [P.SUBSCRIBED, full.encode()]:
+                return
+            if (m := _bus_message(parts)) is not None:
+                self._early.append(m)
+        raise BusError(f"no reply from the broker at {self.broker} in {self.timeout_s:.1f}s")
+
+    def silent_s(self) -> float:
+        """Seconds since the embedded broker last answered (0 on MQTT, which raises instead)."""
+        return asyncio.get_running_loop().time() - self._heard if self.server is None else 0.0
 
     async def next_message(self, timeout_s: float) -> BusMessage | None:
         """The next message, or None after timeout_s."""
-        try:
-            if self.server is not None:
+        if self.server is not None:
+            import aiomqtt
+
+            try:
                 m = await asyncio.wait_for(anext(self._mqtt.messages), timeout_s)
-                return BusMessage(str(m.topic), bytes(m.payload), bool(m.retain))
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + timeout_s
+            except asyncio.TimeoutError:
+                return None
+            except aiomqtt.MqttError as e:
+                raise BusError(f"lost MQTT at {self.server}: {e}") from None
+            return BusMessage(str(m.topic), bytes(m.payload), bool(m.retain))
+        if self._early:
+            return self._early.popleft()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while (left := deadline - loop.time()) > 0:
+            quiet = loop.time() - max(self._heard, self._probed)
+            if quiet >= P.HEARTBEAT_S and self._filters:
+                for f in self._filters:
+                    await self._sock.send_multipart([P.SUBSCRIBE, f])
+                self._probed, quiet = loop.time(), 0.0
             # poll, then recv: cancelling a pending recv can lose a message (pyzmq #1925)
-            while await self._sock.poll(max(0, int((deadline - loop.time()) * 1000))):
-                parts = await self._sock.recv_multipart()
-                if parts[0] == P.BUS_MESSAGE and len(parts) == 4:
-                    return BusMessage(parts[1].decode(), parts[2], parts[3] == b"1")
-            return None
-        except asyncio.TimeoutError:
-            return None
+            if not await self._sock.poll(max(1, int(min(left, P.HEARTBEAT_S - quiet) * 1000))):
+                continue
+            parts = await self._sock.recv_multipart()
+            self._heard = loop.time()
+            if (m := _bus_message(parts)) is not None:
+                return m
+        return None
+
+
+def _bus_message(parts: list[bytes]) -> BusMessage | None:
+    if parts[0] == P.BUS_MESSAGE and len(parts) == 4:
+        return BusMessage(parts[1].decode(errors="replace"), parts[2], parts[3] == b"1")
+    return None

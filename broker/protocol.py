@@ -14,7 +14,8 @@ A peer is a DEALER; the broker one ROUTER. Two message shapes travel:
     STATS      [cmd]                              -> STATS_REPLY [cmd, msgpack dict]
     CONTROL    [cmd, msgpack request]             -> CONTROL_REPLY [cmd, msgpack reply]
     PUBLISH    [cmd, topic, payload, retain 0|1]  embedded bus: to matching subscribers
-    SUBSCRIBE  [cmd, topic filter]                -> BUS_MESSAGE [cmd, topic, payload, retain]...
+    SUBSCRIBE  [cmd, topic filter]                -> SUBSCRIBED [cmd, filter], then the retained
+                                                     BUS_MESSAGE [cmd, topic, payload, retain]...
     BYE        [cmd]                              the peer leaves
     ERROR      [cmd, utf-8 text]                  the broker refused the last message
 
@@ -23,6 +24,9 @@ intervals, and sends HEARTBEAT to every peer it has sent nothing to for an inter
 peer can tell a dead broker from a quiet one. A restarted broker knows no one: it answers
 a peer's traffic with ERROR NOT_REGISTERED, and the peer registers again under its id;
 a connection whose id a newer registration took over gets ERROR REPLACED and stops.
+A bus subscriber registers nothing: silent for an interval, it sends its SUBSCRIBEs again
+(a repeat is only acknowledged), so it learns the broker lives, and a restarted broker
+gets its subscriptions back.
 
 SEND to ALL_AGENTS reaches every agent (the sync service's beacons); messages the broker
 itself originates (clock faults for an agent) come as DELIVER from BROKER_ID.
@@ -51,6 +55,7 @@ CONTROL_REPLY = b"\x0c"
 PUBLISH = b"\x0d"
 SUBSCRIBE = b"\x0e"
 BUS_MESSAGE = b"\x0f"
+SUBSCRIBED = b"\x10"
 
 NOT_REGISTERED = b"register first"  # ERROR text: the broker does not know this connection
 REPLACED = b"id taken over by a newer connection"  # ERROR text: a restarted process holds this id now

@@ -93,3 +93,38 @@ async def test_run_status_epoch_faults_and_metrics_on_the_bus(procs, bus_url, tm
     assert got[f"ddcl/{run}/status/world"].payload == b"offline"  # a clean exit says so itself
     assert got[f"ddcl/{run}/status/agent-0"].payload == b"offline"
     assert got[f"ddcl/{run}/status/sync"].payload == b"online"
+
+
+async def wait_log(procs, name: str, text: str, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while text not in procs.log(name):
+        assert time.monotonic() < deadline, f"{name} never logged {text!r}:\n{procs.log(name)}"
+        await asyncio.sleep(0.1)
+
+
+async def test_ddcl_bus_sub_names_a_missing_broker_and_outlives_a_restart(procs):
+    from agents.cli import main as ddcl_main
+
+    run, port = f"t{free_port()}", free_port()
+    ep = f"tcp://127.0.0.1:{port}"
+    async with BusClient("embedded", run, broker=ep, timeout_s=1.0) as nobody:  # nothing listens yet
+        with pytest.raises(BusError, match=f"no reply from the broker at {ep} in 1.0s"):
+            await nobody.subscribe("#")
+    assert await asyncio.to_thread(ddcl_main, ["bus", "sub", "--broker", ep]) == 2
+
+    broker = procs.start("broker", "broker", "serve", "--bind", ep, "--run", run)
+    wait_port(port)
+    async with BusClient("embedded", run, broker=ep) as pub:
+        await pub.publish("news", b"one", retain=True)
+    sub = procs.start("sub", "bus", "sub", "--topic", "news", "--count", "2", "--broker", ep, "--run", run)
+    await wait_log(procs, "sub", f"ddcl/{run}/news one")
+    broker.send_signal(signal.SIGKILL)
+    broker.wait()
+    await wait_log(procs, "sub", f"[bus] no word from the broker at {ep}; waiting for it")
+    procs.start("broker-again", "broker", "serve", "--bind", ep, "--run", run)
+    wait_port(port)
+    await wait_log(procs, "sub", "[bus] the broker answers again")  # it subscribed again to learn that
+    async with BusClient("embedded", run, broker=ep) as pub:
+        await pub.publish("news", b"two")
+    assert await asyncio.to_thread(sub.wait, 30) == 0
+    assert procs.log("sub").count(f"ddcl/{run}/news") == 2 and f"ddcl/{run}/news two" in procs.log("sub")
