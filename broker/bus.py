@@ -164,6 +164,7 @@ class BusClient:
     def __init__(self, url: str, run: str, broker: str = P.DEFAULT_ENDPOINT, identifier: str = "ddcl-client",
                  timeout_s: float = 3.0):
         self.server = parse_url(url)
+        self.url = url
         self.run = run
         self.broker = broker
         self.identifier = identifier
@@ -180,7 +181,7 @@ class BusClient:
             try:
                 await self._mqtt.__aenter__()
             except aiomqtt.MqttError as e:
-                raise BusError(f"cannot reach MQTT at {self.server}: {e}") from None
+                raise BusError(f"cannot reach MQTT at {self.url}: {e}") from None
         else:
             self._ctx = zmq.asyncio.Context()
             self._sock = self._ctx.socket(zmq.DEALER)
@@ -235,7 +236,7 @@ class BusClient:
             except asyncio.TimeoutError:
                 return None
             except aiomqtt.MqttError as e:
-                raise BusError(f"lost MQTT at {self.server}: {e}") from None
+                raise BusError(f"lost MQTT at {self.url}: {e}") from None
             return BusMessage(str(m.topic), bytes(m.payload), bool(m.retain))
         if self._early:
             return self._early.popleft()

@@ -89,19 +89,25 @@ def mosquitto_binary() -> str | None:
     return shutil.which("mosquitto") or next((p for p in ("/usr/sbin/mosquitto",) if Path(p).exists()), None)
 
 
-@pytest.fixture
-def mosquitto(tmp_path):
-    """A private Mosquitto on a free port: the real MQTT broker (scripts/setup installs it)."""
+def start_mosquitto(folder: Path) -> tuple[subprocess.Popen, str]:
+    """A private Mosquitto on a free port, and its URL: the real MQTT broker (scripts/setup
+    installs it)."""
     binary = mosquitto_binary()
     if binary is None:
         pytest.fail("mosquitto is not installed: run scripts/setup (apt package 'mosquitto')")
     port = free_port()
-    conf = tmp_path / "mosquitto.conf"
+    conf = folder / "mosquitto.conf"
     conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
     p = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(port)
+    return p, f"mqtt://127.0.0.1:{port}"
+
+
+@pytest.fixture
+def mosquitto(tmp_path):
+    p, url = start_mosquitto(tmp_path)
     try:
-        wait_port(port)
-        yield f"mqtt://127.0.0.1:{port}"
+        yield url
     finally:
         p.terminate()
         p.wait(5)

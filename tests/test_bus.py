@@ -12,7 +12,7 @@ import msgpack
 import pytest
 
 from broker.bus import BusClient, BusError, parse_url, topic_matches
-from tests.conftest import free_port, wait_port
+from tests.conftest import free_port, start_mosquitto, wait_port
 
 
 def test_topic_filters_match_like_mqtt():
@@ -128,3 +128,17 @@ async def test_ddcl_bus_sub_names_a_missing_broker_and_outlives_a_restart(procs)
         await pub.publish("news", b"two")
     assert await asyncio.to_thread(sub.wait, 30) == 0
     assert procs.log("sub").count(f"ddcl/{run}/news") == 2 and f"ddcl/{run}/news two" in procs.log("sub")
+
+
+async def test_ddcl_bus_sub_ends_with_the_reason_when_mqtt_goes(procs, tmp_path):
+    mqtt, url = start_mosquitto(tmp_path)
+    try:
+        sub = procs.start("sub", "bus", "sub", "--bus", url, "--run", "t")
+        async with BusClient(url, "t") as pub:  # retained: it reaches the subscriber whenever it subscribes
+            await pub.publish("news", b"one", retain=True)
+        await wait_log(procs, "sub", "ddcl/t/news one")
+    finally:
+        mqtt.kill()
+        mqtt.wait()
+    assert await asyncio.to_thread(sub.wait, 30) == 2
+    assert f"error: lost MQTT at {url}" in procs.log("sub")
