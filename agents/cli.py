@@ -650,12 +650,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     from broker.bus import BusError
+    from broker.curve import CurveError
     from broker.faults import FaultError
     from broker.peer import BrokerError
 
     try:
         return args.func(args)
-    except (BrokerError, BusError, FaultError) as e:  # no broker or bus server, or it refused; a bad faults file
+    except (BrokerError, BusError, CurveError, FaultError) as e:  # no broker or bus server, or it refused; bad keys; a bad faults file
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

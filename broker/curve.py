@@ -16,15 +16,18 @@ from zmq.auth.thread import ThreadAuthenticator
 
 
 class CurveError(RuntimeError):
-    """Missing or unreadable key files."""
+    """Missing, unreadable or unwritable key files."""
 
 
 def generate(keys_dir: Path) -> list[Path]:
     keys_dir = Path(keys_dir)
-    (keys_dir / "authorized").mkdir(parents=True, exist_ok=True)
-    server_pub, _ = zmq.auth.create_certificates(keys_dir, "server")
-    client_pub, _ = zmq.auth.create_certificates(keys_dir, "client")
-    shutil.copy(client_pub, keys_dir / "authorized" / "client.key")
+    try:
+        (keys_dir / "authorized").mkdir(parents=True, exist_ok=True)
+        server_pub, _ = zmq.auth.create_certificates(keys_dir, "server")
+        client_pub, _ = zmq.auth.create_certificates(keys_dir, "client")
+        shutil.copy(client_pub, keys_dir / "authorized" / "client.key")
+    except OSError as e:
+        raise CurveError(f"cannot write keys to {keys_dir}: {e}") from None
     return [Path(server_pub), Path(client_pub)]
 
 

@@ -55,3 +55,11 @@ def test_up_and_the_broker_refuse_a_port_in_use(tmp_path, capsys):
         assert main(["broker", "serve", "--bind", f"tcp://127.0.0.1:{port}"]) == 2
         assert f"cannot bind tcp://127.0.0.1:{port}: Address already in use" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_bad_key_folders_are_named_not_a_traceback(tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    assert main(["keys", "gen", str(tmp_path / "file" / "keys")]) == 2
+    assert f"cannot write keys to {tmp_path / 'file' / 'keys'}" in capsys.readouterr().err
+    assert main(["broker", "stats", "--keys", str(tmp_path)]) == 2
+    assert f"no server key in {tmp_path} (run `ddcl keys gen {tmp_path}`)" in capsys.readouterr().err
