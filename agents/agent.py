@@ -75,9 +75,15 @@ class Epochs:
 
 
 def pick_device(name: str) -> torch.device:
+    """auto: CUDA when present. A CUDA device that is not there is refused (ValueError)
+    before a process registers or a training starts, not deep inside torch."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    dev = torch.device(name)
+    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"device {name!r} is not here: {torch.cuda.device_count()} CUDA devices "
+                         f"(torch {torch.__version__}); use --device auto or cpu")
+    return dev
 
 
 def frame_tag(data: bytes) -> str:
@@ -88,12 +94,12 @@ def frame_tag(data: bytes) -> str:
 class Agent:
     def __init__(self, endpoint: str, wanted_id: bytes = b"", device: str = "auto", checkpoint: str | None = None,
                  record: bool = False, curve=None, bus_url: str = "embedded", run: str = "default"):
+        self.device = pick_device(device)  # a missing device is refused before registering
         load_kernels()  # before registering: the first message must not wait for them
         self.peer = Peer(endpoint, b"agent", wanted_id, curve=curve)
         # embedded: the broker itself publishes registrations and last wills
         self.bus = Publisher(bus_url, run, self.peer.id.decode()) if bus_url != EMBEDDED else None
         self.index = P.agent_index(self.peer.id)
-        self.device = pick_device(device)
         torch.set_num_threads(1)  # tiny per-step batches; many processes share the cores
         self.checkpoint = checkpoint
         self.recording = record

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import pickle
+import re
 import signal
 import sys
 
@@ -53,17 +54,12 @@ def int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
 
 
-def bad_sync_mode(modes: list[str]) -> str | None:
-    """Why the first malformed sync mode is refused (None: all good). Checked before any
-    process starts; the grammar lives with SyncMode, whose import is too heavy for the parser."""
-    from agents.message import SyncMode
-
-    for mode in modes:
-        try:
-            SyncMode.parse(mode)
-        except ValueError as e:
-            return str(e)
-    return None
+def device_name(text: str) -> str:
+    """An argparse type: a torch device this project runs on (whether it is there is
+    checked before anything starts: agents.agent.pick_device)."""
+    if re.fullmatch(r"auto|cpu|cuda(:\d+)?", text):
+        return text
+    raise argparse.ArgumentTypeError(f"{text!r} is not a device: use auto, cpu, cuda or cuda:N")
 
 
 POSITIVE, COUNT = int_in(1), int_in(0)
@@ -73,7 +69,6 @@ SEED32 = int_in(0, 2**32 - 1)  # a run seed keys Philox: 32 bits
 def field_docs(cls) -> dict[str, str]:
     """The one-line comment after each dataclass field: the config's own documentation."""
     import inspect
-    import re
 
     return dict(re.findall(r"^\s+(\w+): [^=]+=[^#]+#\s*(.+)$", inspect.getsource(cls), re.M))
 
@@ -245,8 +240,12 @@ def _agent(args) -> int:
     from agents.agent import Agent
     from agents.policy import CheckpointError
 
-    agent = Agent(args.broker, args.id.encode(), args.device, args.checkpoint, record=bool(args.record),
-                  curve=_curve(args), bus_url=args.bus, run=args.run)
+    try:
+        agent = Agent(args.broker, args.id.encode(), args.device, args.checkpoint, record=bool(args.record),
+                      curve=_curve(args), bus_url=args.bus, run=args.run)
+    except ValueError as e:  # a device that is not here
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     try:
         stats = agent.run(stop_flag())
     except CheckpointError as e:  # it fits only once the world's config says env and agents
@@ -259,13 +258,18 @@ def _agent(args) -> int:
 
 
 def _up(args) -> int:
+    from agents.agent import pick_device
     from agents.envs import default_agents
     from agents.launcher import up
+    from agents.message import SyncMode
     from broker.bus import parse_url
 
     args.agents = args.agents or default_agents(args.env)
-    if error := bad_sync_mode([args.sync]):
-        print(f"error: {error}", file=sys.stderr)
+    try:
+        SyncMode.parse(args.sync)
+        pick_device(args.device)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
     parse_url(args.bus)  # a BusError here, not from every process after the start
     if args.faults:  # refused here (FaultError), not by the broker after the start
@@ -286,10 +290,14 @@ def _up(args) -> int:
 
 
 def _sweep(args) -> int:
+    from agents.message import SyncMode
     from agents.sweep import sweep_skew
 
-    if error := bad_sync_mode(args.sync.split(",")):
-        print(f"error: {error}", file=sys.stderr)
+    try:
+        for mode in args.sync.split(","):  # refused here, not by a run halfway through the grid
+            SyncMode.parse(mode)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
     return sweep_skew(args)
 
@@ -321,6 +329,7 @@ def _bus_sub(args) -> int:
 def _train(args) -> int:
     from pathlib import Path
 
+    from agents.agent import pick_device
     from agents.policy import CheckpointError
     from agents.train import train
     from agents.train_config import TrainConfig
@@ -329,6 +338,7 @@ def _train(args) -> int:
     cfg = TrainConfig(**fields)
     try:
         cfg.validate()
+        pick_device(cfg.device)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -420,8 +430,14 @@ def _losses(text: str) -> list[str]:
 
 
 def _bench_train(args) -> int:
+    from agents.agent import pick_device
     from bench import train_bench
 
+    try:
+        pick_device(args.device)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(train_bench.run(args.updates, args.batch, args.lam, args.msg_dim, args.seed, args.device, args.losses))
     return 0
 
@@ -476,7 +492,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_args(up)
     up.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
     up.add_argument("--port", type=int_in(0, 65535), default=0, help="broker TCP port on 127.0.0.1 (default: a free one)")
-    up.add_argument("--device", default="auto", help="agent torch device: auto, cpu, cuda (default auto)")
+    up.add_argument("--device", type=device_name, default="auto", help="agent torch device: auto, cpu, cuda (default auto)")
     up.add_argument("--checkpoint", help="policy checkpoint for the agents (default: untrained, seeded)")
     up.add_argument("--faults", help="TOML file of faults triggered by step (see README)")
     up.add_argument("--beacon-every", type=COUNT, default=10, help="sync beacon period in steps, 0 = none (default 10)")
@@ -499,7 +515,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--episodes", type=POSITIVE, help="fresh instances, one episode each (default: the run's batch)")
     ev.add_argument("--seed", type=COUNT, help="evaluation seed (default: the run's; with the default episodes this "
                                              "reproduces the run's final figures)")
-    ev.add_argument("--device", default="auto", help="torch device (default auto)")
+    ev.add_argument("--device", type=device_name, default="auto", help="torch device (default auto)")
     ev.set_defaults(func=_evaluate)
 
     rp = sub.add_parser("report", help="PNG plots of a `ddcl train` folder")
@@ -607,7 +623,7 @@ def build_parser() -> argparse.ArgumentParser:
     a = sub.add_parser("agent", help="run one agent process")
     a.add_argument("--broker", default=DEFAULT_BROKER, help="broker endpoint (env DDCL_BROKER)")
     a.add_argument("--id", default=os.environ.get("DDCL_AGENT_ID", ""), help="agent-K to claim (default: the broker assigns one)")
-    a.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda (default auto)")
+    a.add_argument("--device", type=device_name, default="auto", help="torch device: auto, cpu, cuda (default auto)")
     a.add_argument("--checkpoint", help="policy checkpoint (default: untrained, seeded from the world's config)")
     a.add_argument("--record", help="pickle every step's z_hat, received z_hat and actions here (for tests)")
     _add_common(a)
@@ -628,7 +644,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--lam", type=float, default=0.015, help="rate weight (default 0.015)")
     b.add_argument("--msg-dim", type=POSITIVE, default=1, help="message dimensions (default 1)")
     b.add_argument("--seed", type=COUNT, default=0, help="seed (default 0)")
-    b.add_argument("--device", default="auto", help="torch device (default auto)")
+    b.add_argument("--device", type=device_name, default="auto", help="torch device (default auto)")
     b.add_argument("--losses", type=_losses, default=",".join(RATE_LOSSES),
                    help=f"rate losses to train, comma-separated (default {','.join(RATE_LOSSES)})")
     b.set_defaults(func=_bench_train)

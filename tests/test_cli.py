@@ -22,6 +22,7 @@ from agents.cli import main
     (["bench", "net", "--repeat", "0"], "argument --repeat: 0 is below 1"),
     (["sweep", "skew", "--values", "1,x"], "argument --values: '1,x' is not a comma-separated list of integers"),
     (["sweep", "skew", "--codec", "zip"], "argument --codec: invalid choice: 'zip'"),
+    (["up", "--device", "tpu"], "argument --device: 'tpu' is not a device: use auto, cpu, cuda or cuda:N"),
 ])
 def test_bad_values_are_refused_by_the_parser(argv, message, capsys):
     with pytest.raises(SystemExit) as e:
@@ -42,6 +43,17 @@ def test_up_refuses_a_bad_faults_file_before_starting(tmp_path, capsys):
 def test_a_bad_sync_mode_is_refused_before_anything_starts(argv, tmp_path, capsys):
     assert main(argv + ["--out", str(tmp_path / "run")]) == 2
     assert "sync mode must be implicit, stamped or checked:K" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("argv", [["up"], ["train"], ["agent", "--broker", "tcp://127.0.0.1:1"], ["bench", "train"]])
+def test_a_cuda_device_that_is_not_here_is_refused_before_anything_starts(argv, tmp_path, capsys):
+    import torch
+
+    missing = f"cuda:{torch.cuda.device_count()}"  # one past the last: absent on any machine
+    out = ["--out", str(tmp_path / "run")] if argv[0] in ("up", "train") else []
+    assert main(argv + ["--device", missing] + out) == 2
+    assert f"device '{missing}' is not here: {torch.cuda.device_count()} CUDA devices" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
 
 
