@@ -95,15 +95,20 @@ def last_words(log: Path) -> str:
     return f": {lines[-1]}" if lines else ""
 
 
-def wait_world(world: subprocess.Popen, services: dict[str, subprocess.Popen]) -> int:
-    """The world's exit status; a service that dies under it is named at once (the world
-    ends the run itself once it misses the broker)."""
+def wait_world(world: subprocess.Popen, services: dict[str, subprocess.Popen], agents: dict[str, subprocess.Popen],
+               logs: Path) -> int:
+    """The world's exit status. A service that dies under it is named at once (the world
+    ends the run itself once it misses the broker), and so is an agent that dies (its
+    steps then miss their deadline; agents exit 0 only once the world ends the run)."""
     gone: set[str] = set()
     while (rc := world.poll()) is None:
-        for name, p in services.items():
-            if name not in gone and p.poll() is not None:
-                gone.add(name)
-                print(f"[up] the {name} exited during the run ({exit_reason(p.returncode)})", file=sys.stderr, flush=True)
+        for name, p in {**services, **agents}.items():
+            if name in gone or (code := p.poll()) is None or (name in agents and code == 0):
+                continue
+            gone.add(name)
+            label = {"broker": "the broker", "sync": "the sync service"}.get(name, name)
+            why = last_words(logs / f"{name}.log") if code > 0 else ""  # an error exit's last line says why
+            print(f"[up] {label} exited during the run ({exit_reason(code)}){why}", file=sys.stderr, flush=True)
         time.sleep(0.1)
     return rc
 
@@ -154,14 +159,15 @@ def up(args) -> int:
                          # nothing here restarts a broker: its silence for the heartbeat liveness means it died
                          "--broker-timeout", str(LIVENESS * HEARTBEAT_S), *common)
         world = group.start("world", world_cmd, progress=True)
+        agents = {}
         for k in range(args.agents):
             cmd = ddcl("agent", "--broker", endpoint, "--id", f"agent-{k}", "--device", args.device, *common)
             if args.checkpoint:
                 cmd += ["--checkpoint", args.checkpoint]
-            group.start(f"agent-{k}", cmd)
+            agents[f"agent-{k}"] = group.start(f"agent-{k}", cmd)
         print(f"[up] broker on {endpoint}; {args.agents} agents, B={args.batch}, {args.steps} steps; "
               f"logs in {out / 'logs'}", file=sys.stderr, flush=True)
-        rc = wait_world(world, {"broker": broker, "sync service": sync})
+        rc = wait_world(world, {"broker": broker, "sync": sync}, agents, out / "logs")
     except KeyboardInterrupt:
         print("[up] stopping", file=sys.stderr)
         rc = 130

@@ -276,6 +276,25 @@ def test_a_broker_killed_under_ddcl_up_ends_the_run_with_its_reason(long_up):
     assert _processes_with(endpoint) == []
 
 
+def test_an_agent_killed_under_ddcl_up_is_named_and_the_run_goes_on(long_up):
+    up, endpoint, out = long_up
+    (agent,) = _processes_with(f"tcp://{endpoint}\0--id\0agent-1")
+    os.kill(agent, signal.SIGKILL)
+    seen, deadline = [], time.monotonic() + 60
+    while not any("[up] agent-1 exited during the run (killed by SIGKILL)" in line for line in seen):
+        assert time.monotonic() < deadline and up.poll() is None, "".join(seen)
+        seen.append(up.stdout.readline())  # the world's progress prints a line a second
+    steps_then = len((out / "metrics.jsonl").read_text().splitlines())
+    time.sleep(3)  # the world steps on: one deadline (1 s) a step
+    up.send_signal(signal.SIGINT)
+    text, _ = up.communicate(timeout=120)
+    assert up.returncode == 130, text
+    s = json.loads((out / "summary.json").read_text())
+    assert s["steps"] > steps_then and s["deadline_misses"][1] >= 2 and s["deadline_misses"][0] == 0
+    assert s["agents_reporting"] == [0]
+    assert _processes_with(endpoint) == []
+
+
 def test_ddcl_up_refuses_a_checkpoint_for_another_env_before_starting(tmp_path):
     r = ddcl("up", "--env", "goal", "--steps", "5", "--checkpoint", str(ROOT / "deploy" / "checkpoint" / "tj-easy.pt"),
              "--out", str(tmp_path / "run"), timeout=120)
