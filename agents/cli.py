@@ -137,11 +137,17 @@ def _broker_stats(args) -> int:
         print(json.dumps(s, indent=2))
         return 0
     b, f = s["bytes_per_step"], s["float32_bytes_per_step"]
-    print(f"broker at {args.broker}: {s['steps']} steps (last {s['step']}), peers: {', '.join(sorted(s['peers'])) or 'none'}")
+    at = f"step {s['step']} ({s['steps']} steps seen)" if s["step"] is not None else "no run has stepped yet"
+    print(f"broker at {args.broker}: {at}; peers: {', '.join(sorted(s['peers'])) or 'none'}")
     print(table(["agent msgs/step", "payload", "header", "framing", "total", "as float32"],
                 [[d, b[d]["payload"], b[d]["header"], b[d]["framing"], b[d]["total"], f[d]["total"]] for d in ("up", "down", "sum")]))
-    print(f"last step: {s['last_step_message_bytes']}")
-    print(f"messages: {s['messages']}  other: {s['other']}")
+    if last := s["last_step_message_bytes"]:
+        print(f"last step: {last['up']} B up, {last['down']} B down, {last['total']} B of agent messages")
+
+    def counts(d: dict) -> str:
+        return ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in d.items())
+
+    print(f"messages: {counts(s['messages'])}; other frames: {counts(s['other'])}")
     return 0
 
 
@@ -172,7 +178,8 @@ def _broker_fault(args) -> int:
         print(json.dumps(reply, indent=2))
     elif args.fault_cmd == "list":
         faults = reply["faults"]
-        print(f"{len(faults)} active fault(s) at step {reply.get('step')}")
+        step = reply.get("step")
+        print(f"{len(faults)} active fault(s) " + (f"at step {step}" if step is not None else "(no run has stepped yet)"))
         for f in faults:
             print(f"  {f['id']:>3}  {f['kind']:<12} {f['target']:<20} {f['value']:g}  (since step {f['step']})")
     elif args.fault_cmd == "clear":

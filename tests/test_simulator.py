@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import signal
 import subprocess
 import sys
@@ -274,6 +275,21 @@ def test_a_broker_killed_under_ddcl_up_ends_the_run_with_its_reason(long_up):
     assert len((out / "metrics.jsonl").read_text().splitlines()) > 20
     time.sleep(0.5)
     assert _processes_with(endpoint) == []
+
+
+def test_ddcl_broker_stats_shows_a_live_run(long_up):
+    _, endpoint, _ = long_up
+    live = json.loads(ddcl("broker", "stats", "--json", "--broker", f"tcp://{endpoint}").stdout)
+    assert live["steps"] > 20 and live["step"] == live["steps"] - 1
+    assert live["last_step_message_bytes"]["total"] == sum(live["last_step_message_bytes"][d] for d in ("up", "down"))
+    assert live["bytes_per_step"]["sum"]["total"] > 0 and live["messages"]["sent"] >= 2 * live["steps"] - 2
+    text = ddcl("broker", "stats", "--broker", f"tcp://{endpoint}").stdout
+    step, seen = map(int, re.search(r"at tcp://\S+: step (\d+) \((\d+) steps seen\); peers: agent-0, agent-1, "
+                                    r"sync, world\n", text).groups())
+    assert step >= live["step"] and seen == step + 1
+    assert re.search(r"\n\|\s+sum \|\s+[\d.]+ \|\s+[\d.]+ \|\s+[\d.]+ \|\s+[1-9][\d.]* \|", text)
+    assert re.search(r"\nlast step: \d+ B up, \d+ B down, [1-9]\d* B of agent messages\n", text)
+    assert re.search(r"\nmessages: sent [1-9]\d*, delivered [1-9]\d*, dropped 0, rejected 0; other frames: ", text)
 
 
 def test_an_agent_killed_under_ddcl_up_is_named_and_the_run_goes_on(long_up):
