@@ -316,11 +316,14 @@ def _bus_sub(args) -> int:
     from broker.protocol import HEARTBEAT_S, LIVENESS
 
     async def main() -> None:
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):  # explicitly: a background job starts with SIGINT ignored
+            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
         async with BusClient(args.bus, args.run, broker=args.broker) as c:
             await c.subscribe(args.topic)
             seen, missing = 0, False
-            while args.count == 0 or seen < args.count:
-                m = await c.next_message(1.0)
+            while not stop.is_set() and (args.count == 0 or seen < args.count):
+                m = await c.next_message(0.5)
                 if m is not None:
                     seen += 1
                     print(m.topic, m.payload.decode(errors="replace"), flush=True)

@@ -103,14 +103,14 @@ async def wait_log(procs, name: str, text: str, timeout_s: float = 30) -> None:
 
 
 async def test_ddcl_bus_sub_names_a_missing_broker_and_outlives_a_restart(procs):
-    from agents.cli import main as ddcl_main
-
     run, port = f"t{free_port()}", free_port()
     ep = f"tcp://127.0.0.1:{port}"
     async with BusClient("embedded", run, broker=ep, timeout_s=1.0) as nobody:  # nothing listens yet
         with pytest.raises(BusError, match=f"no reply from the broker at {ep} in 1.0s"):
             await nobody.subscribe("#")
-    assert await asyncio.to_thread(ddcl_main, ["bus", "sub", "--broker", ep]) == 2
+    lonely = procs.start("lonely", "bus", "sub", "--broker", ep)
+    assert await asyncio.to_thread(lonely.wait, 30) == 2
+    assert f"error: no reply from the broker at {ep} in 3.0s" in procs.log("lonely")
 
     broker = procs.start("broker", "broker", "serve", "--bind", ep, "--run", run)
     wait_port(port)
@@ -128,6 +128,10 @@ async def test_ddcl_bus_sub_names_a_missing_broker_and_outlives_a_restart(procs)
         await pub.publish("news", b"two")
     assert await asyncio.to_thread(sub.wait, 30) == 0
     assert procs.log("sub").count(f"ddcl/{run}/news") == 2 and f"ddcl/{run}/news two" in procs.log("sub")
+    endless = procs.start("endless", "bus", "sub", "--broker", ep, "--run", run)
+    await wait_log(procs, "endless", f"ddcl/{run}/faults []")  # the new broker's retained fault list
+    endless.send_signal(signal.SIGTERM)
+    assert await asyncio.to_thread(endless.wait, 10) == 0  # stopped, not killed
 
 
 async def test_ddcl_bus_sub_ends_with_the_reason_when_mqtt_goes(procs, tmp_path):
