@@ -358,12 +358,15 @@ def _train(args) -> int:
         return 2
     out.mkdir(parents=True, exist_ok=True)
     try:
-        s = train(cfg, out)
+        s = train(cfg, out, should_stop=stop_flag())
     except CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     _print_final(s)
     print(f"{s['env_steps_per_s']:.0f} env steps/s on {s['device']}; wrote {out}/checkpoint.pt")
+    if s["updates_done"] < cfg.updates:
+        print(f"stopped at update {s['updates_done']} of {cfg.updates}")
+        return 130
     return 0
 
 

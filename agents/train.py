@@ -209,7 +209,9 @@ def starting_policies(cfg: TrainConfig, pcfg: PolicyConfig) -> list:
     return [policies[0]] * cfg.agents if cfg.share else policies
 
 
-def train(cfg: TrainConfig, out: Path | None = None, progress=True) -> dict:
+def train(cfg: TrainConfig, out: Path | None = None, progress=True, should_stop=lambda: False) -> dict:
+    """Trains, evaluates on held-out instances, writes OUT. Stopped (`should_stop`, polled
+    once per update), it ends the current update and still evaluates and writes what it has."""
     cfg.validate()
     torch.manual_seed(cfg.seed)
     device = pick_device(cfg.device)
@@ -231,7 +233,7 @@ def train(cfg: TrainConfig, out: Path | None = None, progress=True) -> dict:
     states = initial_states(policies, cfg.batch, device)
     episodes = successes = 0
     start = last_line = time.monotonic()
-    step = 0
+    step = updates_done = 0
     history = []
     for update in range(1, cfg.updates + 1):
         logps, values, ents, rewards, dones, rates = [], [], [], [], [], []
@@ -305,11 +307,17 @@ def train(cfg: TrainConfig, out: Path | None = None, progress=True) -> dict:
                       f"surrogate {['%.2f' % b for b in row['surrogate']]}", file=sys.stderr, flush=True)
             episodes = successes = 0
             last_line = time.monotonic()
+        updates_done = update
+        if should_stop():
+            if progress:
+                print(f"[train] stopping after update {update} of {cfg.updates}: evaluating and writing what it has",
+                      file=sys.stderr, flush=True)
+            break
     if log:
         log.close()
         board.close()
     final, silent = held_out([p.eval() for p in policies], cfg, cfg.seed, priors)
-    summary = {"config": asdict(cfg), "final": final, "history": history,
+    summary = {"config": asdict(cfg), "final": final, "history": history, "updates_done": updates_done,
                "no_communication_success": silent["success_rate"],
                "wall_s": time.monotonic() - start, "env_steps": step * cfg.batch,
                "env_steps_per_s": step * cfg.batch / (time.monotonic() - start), "device": str(device)}

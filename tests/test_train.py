@@ -4,8 +4,10 @@ from __future__ import annotations
 
 
 import json
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -95,6 +97,28 @@ def test_train_cli_says_what_is_wrong_with_out(tmp_path):
     r = subprocess.run([sys.executable, "-m", "agents.cli", "evaluate", str(tmp_path)], capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 2 and "is not a `ddcl train` folder" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_stopped_training_still_evaluates_and_writes_its_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    p = subprocess.Popen([sys.executable, "-m", "agents.cli", "train", "--updates", "100000", "--batch", "16",
+                          "--eval-every", "5", "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not ((out / "train.jsonl").exists() and (out / "train.jsonl").read_text()):
+            assert time.monotonic() < deadline and p.poll() is None, "training never reached its first evaluation"
+            time.sleep(0.1)
+        p.send_signal(signal.SIGTERM)
+        stdout, stderr = p.communicate(timeout=120)
+    finally:
+        p.kill()
+    assert p.returncode == 130, stderr
+    s = json.loads((out / "summary.json").read_text())
+    assert 5 <= s["updates_done"] < 100000 and f"stopped at update {s['updates_done']} of 100000" in stdout
+    assert f"stopping after update {s['updates_done']} of 100000" in stderr
+    assert 0 <= s["final"]["success_rate"] <= 1
+    env = make("goal", 1, 0, 2)
+    load_checkpoint(out / "checkpoint.pt", "goal", env.obs_dim, env.n_actions, 2)  # a checkpoint agents can run
 
 
 def test_checkpoints_for_another_env_or_shape_are_refused(tmp_path):
