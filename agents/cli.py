@@ -62,6 +62,19 @@ def device_name(text: str) -> str:
     raise argparse.ArgumentTypeError(f"{text!r} is not a device: use auto, cpu, cuda or cuda:N")
 
 
+class Refused(Exception):
+    """Bad input: `main` prints it on one line and exits with status 2."""
+
+
+def checked(fn, *args, **kwargs):
+    """fn(*args, **kwargs), its ValueError (how configs, devices, sync modes and checkpoints
+    say the input is bad) turned into Refused."""
+    try:
+        return fn(*args, **kwargs)
+    except ValueError as e:
+        raise Refused(str(e)) from None
+
+
 POSITIVE, COUNT = int_in(1), int_in(0)
 SEED32 = int_in(0, 2**32 - 1)  # a run seed keys Philox: 32 bits
 
@@ -109,10 +122,9 @@ def _broker_serve(args) -> int:
         b = Broker(args.bind, heartbeat_s=args.heartbeat, log_dir=args.log_dir, bus=bus, run=args.run,
                    curve=_curve(args))
     except zmq.ZMQError as e:  # the endpoint is taken or malformed
-        print(f"error: cannot bind {args.bind}: {e.strerror}", file=sys.stderr)
         if bus:
             bus.close()
-        return 2
+        raise Refused(f"cannot bind {args.bind}: {e.strerror}") from None
     b.schedule(schedule)
     logging.getLogger("ddcl.broker").info("broker listening on %s", b.endpoint)
     try:
@@ -125,14 +137,10 @@ def _broker_serve(args) -> int:
 
 def _broker_stats(args) -> int:
     from bench.common import table
-    from broker.peer import BrokerError, Peer
+    from broker.peer import Peer
 
-    try:
-        with Peer(args.broker, b"cli", curve=_curve(args)) as p:
-            s = p.stats(args.timeout)
-    except BrokerError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    with Peer(args.broker, b"cli", curve=_curve(args)) as p:
+        s = p.stats(args.timeout)
     if args.json:
         print(json.dumps(s, indent=2))
         return 0
@@ -152,28 +160,22 @@ def _broker_stats(args) -> int:
 
 
 def _broker_fault(args) -> int:
-    from broker.peer import BrokerError, Peer
+    from broker.peer import Peer
     from broker import protocol as P
 
     if args.fault_cmd == "list":
         req = {"op": "fault-list"}
     elif args.fault_cmd == "clear":
         if args.all == (args.id is not None):
-            print("error: give a fault ID or --all", file=sys.stderr)
-            return 2
+            raise Refused("give a fault ID or --all")
         req = {"op": "fault-clear", "id": args.id}
     else:
         req = {"op": "fault-add", "kind": args.fault_cmd, "target": getattr(args, "agent", None) or args.link,
                "value": args.value}
-    try:
-        with Peer(args.broker, b"cli", curve=_curve(args)) as p:
-            reply = p.request([P.CONTROL, P.pack(req)], P.CONTROL_REPLY, args.timeout)
-    except BrokerError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    with Peer(args.broker, b"cli", curve=_curve(args)) as p:
+        reply = p.request([P.CONTROL, P.pack(req)], P.CONTROL_REPLY, args.timeout)
     if not reply.get("ok"):
-        print(f"error: {reply.get('error')}", file=sys.stderr)
-        return 2
+        raise Refused(reply.get("error"))
     if args.json:
         print(json.dumps(reply, indent=2))
     elif args.fault_cmd == "list":
@@ -221,16 +223,11 @@ def _world(args) -> int:
     out = Path(args.out) if args.out else None
     if out:
         out.mkdir(parents=True, exist_ok=True)
-    try:
-        world = World(args.broker, cfg, out, bus_url=args.bus, curve=_curve(args))
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    world = checked(World, args.broker, cfg, out, bus_url=args.bus, curve=_curve(args))
     try:
         summary = world.run(stop_flag())
-    except TimeoutError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except TimeoutError as e:  # agents that never joined
+        raise Refused(str(e)) from None
     except BrokerLost as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -247,17 +244,12 @@ def _agent(args) -> int:
     from agents.agent import Agent
     from agents.policy import CheckpointError
 
-    try:
-        agent = Agent(args.broker, args.id.encode(), args.device, args.checkpoint, record=bool(args.record),
-                      curve=_curve(args), bus_url=args.bus, run=args.run)
-    except ValueError as e:  # a device that is not here
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    agent = checked(Agent, args.broker, args.id.encode(), args.device, args.checkpoint, record=bool(args.record),
+                    curve=_curve(args), bus_url=args.bus, run=args.run)
     try:
         stats = agent.run(stop_flag())
     except CheckpointError as e:  # it fits only once the world's config says env and agents
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise Refused(str(e)) from None
     if args.record:
         with open(args.record, "wb") as fh:
             pickle.dump(stats.record, fh)
@@ -272,12 +264,8 @@ def _up(args) -> int:
     from broker.bus import parse_url
 
     args.agents = args.agents or default_agents(args.env)
-    try:
-        SyncMode.parse(args.sync)
-        pick_device(args.device)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    checked(SyncMode.parse, args.sync)
+    checked(pick_device, args.device)
     parse_url(args.bus)  # a BusError here, not from every process after the start
     if args.faults:  # refused here (FaultError), not by the broker after the start
         from broker.faults_file import load_faults
@@ -285,14 +273,10 @@ def _up(args) -> int:
         load_faults(args.faults)
     if args.checkpoint:  # refused here, not by every agent after the world has started
         from agents.envs import make
-        from agents.policy import CheckpointError, load_checkpoint
+        from agents.policy import load_checkpoint
 
         env = make(args.env, 1, 0, args.agents)
-        try:
-            load_checkpoint(args.checkpoint, args.env, env.obs_dim, env.n_actions, args.agents)
-        except CheckpointError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+        checked(load_checkpoint, args.checkpoint, args.env, env.obs_dim, env.n_actions, args.agents)
     return up(args)
 
 
@@ -300,12 +284,8 @@ def _sweep(args) -> int:
     from agents.message import SyncMode
     from agents.sweep import sweep_skew
 
-    try:
-        for mode in args.sync.split(","):  # refused here, not by a run halfway through the grid
-            SyncMode.parse(mode)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    for mode in args.sync.split(","):  # refused here, not by a run halfway through the grid
+        checked(SyncMode.parse, mode)
     return sweep_skew(args)
 
 
@@ -346,22 +326,16 @@ def _train(args) -> int:
 
     fields = {f: getattr(args, f) for f in TrainConfig.__dataclass_fields__ if getattr(args, f, None) is not None}
     cfg = TrainConfig(**fields)
-    try:
-        cfg.validate()
-        pick_device(cfg.device)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    checked(cfg.validate)
+    checked(pick_device, cfg.device)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
-        print(f"error: --out {out} is a file, not a folder", file=sys.stderr)
-        return 2
+        raise Refused(f"--out {out} is a file, not a folder")
     out.mkdir(parents=True, exist_ok=True)
     try:
         s = train(cfg, out, should_stop=stop_flag())
-    except CheckpointError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except CheckpointError as e:  # --init's checkpoint does not fit
+        raise Refused(str(e)) from None
     _print_final(s)
     print(f"{s['env_steps_per_s']:.0f} env steps/s on {s['device']}; wrote {out}/checkpoint.pt")
     if s["updates_done"] < cfg.updates:
@@ -392,14 +366,9 @@ def _print_final(s: dict) -> None:
 
 
 def _evaluate(args) -> int:
-    from agents.policy import CheckpointError
     from agents.train import evaluate_run
 
-    try:
-        _print_final(evaluate_run(args.run, args.episodes, args.seed, args.device))
-    except (CheckpointError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    _print_final(checked(evaluate_run, args.run, args.episodes, args.seed, args.device))
     return 0
 
 
@@ -410,8 +379,7 @@ def _report(args) -> int:
         for path in report(args.run):
             print(f"wrote {path}")
     except FileNotFoundError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise Refused(str(e)) from None
     return 0
 
 
@@ -446,11 +414,7 @@ def _bench_train(args) -> int:
     from agents.agent import pick_device
     from bench import train_bench
 
-    try:
-        pick_device(args.device)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    checked(pick_device, args.device)
     print(train_bench.run(args.updates, args.batch, args.lam, args.msg_dim, args.seed, args.device, args.losses))
     return 0
 
@@ -685,7 +649,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except (BrokerError, BusError, CurveError, FaultError) as e:  # no broker or bus server, or it refused; bad keys; a bad faults file
+    except (Refused, BrokerError, BusError, CurveError, FaultError) as e:  # bad input; no broker or bus server, or it refused
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
