@@ -14,6 +14,7 @@ import pickle
 import re
 import signal
 import sys
+from pathlib import Path
 
 from agents.train_config import AGGREGATES, CODECS, CORES, RATE_LOSSES  # torch-free, like everything the parser needs
 
@@ -75,6 +76,19 @@ def checked(fn, *args, **kwargs):
         raise Refused(str(e)) from None
 
 
+def out_folder(path: str, flag: str = "--out") -> Path:
+    """The folder a command writes to, created; one that cannot be is refused before
+    anything starts."""
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise Refused(f"{flag} {folder} is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise Refused(f"{flag} {folder}: cannot create it ({e.strerror})") from None
+    return folder
+
+
 POSITIVE, COUNT = int_in(1), int_in(0)
 SEED32 = int_in(0, 2**32 - 1)  # a run seed keys Philox: 32 bits
 
@@ -107,8 +121,6 @@ def _curve(args):
 
 
 def _broker_serve(args) -> int:
-    from pathlib import Path
-
     from broker.bus import EMBEDDED, Publisher
     from broker.faults_file import load_faults
     from broker.server import Broker
@@ -116,7 +128,7 @@ def _broker_serve(args) -> int:
 
     schedule = load_faults(args.faults) if args.faults else []
     if args.log_dir:
-        Path(args.log_dir).mkdir(parents=True, exist_ok=True)
+        out_folder(args.log_dir, "--log-dir")
     bus = None if args.bus == EMBEDDED else Publisher(args.bus, args.run, "broker")
     try:
         b = Broker(args.bind, heartbeat_s=args.heartbeat, log_dir=args.log_dir, bus=bus, run=args.run,
@@ -210,8 +222,6 @@ def _sync_serve(args) -> int:
 
 
 def _world(args) -> int:
-    from pathlib import Path
-
     from agents.envs import default_agents
     from agents.world import World, WorldConfig
     from broker.peer import BrokerLost
@@ -220,9 +230,7 @@ def _world(args) -> int:
                       steps=args.steps, codec=args.codec, seed=args.seed, deadline_s=args.deadline, sync=args.sync,
                       clock=args.clock, tick_s=args.tick, run=args.run, core=args.core, aggregate=args.aggregate,
                       broker_timeout_s=args.broker_timeout)
-    out = Path(args.out) if args.out else None
-    if out:
-        out.mkdir(parents=True, exist_ok=True)
+    out = out_folder(args.out) if args.out else None
     world = checked(World, args.broker, cfg, out, bus_url=args.bus, curve=_curve(args))
     try:
         summary = world.run(stop_flag())
@@ -259,7 +267,7 @@ def _agent(args) -> int:
 def _up(args) -> int:
     from agents.agent import pick_device
     from agents.envs import default_agents
-    from agents.launcher import up
+    from agents.launcher import port_in_use, up
     from agents.message import SyncMode
     from broker.bus import parse_url
 
@@ -277,6 +285,9 @@ def _up(args) -> int:
 
         env = make(args.env, 1, 0, args.agents)
         checked(load_checkpoint, args.checkpoint, args.env, env.obs_dim, env.n_actions, args.agents)
+    if args.port and port_in_use(args.port):
+        raise Refused(f"port {args.port} on 127.0.0.1 is in use; pick another --port or leave it out")
+    out_folder(args.out)  # the last check: a refused run leaves no folder
     return up(args)
 
 
@@ -286,6 +297,7 @@ def _sweep(args) -> int:
 
     for mode in args.sync.split(","):  # refused here, not by a run halfway through the grid
         checked(SyncMode.parse, mode)
+    out_folder(args.out)
     return sweep_skew(args)
 
 
@@ -317,8 +329,6 @@ def _bus_sub(args) -> int:
 
 
 def _train(args) -> int:
-    from pathlib import Path
-
     from agents.agent import pick_device
     from agents.policy import CheckpointError
     from agents.train import train
@@ -328,10 +338,7 @@ def _train(args) -> int:
     cfg = TrainConfig(**fields)
     checked(cfg.validate)
     checked(pick_device, cfg.device)
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise Refused(f"--out {out} is a file, not a folder")
-    out.mkdir(parents=True, exist_ok=True)
+    out = out_folder(args.out)
     try:
         s = train(cfg, out, should_stop=stop_flag())
     except CheckpointError as e:  # --init's checkpoint does not fit

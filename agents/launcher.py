@@ -123,9 +123,6 @@ def port_in_use(port: int) -> bool:
 
 
 def up(args) -> int:
-    if args.port and port_in_use(args.port):
-        print(f"error: port {args.port} on 127.0.0.1 is in use; pick another --port or leave it out", file=sys.stderr)
-        return 2
     out = Path(args.out)
     (out / "logs").mkdir(parents=True, exist_ok=True)
     endpoint = f"tcp://127.0.0.1:{args.port or free_port()}"

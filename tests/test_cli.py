@@ -57,6 +57,17 @@ def test_a_cuda_device_that_is_not_here_is_refused_before_anything_starts(argv, 
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("argv", [["up", "--out"], ["world", "--out"], ["train", "--out"], ["sweep", "skew", "--out"],
+                                  ["broker", "serve", "--log-dir"]])
+def test_an_output_folder_that_cannot_be_made_is_refused(argv, tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    bad = tmp_path / "file" / "run"
+    assert main(argv + [str(bad)]) == 2
+    assert f"{argv[-1]} {bad}: cannot create it (Not a directory)" in capsys.readouterr().err
+    assert main(argv + [str(tmp_path / "file")]) == 2
+    assert f"{argv[-1]} {tmp_path / 'file'} is a file, not a folder" in capsys.readouterr().err
+
+
 def test_up_and_the_broker_refuse_a_port_in_use(tmp_path, capsys):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
