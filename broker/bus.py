@@ -186,7 +186,12 @@ class BusClient:
             self._ctx = zmq.asyncio.Context()
             self._sock = self._ctx.socket(zmq.DEALER)
             self._sock.setsockopt(zmq.LINGER, 1000)  # a publish just before the exit still goes out
-            self._sock.connect(self.broker)
+            try:
+                self._sock.connect(self.broker)
+            except zmq.ZMQError as e:
+                self._sock.close(0)
+                self._ctx.term()
+                raise BusError(f"cannot connect to {self.broker!r}: {e.strerror} (endpoints look like tcp://host:port)") from None
             self._heard = self._probed = asyncio.get_running_loop().time()
         return self
 

@@ -33,7 +33,11 @@ class Peer:
         self.sock.setsockopt(zmq.SNDHWM, P.HWM)
         self.sock.setsockopt(zmq.RCVHWM, P.HWM)
         self.sock.setsockopt(zmq.MAXMSGSIZE, P.MAX_MSG_BYTES)
-        self.sock.connect(endpoint)
+        try:
+            self.sock.connect(endpoint)
+        except zmq.ZMQError as e:  # libzmq checks the address's form here, not its reachability
+            self.sock.close(0)
+            raise BrokerError(f"cannot connect to {endpoint!r}: {e.strerror} (endpoints look like tcp://host:port)") from None
         self.endpoint = endpoint
         self.role = role
         self.last_sent = self.last_heard = time.monotonic()

@@ -68,6 +68,12 @@ def test_an_output_folder_that_cannot_be_made_is_refused(argv, tmp_path, capsys)
     assert f"{argv[-1]} {tmp_path / 'file'} is a file, not a folder" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv", [["agent"], ["world"], ["sync", "serve"], ["broker", "stats"], ["bus", "sub"]])
+def test_a_malformed_broker_endpoint_is_named(argv, capsys):
+    assert main(argv + ["--broker", "tcp//nowhere"]) == 2
+    assert "cannot connect to 'tcp//nowhere': Invalid argument" in capsys.readouterr().err
+
+
 def test_up_and_the_broker_refuse_a_port_in_use(tmp_path, capsys):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
