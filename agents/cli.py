@@ -47,12 +47,17 @@ def positive_float(text: str) -> float:
     return v
 
 
-def int_list(text: str) -> list[int]:
-    """An argparse type: comma-separated integers."""
-    try:
-        return [int(v) for v in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
+def int_list(lo: int | None = None):
+    """An argparse type: comma-separated integers, each at least lo (when given)."""
+    def parse(text: str) -> list[int]:
+        try:
+            values = [int(v) for v in text.split(",")]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
+        if lo is not None and min(values) < lo:
+            raise argparse.ArgumentTypeError(f"{min(values)} is below {lo}")
+        return values
+    return parse
 
 
 def device_name(text: str) -> str:
@@ -566,7 +571,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep = sub.add_parser("sweep", help="run grids of networked runs")
     swsub = sweep.add_subparsers(dest="sweep_cmd", required=True, metavar="GRID")
     sw = swsub.add_parser("skew", help="success and bits against clock skew, one line per sync mode")
-    sw.add_argument("--values", type=int_list, default="0,1,2,4,8,16", help="skews of agent-1, in steps (default 0,1,2,4,8,16)")
+    sw.add_argument("--values", type=int_list(), default="0,1,2,4,8,16", help="skews of agent-1, in steps (default 0,1,2,4,8,16)")
     sw.add_argument("--sync", default="implicit,stamped,checked:2", help="sync modes (default implicit,stamped,checked:2)")
     sw.add_argument("--steps", type=POSITIVE, default=300, help="steps per run (default 300)")
     sw.add_argument("--batch", type=POSITIVE, default=32, help="env instances per run (default 32)")
@@ -633,13 +638,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"rate losses to train, comma-separated (default {','.join(RATE_LOSSES)})")
     b.set_defaults(func=_bench_train)
     b = bsub.add_parser("envs", help="env steps/s of the batched torch envs per device and B")
-    b.add_argument("--batches", default="1,256,4096", help="batch sizes (default 1,256,4096)")
+    b.add_argument("--batches", type=int_list(1), default="1,256,4096", help="batch sizes (default 1,256,4096)")
     b.add_argument("--budget", type=positive_float, default=0.5, help="seconds per measurement (default 0.5)")
     b.set_defaults(func=_bench_envs)
     b = bsub.add_parser("net", help="pyzmq round-trip floor, then lockstep steps/s and latency")
     b.add_argument("--steps", type=POSITIVE, default=300, help="steps per configuration (default 300)")
-    b.add_argument("--agents", default="2,4,8", help="agent counts (default 2,4,8)")
-    b.add_argument("--batches", default="1,256", help="batch sizes (default 1,256)")
+    b.add_argument("--agents", type=int_list(2), default="2,4,8", help="agent counts (default 2,4,8)")
+    b.add_argument("--batches", type=int_list(1), default="1,256", help="batch sizes (default 1,256)")
     b.add_argument("--repeat", type=POSITIVE, default=3, help="runs per configuration; the row is the median (default 3)")
     b.set_defaults(func=_bench_net)
     return p

@@ -36,18 +36,17 @@ def steps_per_s(name: str, batch: int, device: str, budget_s: float) -> float:
     return calls * batch / elapsed
 
 
-def run(batches: str = "1,256,4096", budget_s: float = 0.5) -> str:
+def run(batches: tuple[int, ...] = (1, 256, 4096), budget_s: float = 0.5) -> str:
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    sizes = [int(b) for b in batches.split(",")]
     rows = []
     for name in ENVS:
         cpu = None
         for device in devices:
-            rates = [steps_per_s(name, b, device, budget_s) for b in sizes]
+            rates = [steps_per_s(name, b, device, budget_s) for b in batches]
             cpu = cpu or rates
             rows.append([name, device] + [r / 1e3 for r in rates] + [rates[-1] / rates[0], rates[-1] / cpu[-1]])
-    headers = (["env", "device"] + [f"B={b} k/s" for b in sizes]
-               + [f"B={sizes[-1]} / B={sizes[0]}", f"vs cpu at B={sizes[-1]}"])
+    headers = (["env", "device"] + [f"B={b} k/s" for b in batches]
+               + [f"B={batches[-1]} / B={batches[0]}", f"vs cpu at B={batches[-1]}"])
     lines = [f"machine: {platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads"
              + (f", {torch.cuda.get_device_name()}" if "cuda" in devices else ", no CUDA"),
              "env steps/s in thousands (one instance stepping once is one step)", "",

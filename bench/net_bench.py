@@ -164,12 +164,12 @@ def cpuidle() -> str:
     return f"cpuidle {driver}" + (f", guest_halt_poll_ns {poll}" if poll is not None else "")
 
 
-def run(steps: int = 300, agents: str = "2,4,8", batches: str = "1,256", repeat: int = 3) -> str:
+def run(steps: int = 300, agents: tuple[int, ...] = (2, 4, 8), batches: tuple[int, ...] = (1, 256), repeat: int = 3) -> str:
     """Each configuration `repeat` times, each run between two floor measurements: the
     VM's speed drifts within minutes, so a ratio is only fair against the floor of the
     same moment. The row is the run with the median ratio; the spread is shown beside it."""
     rows, floors = [], []
-    configs = [(int(n), int(b)) for n in agents.split(",") for b in batches.split(",")]
+    configs = [(n, b) for n in agents for b in batches]
     for i, (n, b) in enumerate(configs):
         runs = []
         for rep in range(repeat):

@@ -23,6 +23,9 @@ from agents.cli import main
     (["sweep", "skew", "--values", "1,x"], "argument --values: '1,x' is not a comma-separated list of integers"),
     (["sweep", "skew", "--codec", "zip"], "argument --codec: invalid choice: 'zip'"),
     (["up", "--device", "tpu"], "argument --device: 'tpu' is not a device: use auto, cpu, cuda or cuda:N"),
+    (["bench", "net", "--agents", "2,x"], "argument --agents: '2,x' is not a comma-separated list of integers"),
+    (["bench", "net", "--agents", "2,1"], "argument --agents: 1 is below 2"),
+    (["bench", "envs", "--batches", "0"], "argument --batches: 0 is below 1"),
 ])
 def test_bad_values_are_refused_by_the_parser(argv, message, capsys):
     with pytest.raises(SystemExit) as e:
