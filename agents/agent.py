@@ -138,6 +138,11 @@ class Agent:
         self.pcfg = pcfg
         self.env_spec = env
         self.config = cfg
+        if self.stats.steps:  # a new world, after one that died mid-run: its figures count from zero
+            self.stats, self.inbox = AgentStats(), {}
+            if self.oracle:
+                self.oracle.close()
+                self.oracle = None
         coders = coders or [codecs.get(cfg["codec"], **cfg.get("codec_options", {}))] * n
         self.channel = MessageChannel(coders, pcfg.delta, self.run_seed, SyncMode.parse(cfg["sync"]))
         self.clock.mode, self.clock.tick_s, self.clock.t0 = cfg["clock"], cfg["tick_s"], cfg.get("t0") or 0.0
@@ -203,7 +208,9 @@ class Agent:
     def _from_world(self, body: bytes) -> bool:
         if not P.is_channel_frame(body):
             req = P.unpack(body)
-            if req.get("op") == L.CONFIG:
+            if req.get("op") == L.HELLO:
+                self.peer.send_to(P.WORLD_ID, P.pack({"op": L.JOIN}))
+            elif req.get("op") == L.CONFIG:
                 self.configure(req)
             elif req.get("op") == L.END:
                 if self.oracle:  # the world reads the oracle logs once every agent has reported

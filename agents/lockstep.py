@@ -12,7 +12,9 @@ from channel import ChannelError, codecs, frame
 _F32 = codecs.get("float32")
 _RICE = codecs.get("rice")
 
-JOIN, CONFIG, END, AGENT_STATS = "join", "config", "end", "agent-stats"
+# HELLO: a world waiting for agents asks every registered one to JOIN, so agents left
+# configured by a world that died mid-run join the next one
+HELLO, JOIN, CONFIG, END, AGENT_STATS = "hello", "join", "config", "end", "agent-stats"
 
 
 def pack_obs(step: int, obs: np.ndarray, first: np.ndarray) -> bytes:

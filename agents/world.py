@@ -112,12 +112,16 @@ class World:
         """True once every agent has joined; False when stopped first."""
         want = {P.agent_id(k) for k in range(self.cfg.agents)}
         deadline = time.monotonic() + self.cfg.join_timeout_s
+        last_hello = 0.0
         while not want <= self.joined:
             if should_stop():
                 return False
             if time.monotonic() > deadline:
                 raise TimeoutError(f"agents missing after {self.cfg.join_timeout_s}s: "
                                    f"{sorted(x.decode() for x in want - self.joined)}")
+            if time.monotonic() - last_hello > 1.0:  # agents configured by a world that died ask no more
+                self.peer.send_to(P.ALL_AGENTS, P.pack({"op": L.HELLO}))
+                last_hello = time.monotonic()
             self.peer.heartbeat_if_idle()
             self._pump(0.2)
         return True

@@ -202,6 +202,8 @@ class Broker:
         return P.agent_id(k)
 
     def _step(self, step: int) -> None:
+        if step == 0:  # a new run: a broker outlives runs (compose), and each run's figures are its own
+            self.acct = Accounting()
         self.acct.mark_step(step)
         while self.scheduled and self.scheduled[0][0] <= step:
             _, req = self.scheduled.pop(0)

@@ -186,6 +186,26 @@ def test_a_run_goes_on_through_a_broker_restart(procs, tmp_path):
     assert late and not any(late)  # and left with the broker that held it
 
 
+def test_agents_left_by_a_world_that_died_join_the_next_one(procs, tmp_path):
+    ep = procs.broker()
+    procs.start("sync", "sync", "serve", "--broker", ep)
+    for k in range(2):
+        procs.start(f"agent-{k}", "agent", "--broker", ep, "--device", "cpu")
+    first = procs.start("world", "world", "--broker", ep, "--steps", "100000", "--out", str(tmp_path / "first"))
+    metrics, deadline = tmp_path / "first" / "metrics.jsonl", time.monotonic() + 60
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) > 20):
+        assert time.monotonic() < deadline, procs.log("world")
+        time.sleep(0.1)
+    first.send_signal(signal.SIGKILL)  # no END: the agents keep its config
+    first.wait()
+    second = procs.start("world-2", "world", "--broker", ep, "--steps", "200", "--out", str(tmp_path / "second"))
+    assert second.wait(120) == 0, procs.log("world-2")
+    s = json.loads((tmp_path / "second" / "summary.json").read_text())
+    assert s["agents_reporting"] == [0, 1] and s["deadline_misses"] == [0, 0]
+    assert s["messages"]["sent"] == 400  # the broker's count, from when this run started stepping
+    assert s["bits_per_frame"] is not None and s["desync"]["messages"] == 400  # the agents' own: this run's only
+
+
 def test_a_world_waiting_for_agents_stops_on_sigterm(procs):
     """No agent ever joins: SIGTERM must end the wait at once (the join timeout is 60 s),
     with a plain message, not a traceback."""
