@@ -233,7 +233,7 @@ def train(cfg: TrainConfig, out: Path | None = None, progress=True, should_stop=
     states = initial_states(policies, cfg.batch, device)
     episodes = successes = 0
     start = last_line = time.monotonic()
-    step = updates_done = 0
+    step = 0
     history = []
     for update in range(1, cfg.updates + 1):
         logps, values, ents, rewards, dones, rates = [], [], [], [], [], []
@@ -307,7 +307,6 @@ def train(cfg: TrainConfig, out: Path | None = None, progress=True, should_stop=
                       f"surrogate {['%.2f' % b for b in row['surrogate']]}", file=sys.stderr, flush=True)
             episodes = successes = 0
             last_line = time.monotonic()
-        updates_done = update
         if should_stop():
             if progress:
                 print(f"[train] stopping after update {update} of {cfg.updates}: evaluating and writing what it has",
@@ -317,7 +316,7 @@ def train(cfg: TrainConfig, out: Path | None = None, progress=True, should_stop=
         log.close()
         board.close()
     final, silent = held_out([p.eval() for p in policies], cfg, cfg.seed, priors)
-    summary = {"config": asdict(cfg), "final": final, "history": history, "updates_done": updates_done,
+    summary = {"config": asdict(cfg), "final": final, "history": history, "updates_done": update,
                "no_communication_success": silent["success_rate"],
                "wall_s": time.monotonic() - start, "env_steps": step * cfg.batch,
                "env_steps_per_s": step * cfg.batch / (time.monotonic() - start), "device": str(device)}

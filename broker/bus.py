@@ -191,7 +191,7 @@ class BusClient:
             except zmq.ZMQError as e:
                 self._sock.close(0)
                 self._ctx.term()
-                raise BusError(f"cannot connect to {self.broker!r}: {e.strerror} (endpoints look like tcp://host:port)") from None
+                raise BusError(P.bad_endpoint(self.broker, e)) from None
             self._heard = self._probed = asyncio.get_running_loop().time()
         return self
 

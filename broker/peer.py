@@ -35,9 +35,9 @@ class Peer:
         self.sock.setsockopt(zmq.MAXMSGSIZE, P.MAX_MSG_BYTES)
         try:
             self.sock.connect(endpoint)
-        except zmq.ZMQError as e:  # libzmq checks the address's form here, not its reachability
+        except zmq.ZMQError as e:
             self.sock.close(0)
-            raise BrokerError(f"cannot connect to {endpoint!r}: {e.strerror} (endpoints look like tcp://host:port)") from None
+            raise BrokerError(P.bad_endpoint(endpoint, e)) from None
         self.endpoint = endpoint
         self.role = role
         self.last_sent = self.last_heard = time.monotonic()

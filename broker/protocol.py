@@ -83,6 +83,12 @@ def zmtp_framing(size: int) -> int:
     return 2 if size <= 255 else 9
 
 
+def bad_endpoint(endpoint: str, err) -> str:
+    """Why connecting to `endpoint` failed at once: libzmq checks an address's form there,
+    not its reachability."""
+    return f"cannot connect to {endpoint!r}: {err.strerror} (endpoints look like tcp://host:port)"
+
+
 def pack(obj) -> bytes:
     return msgpack.packb(obj, use_bin_type=True)
 
