@@ -280,6 +280,7 @@ def _up(args) -> int:
     checked(SyncMode.parse, args.sync)
     checked(pick_device, args.device)
     parse_url(args.bus)  # a BusError here, not from every process after the start
+    _curve(args)  # a keys folder without keys: a CurveError here, likewise
     if args.faults:  # refused here (FaultError), not by the broker after the start
         from broker.faults_file import load_faults
 

@@ -93,5 +93,7 @@ def test_bad_key_folders_are_named_not_a_traceback(tmp_path, capsys):
     (tmp_path / "file").write_text("")
     assert main(["keys", "gen", str(tmp_path / "file" / "keys")]) == 2
     assert f"cannot write keys to {tmp_path / 'file' / 'keys'}" in capsys.readouterr().err
-    assert main(["broker", "stats", "--keys", str(tmp_path)]) == 2
-    assert f"no server key in {tmp_path} (run `ddcl keys gen {tmp_path}`)" in capsys.readouterr().err
+    for argv in (["broker", "stats"], ["up", "--out", str(tmp_path / "run")]):
+        assert main(argv + ["--keys", str(tmp_path)]) == 2
+        assert f"no server key in {tmp_path} (run `ddcl keys gen {tmp_path}`)" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
