@@ -106,11 +106,15 @@ def field_docs(cls) -> dict[str, str]:
 
 
 def stop_flag():
-    """SIGINT/SIGTERM set a flag the role's loop polls, so every socket closes cleanly."""
+    """SIGINT/SIGTERM set a flag the role's loop polls, so every socket closes cleanly; a
+    second one stops at once (KeyboardInterrupt: status 130), for a user who will not wait
+    for the clean stop (a training's final evaluation, say)."""
     flag = []
 
     def handler(signum, _frame):
         flag.append(signum)
+        if len(flag) > 1:
+            raise KeyboardInterrupt
 
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)

@@ -3,7 +3,10 @@ before anything starts."""
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import time
 
 import pytest
 
@@ -97,3 +100,20 @@ def test_bad_key_folders_are_named_not_a_traceback(tmp_path, capsys):
         assert main(argv + ["--keys", str(tmp_path)]) == 2
         assert f"no server key in {tmp_path} (run `ddcl keys gen {tmp_path}`)" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_second_signal_stops_at_once():
+    from agents.cli import stop_flag
+
+    old = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        stopped = stop_flag()
+        assert not stopped()
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stopped()  # the first asks the loop to end cleanly
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)  # the handler runs here, in the main thread
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
