@@ -159,8 +159,7 @@ class Agent:
         try:
             while not should_stop():
                 if self.config is None and time.monotonic() - last_join > 1.0:
-                    # until the world answers: it may not have registered yet
-                    self.peer.send_to(P.WORLD_ID, P.pack({"op": L.JOIN}))
+                    self.join()  # until the world answers: it may not have registered yet
                     last_join = time.monotonic()
                 self.peer.heartbeat_if_idle()
                 msg = self.peer.recv(0.2)
@@ -178,6 +177,9 @@ class Agent:
                 self.bus.close()
             self.peer.close()
         return self.stats
+
+    def join(self) -> None:
+        self.peer.send_to(P.WORLD_ID, P.pack({"op": L.JOIN}))
 
     def _buffer(self, data: bytes) -> None:
         if len(data) >= 2:
@@ -209,7 +211,7 @@ class Agent:
         if not P.is_channel_frame(body):
             req = P.unpack(body)
             if req.get("op") == L.HELLO:
-                self.peer.send_to(P.WORLD_ID, P.pack({"op": L.JOIN}))
+                self.join()
             elif req.get("op") == L.CONFIG:
                 self.configure(req)
             elif req.get("op") == L.END:

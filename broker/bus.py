@@ -218,10 +218,8 @@ class BusClient:
         await self._sock.send_multipart([P.SUBSCRIBE, full.encode()])
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout_s
-        while (left := deadline - loop.time()) > 0 and await self._sock.poll(max(1, int(left * 1000))):
-            parts = await self._sock.recv_multipart()
-            self._heard = loop.time()
-            if parts == [P.SUBSCRIBED, full.encode()]:
+        while (left := deadline - loop.time()) > 0:
+            if (parts := await self._receive(left)) == [P.SUBSCRIBED, full.encode()]:
                 return
             if (m := _bus_message(parts)) is not None:
                 self._early.append(m)
@@ -253,17 +251,22 @@ class BusClient:
                 for f in self._filters:
                     await self._sock.send_multipart([P.SUBSCRIBE, f])
                 self._probed, quiet = loop.time(), 0.0
-            # poll, then recv: cancelling a pending recv can lose a message (pyzmq #1925)
-            if not await self._sock.poll(max(1, int(min(left, P.HEARTBEAT_S - quiet) * 1000))):
-                continue
-            parts = await self._sock.recv_multipart()
-            self._heard = loop.time()
+            parts = await self._receive(min(left, P.HEARTBEAT_S - quiet))
             if (m := _bus_message(parts)) is not None:
                 return m
         return None
 
+    async def _receive(self, wait_s: float) -> list[bytes] | None:
+        """The next message from the embedded broker within wait_s, noted as a sign of life."""
+        # poll, then recv: cancelling a pending recv can lose a message (pyzmq #1925)
+        if not await self._sock.poll(max(1, int(wait_s * 1000))):
+            return None
+        parts = await self._sock.recv_multipart()
+        self._heard = asyncio.get_running_loop().time()
+        return parts
 
-def _bus_message(parts: list[bytes]) -> BusMessage | None:
-    if parts[0] == P.BUS_MESSAGE and len(parts) == 4:
+
+def _bus_message(parts: list[bytes] | None) -> BusMessage | None:
+    if parts and parts[0] == P.BUS_MESSAGE and len(parts) == 4:
         return BusMessage(parts[1].decode(errors="replace"), parts[2], parts[3] == b"1")
     return None

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -127,17 +128,21 @@ def test_an_agent_that_cannot_write_its_oracle_log_still_runs(procs, tmp_path):
     assert s["desync"]["messages"] == 0  # agent-1's frames cannot be matched to their sends
 
 
+def wait_stepping(run: Path, proc: subprocess.Popen, timeout_s: float = 60, log=lambda: "") -> None:
+    """Until the world has written more than 20 steps to run/metrics.jsonl."""
+    metrics, deadline = run / "metrics.jsonl", time.monotonic() + timeout_s
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) > 20):
+        assert time.monotonic() < deadline and proc.poll() is None, f"the run never started stepping\n{log()}"
+        time.sleep(0.1)
+
+
 def test_killed_agent_misses_deadlines_then_rejoins(procs, tmp_path):
     ep = procs.broker()
     procs.start("sync", "sync", "serve", "--broker", ep)
     procs.start("agent-0", "agent", "--broker", ep, "--id", "agent-0", "--device", "cpu")
     procs.start("agent-1", "agent", "--broker", ep, "--id", "agent-1", "--device", "cpu")
     world = procs.start("world", "world", "--broker", ep, "--steps", "400", "--deadline", "0.2", "--out", str(tmp_path / "run"))
-    metrics = tmp_path / "run" / "metrics.jsonl"
-    deadline = time.monotonic() + 60
-    while not (metrics.exists() and len(metrics.read_text().splitlines()) > 20):
-        assert time.monotonic() < deadline, procs.log("world")
-        time.sleep(0.1)
+    wait_stepping(tmp_path / "run", world, log=lambda: procs.log("world"))
     procs.procs["agent-1"].send_signal(signal.SIGKILL)
     time.sleep(2.0)  # the world keeps stepping on deadlines meanwhile
     procs.start("agent-1b", "agent", "--broker", ep, "--id", "agent-1", "--device", "cpu")
@@ -145,7 +150,7 @@ def test_killed_agent_misses_deadlines_then_rejoins(procs, tmp_path):
     s = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert s["steps"] == 400
     assert s["deadline_misses"][0] == 0 and s["deadline_misses"][1] >= 3
-    last = [json.loads(x) for x in metrics.read_text().splitlines()[-20:]]
+    last = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-20:]]
     assert last[0]["deadline_misses"] == last[-1]["deadline_misses"]  # rejoined: no new misses
 
 
@@ -160,10 +165,7 @@ def test_a_run_goes_on_through_a_broker_restart(procs, tmp_path):
         procs.start(f"agent-{k}", "agent", "--broker", ep, "--device", "cpu")  # ids assigned, as in compose
     run = tmp_path / "run"
     world = procs.start("world", "world", "--broker", ep, "--steps", "3000", "--deadline", "0.2", "--out", str(run))
-    metrics, deadline = run / "metrics.jsonl", time.monotonic() + 60
-    while not (metrics.exists() and len(metrics.read_text().splitlines()) > 20):
-        assert time.monotonic() < deadline, procs.log("world")
-        time.sleep(0.1)
+    wait_stepping(run, world, log=lambda: procs.log("world"))
     assert ddcl("broker", "fault", "skew", "agent-1", "2", "--broker", ep).returncode == 0
     time.sleep(0.3)
     procs.procs["broker"].send_signal(signal.SIGKILL)
@@ -178,7 +180,7 @@ def test_a_run_goes_on_through_a_broker_restart(procs, tmp_path):
     assert s["messages"]["sent"] == s["messages"]["delivered"] > 0
     for name in ("agent-0", "agent-1", "sync", "world"):
         assert "the broker at" in procs.log(name) and "answers again" in procs.log(name), name
-    rows = [json.loads(x) for x in metrics.read_text().splitlines()]
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     back = max(r["step"] for r, prev in zip(rows[1:], rows) if r["deadline_misses"] != prev["deadline_misses"])
     by_step = desync_by_step(run, 1)
     assert any(v > 0 for step, v in by_step.items() if step < back)  # the skew took
@@ -192,10 +194,7 @@ def test_agents_left_by_a_world_that_died_join_the_next_one(procs, tmp_path):
     for k in range(2):
         procs.start(f"agent-{k}", "agent", "--broker", ep, "--device", "cpu")
     first = procs.start("world", "world", "--broker", ep, "--steps", "100000", "--out", str(tmp_path / "first"))
-    metrics, deadline = tmp_path / "first" / "metrics.jsonl", time.monotonic() + 60
-    while not (metrics.exists() and len(metrics.read_text().splitlines()) > 20):
-        assert time.monotonic() < deadline, procs.log("world")
-        time.sleep(0.1)
+    wait_stepping(tmp_path / "first", first, log=lambda: procs.log("world"))
     first.send_signal(signal.SIGKILL)  # no END: the agents keep its config
     first.wait()
     second = procs.start("world-2", "world", "--broker", ep, "--steps", "200", "--out", str(tmp_path / "second"))
@@ -246,10 +245,7 @@ def long_up(tmp_path):
     up = subprocess.Popen([sys.executable, "-m", "agents.cli", "up", "--steps", "100000", "--port", str(port),
                            "--out", str(out)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           env=dict(os.environ, PYTHONPATH=str(ROOT)))
-    metrics, deadline = out / "metrics.jsonl", time.monotonic() + 120
-    while not (metrics.exists() and len(metrics.read_text().splitlines()) > 20):
-        assert time.monotonic() < deadline and up.poll() is None, "the run never started stepping"
-        time.sleep(0.1)
+    wait_stepping(out, up, timeout_s=120)
     yield up, f"127.0.0.1:{port}", out
     for pid in [up.pid] + _processes_with(f"127.0.0.1:{port}"):
         try:
