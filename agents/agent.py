@@ -138,6 +138,7 @@ class Agent:
         self.pcfg = pcfg
         self.env_spec = env
         self.config = cfg
+        self.peer_slots = [j for j in range(n) if j != self.index]  # heard messages stack in this order
         if self.stats.steps:  # a new world, after one that died mid-run: its figures count from zero
             self.stats, self.inbox = AgentStats(), {}
             if self.oracle:
@@ -237,7 +238,7 @@ class Agent:
 
     @torch.inference_mode()
     def step(self, step: int, obs: np.ndarray, first: np.ndarray) -> None:
-        batch, n = self.config["batch"], self.config["agents"]
+        batch = self.config["batch"]
         self.world_step = step
         view = self.clock.view(step)
         self.state = forget(self.state, first)  # a new episode starts with empty memory
@@ -247,8 +248,7 @@ class Agent:
         self.peer.broadcast_frame(data)
         self.stats.messages += 1
         self.stats.payload_bits += nbits
-        oracle = {"step": step, "sent": [frame_tag(data), view, seed], "heard": []} if self.oracle else None
-        peers = [j for j in range(n) if j != self.index]
+        peers = self.peer_slots
         deadline = time.monotonic() + self.config["peer_wait_s"]  # half the world's deadline
         while any(j not in self.inbox for j in peers) and (left := deadline - time.monotonic()) > 0:
             msg = self.peer.recv(left)
@@ -258,7 +258,7 @@ class Agent:
                 self._buffer(msg[0])
             elif msg[0] == P.DELIVER and len(msg) == 3 and msg[1] != P.WORLD_ID:
                 self._delivered(msg[1], msg[2])  # a beacon or clock fault mid-step
-        heard, received = np.zeros((batch, len(peers), self.pcfg.msg_dim), dtype=np.float32), {}
+        heard, received, decoded = np.zeros((batch, len(peers), self.pcfg.msg_dim), dtype=np.float32), {}, []
         for slot, j in enumerate(peers):
             data_j = self.inbox.pop(j, None)
             if data_j is None:
@@ -272,13 +272,13 @@ class Agent:
                 continue
             received[sender] = zh
             heard[:, slot] = zh
-            if oracle is not None:
-                oracle["heard"].append([sender, frame_tag(data_j), rx_step, rx_seed])
+            decoded.append((sender, data_j, rx_step, rx_seed))
         logits = self.policy.act(h, torch.from_numpy(heard).to(self.device))
-        actions = logits.argmax(dim=-1).cpu().numpy().astype(np.int64)
+        actions = logits.argmax(dim=-1).cpu().numpy()  # int64
         self.peer.send_to(P.WORLD_ID, L.pack_actions(self.index, step, actions))
         self.stats.steps += 1
-        if oracle is not None:
-            self.oracle.write(json.dumps(oracle) + "\n")
+        if self.oracle:  # after the actions are out: the log is off the critical path too
+            heard_tags = [[sender, frame_tag(d), rx_step, rx_seed] for sender, d, rx_step, rx_seed in decoded]
+            self.oracle.write(json.dumps({"step": step, "sent": [frame_tag(data), view, seed], "heard": heard_tags}) + "\n")
         if self.recording:
             self.stats.record.append({"step": step, "z_hat": z_hat.cpu().numpy(), "received": received, "actions": actions})

@@ -328,7 +328,8 @@ def _bus_sub(args) -> int:
                 m = await c.next_message(0.5)
                 if m is not None:
                     seen += 1
-                    print(m.topic, m.payload.decode(errors="replace"), flush=True)
+                    for line in m.payload.decode(errors="replace").splitlines() or [""]:  # metrics come in batches
+                        print(m.topic, line, flush=True)
                 if missing != (c.silent_s() > LIVENESS * HEARTBEAT_S):  # the embedded bus's broker
                     missing = not missing
                     print(f"[bus] no word from the broker at {args.broker}; waiting for it" if missing

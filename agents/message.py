@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from channel import ChannelError, NoiseKey, dequantize_numpy, frame, quantize_numpy, uniform_numpy
@@ -56,13 +55,12 @@ class MessageChannel:
         # arithmetic is torch's quantize, bit for bit (tests/test_quantizer.py).
         z_np = z.detach().cpu().numpy()
         u = uniform_numpy(z_np.size, self.key(sender, seed), step).reshape(z_np.shape)
-        m = quantize_numpy(z_np, self.delta, u)
-        z_hat = torch.from_numpy(dequantize_numpy(m, np.float32(self.delta), u)).to(z.device)
+        z_hat, m = quantize_numpy(z_np, self.delta, u)
         codec = self.codecs[sender]
         payload, nbits = codec.encode_bits(m.reshape(-1))
-        data = frame.pack(kind=frame.Kind.MESSAGE, sender=sender, codec=codec.wire_id, count=z.numel(),
+        data = frame.pack(kind=frame.Kind.MESSAGE, sender=sender, codec=codec.wire_id, count=m.size,
                           payload=payload, stamp_mode=self.sync.stamp, stamp=step, stamp_bits=self.sync.bits)
-        return z_hat, data, nbits
+        return torch.from_numpy(z_hat).to(z.device), data, nbits
 
     def hear(self, data: bytes, own_step: int, seed_for: Callable[[int], int], shape):
         """Decode a peer's frame with noise regenerated here -> (sender, z_hat, (step, seed) used)."""
@@ -81,4 +79,4 @@ class MessageChannel:
         m = codec.decode(f.payload, f.count).reshape(shape)
         seed = seed_for(step)
         u = uniform_numpy(f.count, self.key(f.sender, seed), step).reshape(shape)
-        return f.sender, dequantize_numpy(m, np.float32(self.delta), u), (step, seed)
+        return f.sender, dequantize_numpy(m, self.delta, u), (step, seed)

@@ -1,8 +1,10 @@
 """The world process: B instances of the environment, driven in lockstep.
 
-Per step: send each agent its observations (the broker marks the step boundary on
-them), collect every agent's actions until the per-step deadline, step the env, send the
-next observations, then write this step's metrics while the agents work.
+Per step: send every agent its observations in one message (the broker marks the step
+boundary on them), collect every agent's actions until the per-step deadline, step the
+env, send the next observations, then write this step's metrics while the agents work.
+The bus gets the metrics rows in batches (METRICS_EVERY_S): one publication per step
+would cost the broker a message, and the machine a wake-up, per step.
 An agent whose actions miss the deadline gets action 0 ("stay"/"gas") for that step,
 counted in `deadline_misses`; a restarted agent re-joins and is sent the config again.
 A broker silent for `broker_timeout_s` ends the run (BrokerLost; metrics.jsonl keeps the
@@ -33,6 +35,8 @@ from .envs import make
 from .message import SyncMode
 
 log = logging.getLogger("ddcl.world")
+
+METRICS_EVERY_S = 0.1  # the bus's metrics topic: the rows since the last, as JSON lines
 
 
 @dataclass
@@ -73,6 +77,8 @@ class World:
         load_kernels()  # before registering: the first actions must not wait for them
         self.peer = Peer(endpoint, b"world", P.WORLD_ID, curve=curve)
         self.bus = Publisher(bus_url, cfg.run, "world", self.peer)
+        self.agent_ids = [P.agent_id(k) for k in range(cfg.agents)]
+        self.slot_of = {agent: k for k, agent in enumerate(self.agent_ids)}
         self.joined: set[bytes] = set()
         self.agent_stats: dict[int, dict] = {}
         self.misses = [0] * cfg.agents
@@ -110,7 +116,7 @@ class World:
 
     def wait_for_agents(self, should_stop=lambda: False) -> bool:
         """True once every agent has joined; False when stopped first."""
-        want = {P.agent_id(k) for k in range(self.cfg.agents)}
+        want = set(self.agent_ids)
         deadline = time.monotonic() + self.cfg.join_timeout_s
         last_hello = 0.0
         while not want <= self.joined:
@@ -140,8 +146,8 @@ class World:
         cfg, env = self.cfg, self.env
         if cfg.clock == "wall":  # step t happens at t0 + t * tick; agents read their clocks against it
             self.t0 = time.time() + 0.5
-            for k in range(cfg.agents):
-                self.peer.send_to(P.agent_id(k), self.agent_config())
+            for agent in self.agent_ids:
+                self.peer.send_to(agent, self.agent_config())
         obs = env.reset().numpy()
         metrics = open(self.out / "metrics.jsonl", "w") if self.out else None
         try:
@@ -154,8 +160,9 @@ class World:
         cfg, env = self.cfg, self.env
         episodes = successes = 0
         reward_sum = 0.0
-        start = last_print = time.monotonic()
+        start = last_print = last_publish = time.monotonic()
         steps_done = 0
+        rows: list[str] = []  # metrics rows not yet on the bus
         sent_at = self.send_observations(0, obs, np.ones(cfg.batch, dtype=bool)) if cfg.steps else None
         for step in range(cfg.steps):
             actions = self.collect_actions(step)
@@ -176,10 +183,14 @@ class World:
             row = json.dumps({"step": step, "latency_s": latency, "reward": float(reward.mean()),
                               "episodes_done": int(done.sum()), "successes": int(success.sum()),
                               "deadline_misses": list(self.misses)})
-            self.bus.publish("metrics", row.encode())
+            rows.append(row)
             if metrics:
                 metrics.write(row + "\n")
             now = time.monotonic()
+            if now - last_publish >= METRICS_EVERY_S or not go_on:
+                self.bus.publish("metrics", "\n".join(rows).encode())
+                rows.clear()
+                last_publish = now
             if self.progress and now - last_print >= 1.0:
                 last_print = now
                 rate = steps_done / (now - start)
@@ -197,13 +208,12 @@ class World:
         return summary
 
     def send_observations(self, step: int, obs: np.ndarray, first: np.ndarray) -> float:
-        """Step `step` starts: each agent gets its observations (the broker marks the step
-        on the first). Returns when they went out."""
+        """Step `step` starts: each agent gets its observations, all in one message (the
+        broker marks the step on the first). Returns when they went out."""
         if self.t0 is not None:
             time.sleep(max(0.0, self.t0 + step * self.cfg.tick_s - time.time()))
         sent_at = time.monotonic()
-        for k in range(self.cfg.agents):
-            self.peer.send_to(P.agent_id(k), L.pack_obs(step, obs[:, k], first))
+        self.peer.send_each([(agent, L.pack_obs(step, obs[:, k], first)) for k, agent in enumerate(self.agent_ids)])
         return sent_at
 
     def collect_actions(self, step: int) -> np.ndarray:
@@ -214,8 +224,8 @@ class World:
         def on_frame(src: bytes, body: bytes) -> None:
             try:
                 f = frame.unpack(body)
-                k = P.agent_index(src)
-                if k is None or k >= cfg.agents or f.sender != k:
+                k = self.slot_of.get(src)
+                if k is None or f.sender != k:
                     return
                 if f.stamp != step:
                     self.late += 1  # an answer to a step that already timed out
@@ -233,8 +243,7 @@ class World:
         return actions
 
     def finish_agents(self) -> None:
-        for k in range(self.cfg.agents):
-            self.peer.send_to(P.agent_id(k), P.pack({"op": L.END}))
+        self.peer.send_each([(agent, P.pack({"op": L.END})) for agent in self.agent_ids])
         deadline = time.monotonic() + 3.0
         while len(self.agent_stats) < self.cfg.agents and (left := deadline - time.monotonic()) > 0:
             self._pump(left)

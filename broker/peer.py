@@ -65,7 +65,7 @@ class Peer:
         self.sock.close(0)
 
     def _register(self, wanted_id: bytes, timeout_s: float) -> bytes:
-        self.sock.send_multipart([P.REGISTER, self.role, wanted_id])
+        P.send_parts(self.sock, [P.REGISTER, self.role, wanted_id])
         parts = self.recv(timeout_s)
         if parts is None:
             raise BrokerError(f"no answer from the broker at {self.endpoint} in {timeout_s}s")
@@ -76,7 +76,7 @@ class Peer:
         return parts[1]
 
     def send_parts(self, parts: list[bytes]) -> None:
-        self.sock.send_multipart(parts, copy=False)
+        P.send_parts(self.sock, parts)
         self.last_sent = time.monotonic()
 
     def broadcast_frame(self, frame: bytes) -> None:
@@ -85,6 +85,11 @@ class Peer:
 
     def send_to(self, dest: bytes, body: bytes) -> None:
         self.send_parts([P.SEND, dest, body])
+
+    def send_each(self, items: list[tuple[bytes, bytes]]) -> None:
+        """(destination, body) pairs in one message: one send here and one receive in the
+        broker, however many destinations."""
+        self.send_parts([P.SEND, *(x for item in items for x in item)])
 
     def heartbeat_if_idle(self) -> None:
         if time.monotonic() - self.last_sent >= P.HEARTBEAT_S:
@@ -95,9 +100,7 @@ class Peer:
         The broker's heartbeats and a re-registration with a restarted broker stay in here."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
-            # a receive timeout, not a poll: Socket.poll builds a Poller per call, and this
-            # runs several times per lockstep step
-            self.sock.rcvtimeo = -1 if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
+            P.set_timeout(self.sock, -1 if deadline is None else max(0, int((deadline - time.monotonic()) * 1000)))
             try:
                 parts = self.sock.recv_multipart()
             except zmq.Again:

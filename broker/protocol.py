@@ -9,7 +9,8 @@ A peer is a DEALER; the broker one ROUTER. Two message shapes travel:
 
     REGISTER   [cmd, role, wanted id or b""]      -> REGISTERED [cmd, id] | ERROR
     HEARTBEAT  [cmd]                              both ways; any message also proves liveness
-    SEND       [cmd, destination id, body]        -> to destination: DELIVER [cmd, src, body]
+    SEND       [cmd, destination id, body, ...]   -> to each destination: DELIVER [cmd, src, body]
+                                                     (one or more destination-body pairs)
     STEP       [cmd, step (msgpack)]              broker -> sync service: a lockstep boundary
     STATS      [cmd]                              -> STATS_REPLY [cmd, msgpack dict]
     CONTROL    [cmd, msgpack request]             -> CONTROL_REPLY [cmd, msgpack reply]
@@ -39,6 +40,7 @@ observation frame with a new step stamp marks the step boundary: no message of i
 from __future__ import annotations
 
 import msgpack
+import zmq
 
 REGISTER = b"\x01"
 REGISTERED = b"\x02"
@@ -72,6 +74,27 @@ HEARTBEAT_S = 1.0
 LIVENESS = 3  # intervals of silence before a peer is dead
 MAX_MSG_BYTES = 1 << 22  # MAXMSGSIZE: larger messages are cut off by libzmq itself
 HWM = 100_000
+
+
+# plain ints: pyzmq's send_multipart and socket-option properties build Flag enums on every
+# call, which costs three times the send itself for a lockstep step's few-byte messages
+NOBLOCK = int(zmq.NOBLOCK)
+_SNDMORE = int(zmq.SNDMORE)
+_RCVTIMEO = int(zmq.RCVTIMEO)
+
+
+def send_parts(sock: zmq.Socket, parts: list[bytes], flags: int = 0) -> None:
+    """sock.send_multipart(parts, flags), for a list of bytes."""
+    more = flags | _SNDMORE
+    for part in parts[:-1]:
+        sock.send(part, more)
+    sock.send(parts[-1], flags)
+
+
+def set_timeout(sock: zmq.Socket, ms: int) -> None:
+    """The socket's receive timeout (-1: none): a receive timeout, not a poll, because
+    Socket.poll builds a Poller per call and roles wait several times per step."""
+    sock.set(_RCVTIMEO, ms)
 
 
 def is_channel_frame(part: bytes) -> bool:

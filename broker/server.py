@@ -8,7 +8,7 @@ import itertools
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import zmq
@@ -30,6 +30,12 @@ class PeerInfo:
     routing: bytes
     last_seen: float
     last_sent: float = 0.0
+    link: str = field(init=False)  # the id as text: what accounting and faults call this peer
+    index: int | None = field(init=False)  # agent-K's K; None for the other roles
+
+    def __post_init__(self):
+        self.link = self.id.decode(errors="replace")
+        self.index = P.agent_index(self.id) if self.role == b"agent" else None
 
 
 class Broker:
@@ -80,7 +86,7 @@ class Broker:
                 wait = self.heartbeat_s / 4
                 if self.pending:
                     wait = max(0.0, min(wait, self.pending[0][0] - time.monotonic()))
-                self.sock.rcvtimeo = int(wait * 1000)  # a receive timeout: no Poller per wake-up
+                P.set_timeout(self.sock, int(wait * 1000))
                 flags = 0
                 for _ in range(10_000):  # wait for one, drain what is queued, then look at the clock
                     try:
@@ -124,15 +130,16 @@ class Broker:
 
     def handle(self, routing: bytes, parts: list[bytes]) -> None:
         pid = self.by_routing.get(routing)
-        link = (pid or b"?").decode(errors="replace")
-        if pid:
-            self.peers[pid].last_seen = time.monotonic()
+        peer = self.peers[pid] if pid else None
+        link = peer.link if peer else "?"
+        if peer:
+            peer.last_seen = time.monotonic()
         if len(parts) == 1 and P.is_channel_frame(parts[0]):
-            self._agent_message(pid, link, parts)
+            self._agent_message(peer, link, parts)
             return
         cmd = parts[0] if parts else b""
-        if cmd == P.SEND and len(parts) == 3:
-            self._send(pid, routing, link, parts)
+        if cmd == P.SEND and len(parts) >= 3 and len(parts) % 2:
+            self._send(peer, routing, link, parts)
             return
         if cmd == P.REGISTER and len(parts) == 3:
             self._register(routing, parts)  # accounts under the id it grants
@@ -219,14 +226,14 @@ class Broker:
     def agents(self) -> list[PeerInfo]:
         return [p for p in self.peers.values() if p.role == b"agent"]
 
-    def _agent_message(self, pid, link: str, parts: list[bytes]) -> None:
+    def _agent_message(self, sender: PeerInfo | None, link: str, parts: list[bytes]) -> None:
         acct = self.acct
         acct.messages["sent"] += 1
         try:
             f = frame.unpack(parts[0])
-            if pid is None or P.agent_index(pid) is None or f.kind != frame.Kind.MESSAGE:
+            if sender is None or sender.index is None or f.kind != frame.Kind.MESSAGE:
                 raise ChannelError("agent messages come from registered agents")
-            if f.sender != P.agent_index(pid):
+            if f.sender != sender.index:
                 raise ChannelError("frame sender does not match the registered id")
         except ChannelError:
             acct.record("up", "message", link, parts)
@@ -235,10 +242,10 @@ class Broker:
         header = len(parts[0]) - len(f.payload)
         acct.record("up", "message", link, parts, len(f.payload))
         acct.record_float32("up", header, f.count)
-        recipients = [p for p in self.agents() if p.id != pid]
+        recipients = [p for p in self.agents() if p is not sender]
         ok = bool(recipients)
         for peer in recipients:
-            copies, delay = self.faults.link_plan(link, peer.id.decode())
+            copies, delay = self.faults.link_plan(link, peer.link)
             if copies == 0:
                 ok = False
                 acct.other["fault_dropped"] = acct.other.get("fault_dropped", 0) + 1
@@ -249,7 +256,7 @@ class Broker:
 
     def route(self, peer: PeerInfo, parts, payload: int, header: int, count: int, delay: float, src: str) -> bool:
         """An agent-message copy: now, after a delay, or through a reorder window."""
-        dst = peer.id.decode()
+        dst = peer.link
         window = self.faults.reorder_window(src, dst)
         if delay > 0 or window > 1:
             item = (time.monotonic() + delay, next(self.seq), peer.id, parts, payload, header, count)
@@ -286,53 +293,64 @@ class Broker:
                 heapq.heappush(self.pending, it)
             buf.clear()
 
-    def _send(self, pid, routing: bytes, link: str, parts: list[bytes]) -> None:
-        _, dest, body = parts
-        kind, payload = "control", 0
-        if P.is_channel_frame(body):
+    def _send(self, sender: PeerInfo | None, routing: bytes, link: str, parts: list[bytes]) -> None:
+        """SEND: one or more (destination, body) pairs, each delivered as DELIVER from the
+        sender; the world sends every agent its observations in one. Channel frames are
+        checked, and a malformed one refuses the whole message."""
+        pairs = [(parts[i], parts[i + 1]) for i in range(1, len(parts), 2)]
+        payloads = []
+        for _, body in pairs:
+            if not P.is_channel_frame(body):
+                payloads.append(None)
+                continue
             try:
                 f = frame.unpack(body)
-                kind, payload = "env", len(f.payload)
-                if pid == P.WORLD_ID and f.kind == frame.Kind.OBSERVATION and f.stamp != self.acct.step:
-                    self._step(f.stamp)
             except ChannelError:
                 self.acct.record("up", "env", link, parts)
                 self.acct.other["rejected"] += 1
                 self.reply(routing, link, [P.ERROR, b"malformed frame"])
                 return
-        self.acct.record("up", kind, link, parts, payload)
-        if pid is None:
+            payloads.append(len(f.payload))
+            if sender and sender.id == P.WORLD_ID and f.kind == frame.Kind.OBSERVATION and f.stamp != self.acct.step:
+                self._step(f.stamp)
+        kind = "control" if None in payloads else "env"
+        self.acct.record("up", kind, link, parts, sum(n or 0 for n in payloads))
+        if sender is None:
             self.acct.other["rejected"] += 1
             self.refuse_unknown(routing, link)
             return
+        for (dest, body), payload in zip(pairs, payloads):
+            self._deliver_body(sender, dest, body, kind, payload or 0)
+
+    def _deliver_body(self, sender: PeerInfo, dest: bytes, body: bytes, kind: str, payload: int) -> None:
         if dest == P.ALL_AGENTS:
             for peer in self.agents():
-                if pid == P.SYNC_ID and self.faults.blocks_beacon(peer.id.decode()):
+                if sender.id == P.SYNC_ID and self.faults.blocks_beacon(peer.link):
                     self.acct.other["beacons_lost"] = self.acct.other.get("beacons_lost", 0) + 1
                     continue
-                self.deliver(peer, [P.DELIVER, pid, body], kind, payload)
+                self.deliver(peer, [P.DELIVER, sender.id, body], kind, payload)
             return
         peer = self.peers.get(dest)
         if peer is None:
             self.acct.other["unknown_destination"] += 1
             return
-        if not self.deliver(peer, [P.DELIVER, pid, body], kind, payload):
+        if not self.deliver(peer, [P.DELIVER, sender.id, body], kind, payload):
             self.acct.other["dropped"] += 1
 
     # -- sending --------------------------------------------------------------------
 
     def deliver(self, peer: PeerInfo, parts: list[bytes], kind: str, payload: int) -> bool:
         try:
-            self.sock.send_multipart([peer.routing] + parts, zmq.NOBLOCK)
+            P.send_parts(self.sock, [peer.routing, *parts], P.NOBLOCK)
         except zmq.ZMQError:  # EHOSTUNREACH (gone) or EAGAIN (its queue is full)
             return False
         peer.last_sent = time.monotonic()
-        self.acct.record("down", kind, peer.id.decode(), parts, payload)
+        self.acct.record("down", kind, peer.link, parts, payload)
         return True
 
     def reply(self, routing: bytes, link: str, parts: list[bytes]) -> None:
         try:
-            self.sock.send_multipart([routing] + parts, zmq.NOBLOCK)
+            P.send_parts(self.sock, [routing, *parts], P.NOBLOCK)
         except zmq.ZMQError:
             return
         self.acct.record("down", "control", link, parts)
@@ -350,7 +368,7 @@ class Broker:
         op = req.get("op")
         try:
             if op == "fault-add":
-                fault = self.faults.validate(req, {p.id.decode() for p in self.agents()})
+                fault = self.faults.validate(req, {p.link for p in self.agents()})
                 self.faults.add(fault, self.acct.step)
                 self._fault_changed("add", [fault])
                 return {"ok": True, "fault": fault.as_dict()}
@@ -403,7 +421,7 @@ class Broker:
             return
         for routing, parts in self.hub.publish(topic, payload, retain):
             try:
-                self.sock.send_multipart([routing] + parts, zmq.NOBLOCK)
+                P.send_parts(self.sock, [routing, *parts], P.NOBLOCK)
             except zmq.ZMQError:  # a subscriber that went away
                 self.hub.drop(routing)
                 continue
@@ -419,7 +437,7 @@ class Broker:
 
     def stats(self) -> dict:
         s = self.acct.snapshot()
-        s["peers"] = {p.id.decode(): p.role.decode() for p in self.peers.values()}
+        s["peers"] = {p.link: p.role.decode() for p in self.peers.values()}
         s["uptime_s"] = time.monotonic() - self.started
         s["faults"] = self.faults.listing()
         return s

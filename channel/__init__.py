@@ -31,7 +31,10 @@ def load_kernels() -> None:
     """Load the numba kernels (compiling them if their cache is cold) now: a process's
     first message would otherwise pay 0.3-3 s for it, past a lockstep deadline."""
     key = NoiseKey(0, 0, 0)
-    uniform_numpy(5, key, 0)
+    u = uniform_numpy(4, key, 0).reshape(1, 4)
+    for shape in ((1, 4), (4,)):  # agents quantize (B, D) batches; tools flat arrays
+        z_hat, m = quantize_numpy(np.zeros(shape, dtype=np.float32), 1.0, u.reshape(shape))
+        dequantize_numpy(m, 1.0, u.reshape(shape))
     philox4x32_10(np.zeros(4, dtype=np.uint32), np.zeros(2, dtype=np.uint32))
     rice = codecs.get("rice")
     rice.decode(rice.encode([0, 1, -1]), 3)

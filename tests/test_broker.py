@@ -43,6 +43,29 @@ def test_assigns_ids_routes_broadcasts_and_counts(procs):
     assert s["totals"]["down"]["message"]["total"] == 2 * (len(data) + 2)
 
 
+def test_one_send_reaches_several_destinations_and_a_bad_frame_refuses_it_whole(procs):
+    ep = procs.broker()
+    obs = [frame.pack(kind=frame.Kind.OBSERVATION, sender=P.WORLD_SENDER, codec=0, count=1,
+                      payload=np.float32(k).tobytes(), stamp_mode=frame.StampMode.FULL, stamp=7) for k in range(2)]
+    with Peer(ep, b"agent") as a0, Peer(ep, b"agent") as a1, Peer(ep, b"world", P.WORLD_ID) as w:
+        w.send_each([(b"agent-0", obs[0]), (b"agent-1", obs[1])])
+        assert a0.recv(5) == [P.DELIVER, P.WORLD_ID, obs[0]] and a1.recv(5) == [P.DELIVER, P.WORLD_ID, obs[1]]
+        s = stats(ep)
+        assert s["step"] == 7 and s["steps"] == 1  # the step boundary, marked once
+        up = s["totals"]["up"]["env"]
+        # one message: the command, two ids, two frames; payload is the frames' float32 bytes
+        assert up == {"payload": 8, "header": 1 + 2 * 7 + sum(len(o) for o in obs) - 8, "framing": 2 * 5,
+                      "total": 1 + 2 * 7 + sum(len(o) for o in obs) + 2 * 5}
+        assert s["totals"]["down"]["env"]["total"] == sum(1 + 5 + len(o) + 2 * 3 for o in obs)
+        w.send_each([(b"agent-0", obs[0]), (b"agent-1", b"\x40\x01")])  # the second frame is truncated
+        assert w.recv(5) == [P.ERROR, b"malformed frame"]
+        assert a0.recv(0.3) is None  # nothing of a refused message is delivered
+        w.send_parts([P.SEND, b"agent-0", obs[0], b"agent-1"])  # a destination without a body
+        assert w.recv(5) == [P.ERROR, b"malformed command"]
+        s = stats(ep)
+    assert s["other"]["rejected"] == 2
+
+
 def test_malformed_input_is_counted_and_the_broker_keeps_serving(procs):
     ep = procs.broker()
     port = int(ep.rsplit(":", 1)[1])

@@ -3,6 +3,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from channel import NoiseKey, QuantizerError, dequantize_numpy, quantize, quantize_numpy, uniform_numpy, uniform_torch
 
@@ -78,9 +80,26 @@ def test_torch_and_numpy_twins_agree_bit_for_bit():
     delta = np.float32(0.37)
     u = uniform_numpy(z.size, NoiseKey(9, 9, 9), 12)
     z_hat, m = quantize(torch.from_numpy(z), float(delta), torch.from_numpy(u))
-    m_np = quantize_numpy(z, delta, u)
+    z_hat_np, m_np = quantize_numpy(z, delta, u)
     np.testing.assert_array_equal(m.numpy().astype(np.int64), m_np)
+    np.testing.assert_array_equal(z_hat.numpy(), z_hat_np)
     np.testing.assert_array_equal(z_hat.numpy(), dequantize_numpy(m_np, delta, u))
+
+
+@settings(max_examples=60, deadline=None)
+@given(batch=st.integers(1, 9), dims=st.integers(1, 6), per_dim=st.booleans(), scale=st.floats(0.01, 100),
+       seed=st.integers(0, 2**32 - 1), step=st.integers(-1000, 10**6))
+def test_numpy_twin_matches_torch_for_any_shape_and_steps(batch, dims, per_dim, scale, seed, step):
+    rng = np.random.default_rng(seed)
+    z = (rng.standard_normal((batch, dims)) * scale).astype(np.float32)
+    delta = rng.uniform(0.05, 2.0, dims).astype(np.float32) if per_dim else np.float32(rng.uniform(0.05, 2.0))
+    u = uniform_numpy(z.size, NoiseKey(seed, 3, 1), step).reshape(z.shape)
+    z_hat, m = quantize(torch.from_numpy(z), torch.from_numpy(np.asarray(delta)), torch.from_numpy(u))
+    z_hat_np, m_np = quantize_numpy(z, delta, u)
+    assert z_hat_np.shape == m_np.shape == z.shape and m_np.dtype == np.int64
+    np.testing.assert_array_equal(m_np, m.numpy().astype(np.int64))
+    np.testing.assert_array_equal(z_hat_np, z_hat.numpy())
+    np.testing.assert_array_equal(dequantize_numpy(m_np, delta, u), z_hat.numpy())
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf"), 1e12])

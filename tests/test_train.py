@@ -164,6 +164,25 @@ def test_gru_memory_carries_and_resets():
     assert torch.equal(z2, z0) and torch.equal(h2, h0)
 
 
+@pytest.mark.parametrize("core", ["mlp", "gru"])
+@pytest.mark.parametrize("aggregate", ["mean", "attention"])
+def test_the_forward_passes_are_the_layers_own_arithmetic(core, aggregate):
+    # speak and act call the layers' functions on their parameters (no Module.__call__):
+    # bit for bit what calling the layers gives, so checkpoints act as they were trained
+    torch.manual_seed(2)
+    p = AgentPolicy(PolicyConfig(obs_dim=6, n_actions=3, msg_dim=4, hidden=16, core=core, aggregate=aggregate))
+    obs, state, heard = torch.randn(5, 6), torch.randn(5, 16), torch.randn(5, 3, 4)
+    h, z, _ = p.speak(obs, state if core == "gru" else None)
+    want_h = p.memory(p.body(obs), state) if core == "gru" else p.body(obs)
+    assert torch.equal(h, want_h) and torch.equal(z, p.msg_head(want_h))
+    if aggregate == "attention":
+        weights = torch.softmax((p.key(heard) * p.query(h)[:, None, :]).sum(-1) / 2, dim=1)
+        combined = (weights[..., None] * heard).sum(1)
+    else:
+        combined = heard.mean(1)
+    assert torch.equal(p.act(h, heard), p.act_head(torch.cat([h, combined], dim=-1)))
+
+
 def test_attention_is_a_convex_combination_of_heard_messages():
     torch.manual_seed(1)
     cfg = PolicyConfig(obs_dim=6, n_actions=3, msg_dim=4, hidden=16, aggregate="attention")
