@@ -156,21 +156,8 @@ class Agent:
                  cfg["batch"], cfg["codec"], cfg["sync"])
 
     def run(self, should_stop=lambda: False) -> AgentStats:
-        last_join = 0.0
         try:
-            while not should_stop():
-                if self.config is None and time.monotonic() - last_join > 1.0:
-                    self.join()  # until the world answers: it may not have registered yet
-                    last_join = time.monotonic()
-                self.peer.heartbeat_if_idle()
-                msg = self.peer.recv(0.2)
-                if msg is None:
-                    continue
-                if len(msg) == 1:
-                    self._buffer(msg[0])
-                elif msg[0] == P.DELIVER and len(msg) == 3:
-                    if not self._delivered(msg[1], msg[2]):
-                        break
+            self._serve(should_stop)
         finally:
             if self.oracle:
                 self.oracle.close()
@@ -178,6 +165,25 @@ class Agent:
                 self.bus.close()
             self.peer.close()
         return self.stats
+
+    # the whole run in inference mode, not each step: an agent never trains, and entering
+    # the mode costs as much as one of a step's torch ops
+    @torch.inference_mode()
+    def _serve(self, should_stop) -> None:
+        last_join = 0.0
+        while not should_stop():
+            if self.config is None and time.monotonic() - last_join > 1.0:
+                self.join()  # until the world answers: it may not have registered yet
+                last_join = time.monotonic()
+            self.peer.heartbeat_if_idle()
+            msg = self.peer.recv(0.2)
+            if msg is None:
+                continue
+            if len(msg) == 1:
+                self._buffer(msg[0])
+            elif msg[0] == P.DELIVER and len(msg) == 3:
+                if not self._delivered(msg[1], msg[2]):
+                    return
 
     def join(self) -> None:
         self.peer.send_to(P.WORLD_ID, P.pack({"op": L.JOIN}))
@@ -236,8 +242,8 @@ class Agent:
         self.step(step, obs, first)
         return True
 
-    @torch.inference_mode()
     def step(self, step: int, obs: np.ndarray, first: np.ndarray) -> None:
+        """One lockstep step (inside _serve's inference mode)."""
         batch = self.config["batch"]
         self.world_step = step
         view = self.clock.view(step)

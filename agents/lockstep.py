@@ -17,11 +17,15 @@ _RICE = codecs.get("rice")
 HELLO, JOIN, CONFIG, END, AGENT_STATS = "hello", "join", "config", "end", "agent-stats"
 
 
-def pack_obs(step: int, obs: np.ndarray, first: np.ndarray) -> bytes:
-    """One agent's observations (B, obs_dim) plus a first-step-of-episode flag column."""
-    body = np.concatenate([obs, first[:, None].astype(np.float32)], axis=1)
-    return frame.pack(kind=frame.Kind.OBSERVATION, sender=P.WORLD_SENDER, codec=_F32.wire_id, count=body.size,
-                      payload=_F32.encode(body), stamp_mode=frame.StampMode.FULL, stamp=step)
+def pack_obs(step: int, obs: np.ndarray, first: np.ndarray) -> list[bytes]:
+    """Every agent's frame from obs (B, N, obs_dim): its observations (B, obs_dim) plus a
+    first-step-of-episode flag column. One array for all agents, laid out agent by agent."""
+    batch, n, dim = obs.shape
+    body = np.empty((n, batch, dim + 1), dtype=np.float32)
+    body[:, :, :dim] = obs.transpose(1, 0, 2)
+    body[:, :, dim] = first
+    return [frame.pack(kind=frame.Kind.OBSERVATION, sender=P.WORLD_SENDER, codec=_F32.wire_id, count=b.size,
+                       payload=_F32.encode(b), stamp_mode=frame.StampMode.FULL, stamp=step) for b in body]
 
 
 def unpack_obs(f: frame.Frame, batch: int, obs_dim: int) -> tuple[int, np.ndarray, np.ndarray]:

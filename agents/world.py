@@ -213,7 +213,7 @@ class World:
         if self.t0 is not None:
             time.sleep(max(0.0, self.t0 + step * self.cfg.tick_s - time.time()))
         sent_at = time.monotonic()
-        self.peer.send_each([(agent, L.pack_obs(step, obs[:, k], first)) for k, agent in enumerate(self.agent_ids)])
+        self.peer.send_each(list(zip(self.agent_ids, L.pack_obs(step, obs, first))))
         return sent_at
 
     def collect_actions(self, step: int) -> np.ndarray:

@@ -19,7 +19,7 @@ class Float32Codec(Codec):
         B.check_count(a.size)
         if not np.all(np.isfinite(a)):
             raise CodecError("float32 codec refuses NaN and infinity")
-        data = a.astype("<f4").tobytes()
+        data = a.astype("<f4", copy=False).tobytes()
         return data, 8 * len(data)
 
     def decode(self, data, count):
