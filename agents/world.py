@@ -176,13 +176,11 @@ class World:
             go_on = steps_done < cfg.steps and not should_stop()
             if go_on:  # the next step goes out first: the bookkeeping below overlaps the agents' work
                 sent_at = self.send_observations(steps_done, obs, done)
-            episodes += int(done.sum())
-            successes += int(success.sum())
-            reward = reward.reshape(cfg.batch, -1).sum(axis=1)  # per-agent rewards: the team's
-            reward_sum += float(reward.sum())
-            row = json.dumps({"step": step, "latency_s": latency, "reward": float(reward.mean()),
-                              "episodes_done": int(done.sum()), "successes": int(success.sum()),
-                              "deadline_misses": list(self.misses)})
+            ended, won = int(done.sum()), int(success.sum())
+            team = reward.reshape(cfg.batch, -1).sum(axis=1)  # per-agent rewards: the team's
+            episodes, successes, reward_sum = episodes + ended, successes + won, reward_sum + float(team.sum())
+            row = json.dumps({"step": step, "latency_s": latency, "reward": float(team.mean()),
+                              "episodes_done": ended, "successes": won, "deadline_misses": list(self.misses)})
             rows.append(row)
             if metrics:
                 metrics.write(row + "\n")

@@ -240,8 +240,6 @@ class Broker:
             acct.messages["rejected"] += 1
             return
         header = len(parts[0]) - len(f.payload)
-        acct.record("up", "message", link, parts, len(f.payload))
-        acct.record_float32("up", header, f.count)
         recipients = [p for p in self.agents() if p is not sender]
         ok = bool(recipients)
         for peer in recipients:
@@ -252,6 +250,9 @@ class Broker:
             for _ in range(copies):
                 if not self.route(peer, parts, len(f.payload), header, f.count, delay, link):
                     ok = False
+        # counted once it is on its way: the copies are the step's critical path, the count is not
+        acct.record("up", "message", link, parts, len(f.payload))
+        acct.record_float32("up", header, f.count)
         acct.messages["delivered" if ok else "dropped"] += 1
 
     def route(self, peer: PeerInfo, parts, payload: int, header: int, count: int, delay: float, src: str) -> bool:
@@ -314,13 +315,14 @@ class Broker:
             if sender and sender.id == P.WORLD_ID and f.kind == frame.Kind.OBSERVATION and f.stamp != self.acct.step:
                 self._step(f.stamp)
         kind = "control" if None in payloads else "env"
-        self.acct.record("up", kind, link, parts, sum(n or 0 for n in payloads))
         if sender is None:
+            self.acct.record("up", kind, link, parts, sum(n or 0 for n in payloads))
             self.acct.other["rejected"] += 1
             self.refuse_unknown(routing, link)
             return
         for (dest, body), payload in zip(pairs, payloads):
             self._deliver_body(sender, dest, body, kind, payload or 0)
+        self.acct.record("up", kind, link, parts, sum(n or 0 for n in payloads))  # after: off the critical path
 
     def _deliver_body(self, sender: PeerInfo, dest: bytes, body: bytes, kind: str, payload: int) -> None:
         if dest == P.ALL_AGENTS:
