@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -23,6 +24,20 @@ class PolicyConfig:
     delta: float = 0.2  # quantization step (the paper's goal toy: 1/5)
     core: str = "mlp"  # mlp (no memory) | gru (recurrent, reset at episode starts)
     aggregate: str = "mean"  # how heard messages combine: mean (CommNet/IC3Net) | attention (TarMAC)
+
+
+class _Layers(NamedTuple):
+    """The policy's layers in forward order, held outside nn.Module's registry: a tuple
+    is a plain attribute, where a registered submodule is looked up through
+    Module.__getattr__ and Sequential.__getitem__ on every pass."""
+
+    body: nn.Linear
+    memory: nn.GRUCell | None
+    msg: nn.Linear
+    query: nn.Linear | None
+    key: nn.Linear | None
+    act_in: nn.Linear
+    act_out: nn.Linear
 
 
 class AgentPolicy(nn.Module):
@@ -46,6 +61,9 @@ class AgentPolicy(nn.Module):
         self.act_head = nn.Sequential(
             nn.Linear(cfg.hidden + cfg.msg_dim, cfg.hidden), nn.Tanh(), nn.Linear(cfg.hidden, cfg.n_actions)
         )
+        attention = cfg.aggregate == "attention"
+        self.layers = _Layers(self.body[0], self.memory, self.msg_head, self.query if attention else None,
+                              self.key if attention else None, self.act_head[0], self.act_head[2])
 
     def initial_state(self, batch: int, device="cpu") -> torch.Tensor | None:
         return torch.zeros(batch, self.cfg.hidden, device=device) if self.memory is not None else None
@@ -56,23 +74,23 @@ class AgentPolicy(nn.Module):
 
     def speak(self, obs: torch.Tensor, state: torch.Tensor | None = None):
         """-> (hidden, z, next state)."""
-        h = torch.tanh(_linear(self.body[0], obs))
-        if self.memory is not None:
-            m = self.memory
+        layers = self.layers
+        h = torch.tanh(_linear(layers.body, obs))
+        if (m := layers.memory) is not None:
             h = torch.gru_cell(h, state, m.weight_ih, m.weight_hh, m.bias_ih, m.bias_hh)
             state = h
-        return h, _linear(self.msg_head, h), state
+        return h, _linear(layers.msg, h), state
 
     def act(self, h: torch.Tensor, heard: torch.Tensor) -> torch.Tensor:
+        layers = self.layers
         if heard.shape[1] == 0:
             combined = heard.new_zeros(heard.shape[0], self.cfg.msg_dim)
-        elif self.cfg.aggregate == "attention":
-            scores = (_linear(self.key, heard) * _linear(self.query, h)[:, None, :]).sum(-1) / self.cfg.msg_dim**0.5
+        elif layers.key is not None:  # attention
+            scores = (_linear(layers.key, heard) * _linear(layers.query, h)[:, None, :]).sum(-1) / self.cfg.msg_dim**0.5
             combined = (torch.softmax(scores, dim=1)[..., None] * heard).sum(1)
         else:
             combined = heard.mean(1)
-        hidden = torch.tanh(_linear(self.act_head[0], torch.cat([h, combined], dim=-1)))
-        return _linear(self.act_head[2], hidden)
+        return _linear(layers.act_out, torch.tanh(_linear(layers.act_in, torch.cat([h, combined], dim=-1))))
 
 
 def _linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
