@@ -2,9 +2,10 @@
 
 Per step: send every agent its observations in one message (the broker marks the step
 boundary on them), collect every agent's actions until the per-step deadline, step the
-env, send the next observations, then write this step's metrics while the agents work.
-The bus gets the metrics rows in batches (METRICS_EVERY_S): one publication per step
-would cost the broker a message, and the machine a wake-up, per step.
+env, send the next observations, then note this step's results while the agents work.
+Metrics rows (metrics.jsonl and the bus) are written in batches (METRICS_EVERY_S): a
+row, a write and a publication per step would cost more than the step's own work on a
+small machine (each publication a broker message and a wake-up).
 An agent whose actions miss the deadline gets action 0 ("stay"/"gas") for that step,
 counted in `deadline_misses`; a restarted agent re-joins and is sent the config again.
 A broker silent for `broker_timeout_s` ends the run (BrokerLost; metrics.jsonl keeps the
@@ -36,7 +37,48 @@ from .message import SyncMode
 
 log = logging.getLogger("ddcl.world")
 
-METRICS_EVERY_S = 0.1  # the bus's metrics topic: the rows since the last, as JSON lines
+METRICS_EVERY_S = 0.1  # metrics rows go out (file, and bus as JSON lines) this often
+
+
+class Metrics:
+    """The run's per-step results: noted as they come (one tuple a step), turned into
+    rows and totals when flushed. Env outputs are new arrays each step, so holding them
+    until then is safe."""
+
+    def __init__(self, path: Path | None, bus: Publisher, batch: int):
+        self.file = open(path, "w") if path else None
+        self.bus, self.batch = bus, batch
+        self.pending: list[tuple] = []
+        self.episodes = self.successes = 0
+        self.reward_sum = 0.0
+        self.flushed_at = time.monotonic()
+
+    def note(self, step: int, latency: float, reward, done, success, misses: list[int]) -> None:
+        self.pending.append((step, latency, reward, done, success, misses))
+
+    def due(self) -> bool:
+        return time.monotonic() - self.flushed_at >= METRICS_EVERY_S
+
+    def flush(self) -> None:
+        rows = []
+        for step, latency, reward, done, success, misses in self.pending:
+            ended, won = int(done.sum()), int(success.sum())
+            team = reward.reshape(self.batch, -1).sum(axis=1)  # per-agent rewards: the team's
+            self.episodes, self.successes = self.episodes + ended, self.successes + won
+            self.reward_sum += float(team.sum())
+            rows.append(json.dumps({"step": step, "latency_s": latency, "reward": float(team.mean()),
+                                    "episodes_done": ended, "successes": won, "deadline_misses": misses}))
+        self.pending.clear()
+        self.flushed_at = time.monotonic()
+        if rows:
+            if self.file:
+                self.file.write("\n".join(rows) + "\n")
+            self.bus.publish("metrics", "\n".join(rows).encode())
+
+    def close(self) -> None:
+        self.flush()
+        if self.file:
+            self.file.close()
 
 
 @dataclass
@@ -149,20 +191,16 @@ class World:
             for agent in self.agent_ids:
                 self.peer.send_to(agent, self.agent_config())
         obs = env.reset().numpy()
-        metrics = open(self.out / "metrics.jsonl", "w") if self.out else None
+        metrics = Metrics(self.out / "metrics.jsonl" if self.out else None, self.bus, cfg.batch)
         try:
             return self._steps(should_stop, obs, metrics)
         finally:
-            if metrics:
-                metrics.close()
+            metrics.close()  # the steps run are in metrics.jsonl however the run ends
 
-    def _steps(self, should_stop, obs: np.ndarray, metrics) -> dict:
+    def _steps(self, should_stop, obs: np.ndarray, metrics: Metrics) -> dict:
         cfg, env = self.cfg, self.env
-        episodes = successes = 0
-        reward_sum = 0.0
-        start = last_print = last_publish = time.monotonic()
+        start = last_print = time.monotonic()
         steps_done = 0
-        rows: list[str] = []  # metrics rows not yet on the bus
         sent_at = self.send_observations(0, obs, np.ones(cfg.batch, dtype=bool)) if cfg.steps else None
         for step in range(cfg.steps):
             actions = self.collect_actions(step)
@@ -176,31 +214,22 @@ class World:
             go_on = steps_done < cfg.steps and not should_stop()
             if go_on:  # the next step goes out first: the bookkeeping below overlaps the agents' work
                 sent_at = self.send_observations(steps_done, obs, done)
-            ended, won = int(done.sum()), int(success.sum())
-            team = reward.reshape(cfg.batch, -1).sum(axis=1)  # per-agent rewards: the team's
-            episodes, successes, reward_sum = episodes + ended, successes + won, reward_sum + float(team.sum())
-            row = json.dumps({"step": step, "latency_s": latency, "reward": float(team.mean()),
-                              "episodes_done": ended, "successes": won, "deadline_misses": list(self.misses)})
-            rows.append(row)
-            if metrics:
-                metrics.write(row + "\n")
-            now = time.monotonic()
-            if now - last_publish >= METRICS_EVERY_S or not go_on:
-                self.bus.publish("metrics", "\n".join(rows).encode())
-                rows.clear()
-                last_publish = now
-            if self.progress and now - last_print >= 1.0:
-                last_print = now
-                rate = steps_done / (now - start)
-                sr = successes / episodes if episodes else float("nan")
-                print(f"[world] step {steps_done}/{cfg.steps}  {rate:.0f} steps/s  episodes {episodes}  "
-                      f"success {sr:.3f}", file=sys.stderr, flush=True)
+            metrics.note(step, latency, reward, done, success, list(self.misses))
+            if not go_on or metrics.due():
+                metrics.flush()
+                now = time.monotonic()
+                if self.progress and now - last_print >= 1.0:
+                    last_print = now
+                    sr = metrics.successes / metrics.episodes if metrics.episodes else float("nan")
+                    print(f"[world] step {steps_done}/{cfg.steps}  {steps_done / (now - start):.0f} steps/s  "
+                          f"episodes {metrics.episodes}  success {sr:.3f}", file=sys.stderr, flush=True)
             if not go_on:
                 break
         elapsed = time.monotonic() - start
         self.finish_agents()
         broker_stats = self.peer.stats()
-        summary = self.summary(broker_stats, steps_done, elapsed, episodes, successes, reward_sum)
+        summary = self.summary(broker_stats, steps_done, elapsed, metrics.episodes, metrics.successes,
+                               metrics.reward_sum)
         if self.out:
             (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
         return summary

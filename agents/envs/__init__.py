@@ -3,7 +3,8 @@
 An env hosts B instances and N agent slots, as torch tensors on its device (CPU or CUDA):
     reset() -> obs (B, N, obs_dim) float32
     step(actions (B, N) int64, a tensor or anything torch.as_tensor takes)
-        -> obs, reward (B,), done (B,) bool, success (B,) bool
+        -> obs, reward (B,), done (B,) bool, success (B,) bool, new tensors each step
+           (the world holds a step's until it writes that step's metrics)
 (reward is (B, N) where the env sets `reward_per_agent`: each agent its own.)
 Finished instances reset themselves; `done` and `success` describe the episode that
 just ended there. `goal` is the DDCL paper's toy, `tj-*` IC3Net's Traffic Junction,
