@@ -18,8 +18,6 @@ every frame it decodes (agents/desync.py turns that into desync figures).
 from __future__ import annotations
 
 import bisect
-import hashlib
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -36,7 +34,7 @@ from channel import ChannelError, codecs, frame, load_kernels
 
 from . import lockstep as L
 from .clock import Clock
-from .desync import oracle_path
+from .desync import OracleLog
 from .envs import make
 from .message import MessageChannel, SyncMode
 from .policy import PolicyConfig, forget, init_policies, load_checkpoint
@@ -84,11 +82,6 @@ def pick_device(name: str) -> torch.device:
         raise ValueError(f"device {name!r} is not here: {torch.cuda.device_count()} CUDA devices "
                          f"(torch {torch.__version__}); use --device auto or cpu")
     return dev
-
-
-def frame_tag(data: bytes) -> str:
-    """The oracle's name for one frame: sender and receiver logs meet on it."""
-    return hashlib.blake2b(data, digest_size=8).hexdigest()
 
 
 class Agent:
@@ -149,7 +142,7 @@ class Agent:
         self.clock.mode, self.clock.tick_s, self.clock.t0 = cfg["clock"], cfg["tick_s"], cfg.get("t0") or 0.0
         if cfg.get("oracle_dir") and self.oracle is None:
             try:
-                self.oracle = open(oracle_path(Path(cfg["oracle_dir"]), self.index), "a")
+                self.oracle = OracleLog(Path(cfg["oracle_dir"]), self.index)
             except OSError as e:  # a log off the data plane: the run goes on, unmeasured for desync
                 log.warning("no oracle log (the world's run folder is not reachable from here): %s", e)
         log.info("agent %d ready on %s: env %s, B=%d, codec %s, sync %s", self.index, self.device, cfg["env"],
@@ -283,8 +276,7 @@ class Agent:
         actions = logits.argmax(dim=-1).cpu().numpy()  # int64
         self.peer.send_to(P.WORLD_ID, L.pack_actions(self.index, step, actions))
         self.stats.steps += 1
-        if self.oracle:  # after the actions are out: the log is off the critical path too
-            heard_tags = [[sender, frame_tag(d), rx_step, rx_seed] for sender, d, rx_step, rx_seed in decoded]
-            self.oracle.write(json.dumps({"step": step, "sent": [frame_tag(data), view, seed], "heard": heard_tags}) + "\n")
+        if self.oracle:
+            self.oracle.note(step, data, view, seed, decoded)
         if self.recording:
             self.stats.record.append({"step": step, "z_hat": z_hat.cpu().numpy(), "received": received, "actions": actions})

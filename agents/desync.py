@@ -8,6 +8,7 @@ since both reconstructions subtract their noise from the same integers m.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 from collections import defaultdict
 from pathlib import Path
@@ -23,6 +24,46 @@ def oracle_path(run: Path, agent: int) -> Path:
     """Agent `agent`'s oracle log in the run folder. Agents append (a restarted one goes
     on where it left off), so the world clears the folder's logs when a run starts."""
     return Path(run) / f"oracle-agent-{agent}.jsonl"
+
+
+def frame_tag(data: bytes) -> str:
+    """The oracle's name for one frame: sender and receiver logs meet on it."""
+    return hashlib.blake2b(data, digest_size=8).hexdigest()
+
+
+class OracleLog:
+    """An agent's side of the oracle, one line per step: the noise (step, seed) it sent
+    its frame with, and the (sender, frame, step, seed) of each frame it decoded. Steps
+    are noted as tuples and written every WRITE_EVERY: hashing and a JSON line per step
+    would cost the agent, each step, as much as its hear phase, right when the world and
+    the broker need the cores."""
+
+    WRITE_EVERY = 64
+
+    def __init__(self, run: Path, agent: int):
+        self.file = open(oracle_path(run, agent), "a")
+        self.pending: list[tuple] = []
+
+    def note(self, step: int, sent: bytes, noise_step: int, seed: int, decoded: list[tuple]) -> None:
+        """decoded: (sender, frame bytes, noise step, seed) per frame decoded this step."""
+        self.pending.append((step, sent, noise_step, seed, decoded))
+        if len(self.pending) >= self.WRITE_EVERY:
+            self.write()
+
+    def write(self) -> None:
+        for step, sent, noise_step, seed, decoded in self.pending:
+            heard = [[sender, frame_tag(data), s, sd] for sender, data, s, sd in decoded]
+            self.file.write(json.dumps({"step": step, "sent": [frame_tag(sent), noise_step, seed], "heard": heard}) + "\n")
+        self.pending.clear()
+
+    def flush(self) -> None:
+        """Everything noted, on disk: the world reads the logs once every agent reported."""
+        self.write()
+        self.file.flush()
+
+    def close(self) -> None:
+        self.write()
+        self.file.close()
 
 
 def oracle_files(run: Path) -> list[Path]:

@@ -1,4 +1,5 @@
-"""The desync analysis of the oracle logs, on logs written by hand."""
+"""The desync analysis of the oracle logs, on logs written by hand, and the agents'
+writer against the same reader."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from agents.desync import analyze, oracle_path
+from agents.desync import OracleLog, analyze, frame_tag, oracle_path, read_oracle
 from channel import NoiseKey, uniform_numpy
 
 
@@ -33,3 +34,21 @@ def test_a_torn_line_loses_its_records_and_nothing_else(tmp_path):
     assert d["mean_error"] == pytest.approx(0.2 * np.abs(u_sent - u_used).mean() / 6)
     assert d["links"]["agent-0>agent-1"] == {"messages": 3, "desynced_fraction": pytest.approx(1 / 3),
                                              "mean_error": pytest.approx(0.2 * np.abs(u_sent - u_used).mean() / 3)}
+
+
+def test_the_agents_log_reads_back_step_for_step_and_writes_in_batches(tmp_path):
+    frames = {k: [bytes([0x40, k, t]) for t in range(70)] for k in (0, 1)}
+    logs = {k: OracleLog(tmp_path, k) for k in (0, 1)}
+    for t in range(70):
+        for k in (0, 1):
+            logs[k].note(t, frames[k][t], t, 5, [(1 - k, frames[1 - k][t], t, 5 if t != 3 else 6)])
+    # one batch of WRITE_EVERY lines is out by now; the rest waits for a flush or close
+    logs[0].file.flush()
+    assert len(oracle_path(tmp_path, 0).read_text().splitlines()) == OracleLog.WRITE_EVERY
+    logs[0].flush()
+    logs[1].close()
+    records, torn = read_oracle(tmp_path)
+    assert torn == 0 and [len(records[k]) for k in (0, 1)] == [70, 70]
+    assert records[0][3] == {"step": 3, "sent": (frame_tag(frames[0][3]), 3, 5), "heard": [(1, frame_tag(frames[1][3]), 3, 6)]}
+    d = analyze(tmp_path, 0.2, 77, 1)
+    assert d["messages"] == 140 and d["desynced_fraction"] == pytest.approx(2 / 140)  # step 3, both ways
