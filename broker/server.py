@@ -316,12 +316,11 @@ class Broker:
                 self._step(f.stamp)
         kind = "control" if None in payloads else "env"
         if sender is None:
-            self.acct.record("up", kind, link, parts, sum(n or 0 for n in payloads))
             self.acct.other["rejected"] += 1
             self.refuse_unknown(routing, link)
-            return
-        for (dest, body), payload in zip(pairs, payloads):
-            self._deliver_body(sender, dest, body, kind, payload or 0)
+        else:
+            for (dest, body), payload in zip(pairs, payloads):
+                self._deliver_body(sender, dest, body, kind, payload or 0)
         self.acct.record("up", kind, link, parts, sum(n or 0 for n in payloads))  # after: off the critical path
 
     def _deliver_body(self, sender: PeerInfo, dest: bytes, body: bytes, kind: str, payload: int) -> None:
