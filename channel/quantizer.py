@@ -70,6 +70,7 @@ def quantize_numpy(z: np.ndarray, delta, u: np.ndarray) -> tuple[np.ndarray, np.
     """numpy twin of `quantize` (delta: a scalar, or one step per last dimension):
     -> (z_hat float32, m int64), shaped like z. Out-of-range input raises QuantizerError."""
     z, u, delta = _float32(z), _float32(u), _float32(delta).reshape(-1)
+    _check_shapes(z, delta, u)
     z_hat, m = np.empty_like(z), np.empty(z.shape, dtype=np.int64)
     bad = _quantize(z, delta, u, m, z_hat)
     if bad >= 0:
@@ -79,14 +80,22 @@ def quantize_numpy(z: np.ndarray, delta, u: np.ndarray) -> tuple[np.ndarray, np.
 
 def dequantize_numpy(m: np.ndarray, delta, u: np.ndarray) -> np.ndarray:
     """The receiver's reconstruction z_hat = delta * (m - u) in float32, shaped like m."""
-    m = np.ascontiguousarray(m, dtype=np.int64)
+    m, u, delta = np.ascontiguousarray(m, dtype=np.int64), _float32(u), _float32(delta).reshape(-1)
+    _check_shapes(m, delta, u)
     z_hat = np.empty(m.shape, dtype=np.float32)
-    _dequantize(m, _float32(delta).reshape(-1), _float32(u), z_hat)
+    _dequantize(m, delta, u, z_hat)
     return z_hat
 
 
 def _float32(a) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=np.float32)
+
+
+def _check_shapes(values: np.ndarray, delta: np.ndarray, u: np.ndarray) -> None:
+    """The kernels index without bounds checks: a dither value per element, and one step
+    or one per last dimension, or QuantizerError."""
+    if u.size != values.size or delta.size not in (1, values.shape[-1] if values.ndim else 1):
+        raise QuantizerError(f"{u.size} dither values and {delta.size} steps for values shaped {values.shape}")
 
 
 # The kernels walk the arrays flat (contiguous, any shape), with delta[i % len(delta)].

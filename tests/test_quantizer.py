@@ -109,3 +109,14 @@ def test_non_finite_or_huge_input_is_refused_before_encoding(bad):
         quantize(z, 0.1, torch.zeros(2))
     with pytest.raises(QuantizerError):
         quantize_numpy(z.numpy(), 0.1, np.zeros(2, dtype=np.float32))
+
+
+def test_the_numpy_twin_refuses_dither_or_steps_that_do_not_fit():
+    z, u = np.zeros((3, 4), dtype=np.float32), np.zeros(12, dtype=np.float32)
+    with pytest.raises(QuantizerError):
+        quantize_numpy(z, 0.1, u[:11])  # the kernel would read past the dither
+    with pytest.raises(QuantizerError):
+        quantize_numpy(z, np.full(3, 0.1), u)  # three steps for four dimensions
+    with pytest.raises(QuantizerError):
+        dequantize_numpy(np.zeros((3, 4), dtype=np.int64), 0.1, u[:6])
+    assert quantize_numpy(z, np.full(4, 0.1), u)[1].shape == (3, 4)
