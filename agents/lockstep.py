@@ -24,9 +24,10 @@ def pack_obs(step: int, obs: np.ndarray, first: np.ndarray) -> list[bytes]:
     body = np.empty((n, batch, dim + 1), dtype=np.float32)
     body[:, :, :dim] = obs.transpose(1, 0, 2)
     body[:, :, dim] = first
-    data, count = _F32.encode(body), batch * (dim + 1)  # one encode: agent k's payload is its slice
-    return [frame.pack(kind=frame.Kind.OBSERVATION, sender=P.WORLD_SENDER, codec=_F32.wire_id, count=count,
-                       payload=data[4 * count * k:4 * count * (k + 1)], stamp_mode=frame.StampMode.FULL, stamp=step)
+    data = _F32.encode(body)  # one encode: agent k's payload is its slice
+    size = len(data) // n
+    return [frame.pack(kind=frame.Kind.OBSERVATION, sender=P.WORLD_SENDER, codec=_F32.wire_id, count=body[k].size,
+                       payload=data[size * k:size * (k + 1)], stamp_mode=frame.StampMode.FULL, stamp=step)
             for k in range(n)]
 
 

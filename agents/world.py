@@ -71,9 +71,10 @@ class Metrics:
         self.pending.clear()
         self.flushed_at = time.monotonic()
         if rows:
+            text = "\n".join(rows)
             if self.file:
-                self.file.write("\n".join(rows) + "\n")
-            self.bus.publish("metrics", "\n".join(rows).encode())
+                self.file.write(text + "\n")
+            self.bus.publish("metrics", text.encode())
 
     def close(self) -> None:
         self.flush()
@@ -240,7 +241,7 @@ class World:
         if self.t0 is not None:
             time.sleep(max(0.0, self.t0 + step * self.cfg.tick_s - time.time()))
         sent_at = time.monotonic()
-        self.peer.send_each(list(zip(self.agent_ids, L.pack_obs(step, obs, first))))
+        self.peer.send_each(zip(self.agent_ids, L.pack_obs(step, obs, first)))
         return sent_at
 
     def collect_actions(self, step: int) -> np.ndarray:
@@ -270,7 +271,8 @@ class World:
         return actions
 
     def finish_agents(self) -> None:
-        self.peer.send_each([(agent, P.pack({"op": L.END})) for agent in self.agent_ids])
+        end = P.pack({"op": L.END})
+        self.peer.send_each((agent, end) for agent in self.agent_ids)
         deadline = time.monotonic() + 3.0
         while len(self.agent_stats) < self.cfg.agents and (left := deadline - time.monotonic()) > 0:
             self._pump(left)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 
 import zmq
 
@@ -86,7 +87,7 @@ class Peer:
     def send_to(self, dest: bytes, body: bytes) -> None:
         self.send_parts([P.SEND, dest, body])
 
-    def send_each(self, items: list[tuple[bytes, bytes]]) -> None:
+    def send_each(self, items: Iterable[tuple[bytes, bytes]]) -> None:
         """(destination, body) pairs in one message: one send here and one receive in the
         broker, however many destinations."""
         self.send_parts([P.SEND, *(x for item in items for x in item)])
