@@ -16,20 +16,21 @@ from .world import WorldConfig
 
 
 @torch.no_grad()
-def run_inprocess(cfg: WorldConfig, run_seed: int, epoch_seed: int) -> list[list[dict]]:
-    """Per agent, per step: the z_hat it sent, the z_hat it decoded per peer, its actions."""
+def run_inprocess(cfg: WorldConfig, run_seed: int, epoch_seed: int, device: str = "cpu") -> list[list[dict]]:
+    """Per agent, per step: the z_hat it sent, the z_hat it decoded per peer, its actions.
+    The policies run on `device`; the env stays on the CPU, as in the world process."""
     env = make(cfg.env, cfg.batch, cfg.seed, cfg.agents)
     pcfg = PolicyConfig(env.obs_dim, env.n_actions, cfg.msg_dim, delta=cfg.delta, core=cfg.core, aggregate=cfg.aggregate)
-    policies = [p.eval() for p in init_policies(pcfg, cfg.agents, cfg.seed)]
+    policies = [p.to(device).eval() for p in init_policies(pcfg, cfg.agents, cfg.seed)]
     channel = MessageChannel([codecs.get(cfg.codec)] * cfg.agents, pcfg.delta, run_seed)
     shape = (cfg.batch, pcfg.msg_dim)
     records: list[list[dict]] = [[] for _ in range(cfg.agents)]
     obs = env.reset().numpy()
-    states = initial_states(policies, cfg.batch)
+    states = initial_states(policies, cfg.batch, device)
     for step in range(cfg.steps):
         spoken = []
         for k, p in enumerate(policies):
-            h, z, states[k] = p.speak(torch.from_numpy(np.ascontiguousarray(obs[:, k])), states[k])
+            h, z, states[k] = p.speak(torch.from_numpy(np.ascontiguousarray(obs[:, k])).to(device), states[k])
             z_hat, data, _ = channel.speak(z, k, step, epoch_seed)
             spoken.append((h, z_hat, data))
         actions = np.zeros((cfg.batch, cfg.agents), dtype=np.int64)
@@ -40,8 +41,8 @@ def run_inprocess(cfg: WorldConfig, run_seed: int, epoch_seed: int) -> list[list
                     sender, zh, _ = channel.hear(data, step, lambda _: epoch_seed, shape)
                     received[sender] = zh
             heard = np.stack([received[j] for j in sorted(received)], axis=1)  # (B, peers, D)
-            actions[:, k] = p.act(spoken[k][0], torch.from_numpy(heard)).argmax(-1).numpy()
-            records[k].append({"step": step, "z_hat": spoken[k][1].numpy(), "received": received, "actions": actions[:, k].copy()})
+            actions[:, k] = p.act(spoken[k][0], torch.from_numpy(heard).to(device)).argmax(-1).cpu().numpy()
+            records[k].append({"step": step, "z_hat": spoken[k][1].cpu().numpy(), "received": received, "actions": actions[:, k].copy()})
         obs, _, done, _ = (x.numpy() for x in env.step(torch.from_numpy(actions)))
         states = [forget(s, done) for s in states]
     return records

@@ -10,11 +10,16 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from agents.launcher import free_port, wait_port  # noqa: F401  (the tests use the launcher's)
 from channel import load_kernels
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# The devices a test runs on: the CPU always, CUDA where present (not a skip where absent:
+# the CPU case is the test's coverage there). `pytest -k cuda` runs the CUDA cases alone.
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 # Here, not mid-test: a cold numba cache costs seconds, and peers of a test that
 # compiled while they waited would miss their heartbeats.

@@ -52,7 +52,8 @@ def test_a_bad_sync_mode_is_refused_before_anything_starts(argv, tmp_path, capsy
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("argv", [["up"], ["train"], ["agent", "--broker", "tcp://127.0.0.1:1"], ["bench", "train"]])
+@pytest.mark.parametrize("argv", [["up"], ["train"], ["agent", "--broker", "tcp://127.0.0.1:1"], ["bench", "train"],
+                                  ["bench", "net"]])
 def test_a_cuda_device_that_is_not_here_is_refused_before_anything_starts(argv, tmp_path, capsys):
     import torch
 

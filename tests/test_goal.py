@@ -6,8 +6,8 @@ import torch
 
 from agents.envs import ENVS, make
 from agents.envs.goal import GOALS, MAX_STEPS, SIZE
+from tests.conftest import DEVICES
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 STAY, NORTH, SOUTH, EAST, WEST = range(5)
 
 

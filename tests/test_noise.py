@@ -4,6 +4,7 @@ import torch
 
 from channel import NoiseKey, philox4x32_10, uniform_numpy, uniform_torch
 from channel.noise import uniform_torch_i64
+from tests.conftest import DEVICES
 
 # Random123 known answers (REFERENCE.md section 4): counter, key -> output words.
 KNOWN_ANSWERS = [
@@ -16,7 +17,6 @@ KNOWN_ANSWERS = [
     ),
 ]
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
 @pytest.mark.parametrize("counter,key,expected", KNOWN_ANSWERS)

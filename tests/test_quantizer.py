@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from channel import NoiseKey, QuantizerError, dequantize_numpy, quantize, quantize_numpy, uniform_numpy, uniform_torch
+from tests.conftest import DEVICES
 
 
 def ks_uniform(x: np.ndarray, lo: float, hi: float) -> float:
@@ -74,16 +75,22 @@ def test_identity_gradient():
     torch.testing.assert_close(z.grad, w, rtol=0, atol=0)
 
 
-def test_torch_and_numpy_twins_agree_bit_for_bit():
+@pytest.mark.parametrize("device", DEVICES)
+def test_torch_and_numpy_twins_agree_bit_for_bit(device):
+    """The trainer quantizes with torch on its device, with the dither drawn there; the
+    receiver rebuilds z_hat with numpy on the CPU. Both must give the same bits."""
     rng = np.random.default_rng(3)
     z = rng.normal(0, 3, 10_000).astype(np.float32)
     delta = np.float32(0.37)
     u = uniform_numpy(z.size, NoiseKey(9, 9, 9), 12)
-    z_hat, m = quantize(torch.from_numpy(z), float(delta), torch.from_numpy(u))
+    u_dev = uniform_torch(z.size, NoiseKey(9, 9, 9), 12, device=device)
+    z_hat, m = quantize(torch.from_numpy(z).to(device), float(delta), u_dev)
+    assert z_hat.device.type == m.device.type == device
+    z_hat, m = z_hat.cpu().numpy(), m.cpu().numpy()
     z_hat_np, m_np = quantize_numpy(z, delta, u)
-    np.testing.assert_array_equal(m.numpy().astype(np.int64), m_np)
-    np.testing.assert_array_equal(z_hat.numpy(), z_hat_np)
-    np.testing.assert_array_equal(z_hat.numpy(), dequantize_numpy(m_np, delta, u))
+    np.testing.assert_array_equal(m.astype(np.int64), m_np)
+    np.testing.assert_array_equal(z_hat, z_hat_np)
+    np.testing.assert_array_equal(z_hat, dequantize_numpy(m_np, delta, u))
 
 
 @settings(max_examples=60, deadline=None)
@@ -102,11 +109,13 @@ def test_numpy_twin_matches_torch_for_any_shape_and_steps(batch, dims, per_dim, 
     np.testing.assert_array_equal(dequantize_numpy(m_np, delta, u), z_hat.numpy())
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf"), 1e12])
-def test_non_finite_or_huge_input_is_refused_before_encoding(bad):
-    z = torch.tensor([0.0, bad])
+def test_non_finite_or_huge_input_is_refused_before_encoding(bad, device):
+    z = torch.tensor([0.0, bad], device=device)
     with pytest.raises(QuantizerError):
-        quantize(z, 0.1, torch.zeros(2))
+        quantize(z, 0.1, torch.zeros(2, device=device))
+    z = z.cpu()
     with pytest.raises(QuantizerError):
         quantize_numpy(z.numpy(), 0.1, np.zeros(2, dtype=np.float32))
 

@@ -20,7 +20,7 @@ from agents.desync import desync_by_step
 from agents.inprocess import run_inprocess
 from agents.world import WorldConfig
 from broker.protocol import HEARTBEAT_S, LIVENESS
-from tests.conftest import ROOT, ddcl, free_port, wait_registered
+from tests.conftest import DEVICES, ROOT, ddcl, free_port, wait_registered
 
 
 def test_ddcl_up_writes_summary_and_metrics(tmp_path):
@@ -80,14 +80,18 @@ def test_shipped_traffic_junction_checkpoint_talks_over_the_network(tmp_path):
     assert s["bytes_per_step"]["sum"]["total"] * 100 < s["float32_bytes_per_step"]["sum"]["total"]
 
 
-@pytest.mark.parametrize("env,n,core,aggregate", [("goal", 2, "mlp", "mean"), ("goal", 2, "gru", "attention"),
-                                                   ("pp-easy", 3, "mlp", "mean")])
-def test_networked_run_matches_in_process_run_bit_for_bit(procs, tmp_path, env, n, core, aggregate):
+EQUIVALENCE_CASES = [("goal", 2, "mlp", "mean", "cpu"), ("goal", 2, "gru", "attention", "cpu"), ("pp-easy", 3, "mlp", "mean", "cpu")]
+# agents on CUDA against the in-process run on CUDA: the same kernels on the same card
+EQUIVALENCE_CASES += [("goal", 2, "gru", "attention", d) for d in DEVICES if d != "cpu"]
+
+
+@pytest.mark.parametrize("env,n,core,aggregate,device", EQUIVALENCE_CASES)
+def test_networked_run_matches_in_process_run_bit_for_bit(procs, tmp_path, env, n, core, aggregate, device):
     cfg = WorldConfig(env=env, agents=n, steps=25, batch=3, codec="rice", seed=4, core=core, aggregate=aggregate)
     ep = procs.broker()
     procs.start("sync", "sync", "serve", "--broker", ep, "--seed", "4", "--epoch-seed", "9")
     for k in range(n):
-        procs.start(f"agent-{k}", "agent", "--broker", ep, "--id", f"agent-{k}", "--device", "cpu",
+        procs.start(f"agent-{k}", "agent", "--broker", ep, "--id", f"agent-{k}", "--device", device,
                     "--record", str(tmp_path / f"rec{k}.pkl"))
     world = procs.start("world", "world", "--broker", ep, "--env", env, "--agents", str(n), "--steps", "25",
                         "--batch", "3", "--codec", "rice", "--seed", "4", "--core", core, "--aggregate", aggregate,
@@ -96,7 +100,7 @@ def test_networked_run_matches_in_process_run_bit_for_bit(procs, tmp_path, env, 
     for k in range(n):
         assert procs.procs[f"agent-{k}"].wait(30) == 0, procs.log(f"agent-{k}")
     torch.set_num_threads(1)
-    expected = run_inprocess(cfg, run_seed=4, epoch_seed=9)
+    expected = run_inprocess(cfg, run_seed=4, epoch_seed=9, device=device)
     for k in range(n):
         got = pickle.loads((tmp_path / f"rec{k}.pkl").read_bytes())
         assert len(got) == len(expected[k]) == 25

@@ -21,6 +21,7 @@ from agents.train import evaluate_run, train
 from agents.train_config import AGGREGATES, CODECS, CORES, RATE_LOSSES, TrainConfig
 from channel import codecs
 from channel.rate import RATE_LOSSES as CHANNEL_RATE_LOSSES
+from tests.conftest import DEVICES
 
 
 def test_config_lists_match_the_channel():
@@ -28,8 +29,9 @@ def test_config_lists_match_the_channel():
     assert (CORES, AGGREGATES) == (policy.CORES, policy.AGGREGATES)
 
 
-def test_short_goal_run_learns_to_communicate(tmp_path):
-    cfg = TrainConfig(updates=600, eval_every=300, batch=256, lam=0.01, entropy_coef=0.05, seed=3)
+@pytest.mark.parametrize("device", DEVICES)
+def test_short_goal_run_learns_to_communicate(tmp_path, device):
+    cfg = TrainConfig(updates=600, eval_every=300, batch=256, lam=0.01, entropy_coef=0.05, seed=3, device=device)
     s = train(cfg, tmp_path, progress=False)
     success = s["final"]["success_rate"]
     # the same policies with the messages silenced: what the listener manages alone
@@ -47,8 +49,10 @@ def test_short_goal_run_learns_to_communicate(tmp_path):
     env = make("goal", 1, 0)
     _, policies, ck = load_checkpoint(tmp_path / "checkpoint.pt", "goal", env.obs_dim, env.n_actions, 2)
     assert len(policies) == 2 and len(ck["codec"]["models"]) == 2
-    # `ddcl evaluate` on the saved checkpoint reproduces the run's held-out figures, and takes more episodes
-    again = evaluate_run(tmp_path, device="cpu")
+    # `ddcl evaluate` on the saved checkpoint reproduces the run's held-out figures on the same
+    # device (a CUDA env draws its episodes from CUDA's generator), and takes more episodes
+    assert s["device"].startswith(device)
+    again = evaluate_run(tmp_path, device=device)
     assert again["final"]["success_rate"] == success and again["no_communication_success"] == s["no_communication_success"]
     assert again["final"]["agents"][0]["bits_per_message"] == bits
     r = subprocess.run([sys.executable, "-m", "agents.cli", "evaluate", str(tmp_path), "--episodes", "1024", "--seed", "9"],
