@@ -445,9 +445,13 @@ def _bench_envs(args) -> int:
 
 
 def _bench_net(args) -> int:
+    from agents.agent import pick_device
     from bench import net_bench
 
-    print(net_bench.run(steps=args.steps, agents=args.agents, batches=args.batches, repeat=args.repeat))
+    checked(pick_device, args.device)
+
+    print(net_bench.run(steps=args.steps, agents=args.agents, batches=args.batches, repeat=args.repeat,
+                        device=args.device))
     return 0
 
 
@@ -652,6 +656,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--agents", type=int_list(2), default="2,4,8", help="agent counts (default 2,4,8)")
     b.add_argument("--batches", type=int_list(1), default="1,256", help="batch sizes (default 1,256)")
     b.add_argument("--repeat", type=POSITIVE, default=3, help="runs per configuration; the row is the median (default 3)")
+    b.add_argument("--device", type=device_name, default="cpu", help="the agents' torch device (default cpu)")
     b.set_defaults(func=_bench_net)
     return p
 

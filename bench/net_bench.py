@@ -131,11 +131,11 @@ def skeleton(agents: int, steps: int) -> float:
     return statistics.median(samples)
 
 
-def lockstep(agents: int, batch: int, steps: int) -> dict:
+def lockstep(agents: int, batch: int, steps: int, device: str = "cpu") -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run"
         cmd = [sys.executable, "-m", "agents.cli", "up", "--agents", str(agents), "--batch", str(batch),
-               "--steps", str(steps), "--out", str(out), "--device", "cpu"]
+               "--steps", str(steps), "--out", str(out), "--device", device]
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600)
         summary = json.loads((out / "summary.json").read_text())
         lat = [json.loads(x)["latency_s"] for x in (out / "metrics.jsonl").read_text().splitlines()]
@@ -164,7 +164,8 @@ def cpuidle() -> str:
     return f"cpuidle {driver}" + (f", guest_halt_poll_ns {poll}" if poll is not None else "")
 
 
-def run(steps: int = 300, agents: tuple[int, ...] = (2, 4, 8), batches: tuple[int, ...] = (1, 256), repeat: int = 3) -> str:
+def run(steps: int = 300, agents: tuple[int, ...] = (2, 4, 8), batches: tuple[int, ...] = (1, 256), repeat: int = 3,
+        device: str = "cpu") -> str:
     """Each configuration `repeat` times, each run between two floor measurements: the
     VM's speed drifts within minutes, so a ratio is only fair against the floor of the
     same moment. The row is the run with the median ratio; the spread is shown beside it."""
@@ -176,7 +177,7 @@ def run(steps: int = 300, agents: tuple[int, ...] = (2, 4, 8), batches: tuple[in
             print(f"[bench net] {n} agents, B={b}: run {rep + 1}/{repeat} (configuration {i + 1}/{len(configs)})",
                   file=sys.stderr, flush=True)
             before = pyzmq_round_trip(1000)
-            r = lockstep(n, b, steps)
+            r = lockstep(n, b, steps, device)
             bare = skeleton(n, max(steps, 1000))
             r["floor"] = (before + pyzmq_round_trip(1000)) / 2
             bound = r["floor"] / 2 * HOPS_PER_STEP
@@ -191,7 +192,7 @@ def run(steps: int = 300, agents: tuple[int, ...] = (2, 4, 8), batches: tuple[in
     paced = pyzmq_round_trip(500, gap_s=0.003)
     return "\n".join([
         f"machine: {platform.machine()}, {os.cpu_count()} CPUs, {platform.python_version()}, "
-        f"pyzmq {zmq.__version__}, libzmq {zmq.zmq_version()}, {cpuidle()}",
+        f"pyzmq {zmq.__version__}, libzmq {zmq.zmq_version()}, {cpuidle()}; agents' torch device: {device}",
         f"floor: pyzmq DEALER<->ROUTER round trip, back to back, median, measured before and after each run "
         f"({min(floors) * 1e6:.0f}-{max(floors) * 1e6:.0f} us); bound per step = {HOPS_PER_STEP} hops x floor/2",
         f"each row: the median of {repeat} runs by p50 / bound; the spread of that ratio beside it",
