@@ -128,6 +128,7 @@ class Agent:
             coders = None
         self.policy = policies[self.index].to(self.device).eval()
         self.state = self.policy.initial_state(cfg["batch"], self.device)
+        self._warm_up(cfg["batch"], env.obs_dim, n - 1)
         self.pcfg = pcfg
         self.env_spec = env
         self.config = cfg
@@ -147,6 +148,13 @@ class Agent:
                 log.warning("no oracle log (the world's run folder is not reachable from here): %s", e)
         log.info("agent %d ready on %s: env %s, B=%d, codec %s, sync %s", self.index, self.device, cfg["env"],
                  cfg["batch"], cfg["codec"], cfg["sync"])
+
+    def _warm_up(self, batch: int, obs_dim: int, peers: int) -> None:
+        """One step's forward passes on zeros, before READY: a device's first kernels load
+        (and a CUDA context starts) in seconds, which step 0 must not wait for."""
+        zeros = torch.zeros((batch, obs_dim), device=self.device)
+        h, _, _ = self.policy.speak(zeros, self.state)
+        self.policy.act(h, torch.zeros((batch, peers, self.policy.cfg.msg_dim), device=self.device)).argmax(-1).cpu()
 
     def run(self, should_stop=lambda: False) -> AgentStats:
         try:
@@ -214,6 +222,7 @@ class Agent:
                 self.join()
             elif req.get("op") == L.CONFIG:
                 self.configure(req)
+                self.peer.send_to(P.WORLD_ID, P.pack({"op": L.READY}))
             elif req.get("op") == L.END:
                 if self.oracle:  # the world reads the oracle logs once every agent has reported
                     self.oracle.flush()

@@ -13,8 +13,10 @@ _F32 = codecs.get("float32")
 _RICE = codecs.get("rice")
 
 # HELLO: a world waiting for agents asks every registered one to JOIN, so agents left
-# configured by a world that died mid-run join the next one
-HELLO, JOIN, CONFIG, END, AGENT_STATS = "hello", "join", "config", "end", "agent-stats"
+# configured by a world that died mid-run join the next one. JOIN is answered with
+# CONFIG; an agent says READY once its policy is built and warm on its device, and the
+# world's step 0 waits for every READY (a cold CUDA device takes longer than a deadline).
+HELLO, JOIN, CONFIG, READY, END, AGENT_STATS = "hello", "join", "config", "ready", "end", "agent-stats"
 
 
 def pack_obs(step: int, obs: np.ndarray, first: np.ndarray) -> list[bytes]:

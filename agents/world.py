@@ -122,7 +122,7 @@ class World:
         self.bus = Publisher(bus_url, cfg.run, "world", self.peer)
         self.agent_ids = [P.agent_id(k) for k in range(cfg.agents)]
         self.slot_of = {agent: k for k, agent in enumerate(self.agent_ids)}
-        self.joined: set[bytes] = set()
+        self.ready: set[bytes] = set()
         self.agent_stats: dict[int, dict] = {}
         self.misses = [0] * cfg.agents
         self.late = 0
@@ -138,8 +138,9 @@ class World:
     def _control(self, src: bytes, body: bytes) -> None:
         req = P.unpack(body)
         if req.get("op") == L.JOIN:
-            self.joined.add(src)
             self.peer.send_to(src, self.agent_config())
+        elif req.get("op") == L.READY:
+            self.ready.add(src)
         elif req.get("op") == L.AGENT_STATS:
             self.agent_stats[int(req["agent"])] = req
 
@@ -158,16 +159,17 @@ class World:
                 log.warning("bad control message from %s: %s", src, e)
 
     def wait_for_agents(self, should_stop=lambda: False) -> bool:
-        """True once every agent has joined; False when stopped first."""
+        """True once every agent is ready (configured, its device warm); False when
+        stopped first."""
         want = set(self.agent_ids)
         deadline = time.monotonic() + self.cfg.join_timeout_s
         last_hello = 0.0
-        while not want <= self.joined:
+        while not want <= self.ready:
             if should_stop():
                 return False
             if time.monotonic() > deadline:
                 raise TimeoutError(f"agents missing after {self.cfg.join_timeout_s}s: "
-                                   f"{sorted(x.decode() for x in want - self.joined)}")
+                                   f"{sorted(x.decode() for x in want - self.ready)}")
             if time.monotonic() - last_hello > 1.0:  # agents configured by a world that died ask no more
                 self.peer.send_to(P.ALL_AGENTS, P.pack({"op": L.HELLO}))
                 last_hello = time.monotonic()
@@ -176,7 +178,7 @@ class World:
         return True
 
     def run(self, should_stop=lambda: False) -> dict | None:
-        """The run's summary; None when stopped before every agent joined. The world's
+        """The run's summary; None when stopped before every agent was ready. The world's
         connections close however the run ends."""
         try:
             return self._lockstep(should_stop) if self.wait_for_agents(should_stop) else None

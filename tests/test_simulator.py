@@ -225,6 +225,45 @@ def test_a_world_waiting_for_agents_stops_on_sigterm(procs):
     assert "stopped before step 0" in procs.log("world") and "Traceback" not in procs.log("world")
 
 
+def test_step_0_waits_until_every_agent_is_ready(procs):
+    """Two stand-in agents (real peers on the broker) join and get the config; the world
+    sends no observation until both say READY, however long they take (an agent warming
+    a CUDA device takes seconds, longer than a step's deadline)."""
+    from agents import lockstep as L
+    from broker import protocol as P
+    from broker.peer import Peer
+    from channel import frame
+
+    ep = procs.broker()
+    world = procs.start("world", "world", "--broker", ep, "--steps", "3", "--deadline", "0.2")
+    wait_registered(ep, "world", world)
+    with Peer(ep, b"agent", b"agent-0") as a0, Peer(ep, b"agent", b"agent-1") as a1:
+        def from_world(seconds: float) -> list[bytes]:
+            """What the world sent either stand-in within `seconds`; they heartbeat meanwhile."""
+            got, end = [], time.monotonic() + seconds
+            while time.monotonic() < end:
+                for a in (a0, a1):
+                    a.heartbeat_if_idle()
+                    msg = a.recv(0.05)
+                    if msg and msg[0] == P.DELIVER and msg[1] == P.WORLD_ID:
+                        got.append(msg[2])
+            return got
+
+        def ops(got: list[bytes]) -> list[str | None]:
+            return [None if P.is_channel_frame(b) else P.unpack(b)["op"] for b in got]  # None: an observation
+
+        for a in (a0, a1):
+            a.send_to(P.WORLD_ID, P.pack({"op": L.JOIN}))
+        joined = ops(from_world(2.0))
+        assert joined.count(L.CONFIG) >= 2 and None not in joined
+        a0.send_to(P.WORLD_ID, P.pack({"op": L.READY}))
+        assert None not in ops(from_world(2.0))  # ten deadlines: still no observation
+        a1.send_to(P.WORLD_ID, P.pack({"op": L.READY}))
+        first = frame.unpack(next(b for b in from_world(3.0) if P.is_channel_frame(b)))
+        assert (first.kind, first.stamp) == (frame.Kind.OBSERVATION, 0)
+    assert world.wait(60) == 0, procs.log("world")  # no actions: every step passed its deadline
+
+
 def test_a_role_with_no_broker_says_so_and_exits(procs):
     agent = procs.start("agent", "agent", "--broker", f"tcp://127.0.0.1:{free_port()}")
     assert agent.wait(60) == 2
