@@ -449,7 +449,6 @@ def _bench_net(args) -> int:
     from bench import net_bench
 
     checked(pick_device, args.device)
-
     print(net_bench.run(steps=args.steps, agents=args.agents, batches=args.batches, repeat=args.repeat,
                         device=args.device))
     return 0
