@@ -172,7 +172,9 @@ def test_a_run_goes_on_through_a_broker_restart(procs, tmp_path):
     for k in range(2):
         procs.start(f"agent-{k}", "agent", "--broker", ep, "--device", "cpu")  # ids assigned, as in compose
     run = tmp_path / "run"
-    world = procs.start("world", "world", "--broker", ep, "--steps", "3000", "--deadline", "0.2", "--out", str(run))
+    # a restart on a loaded machine can take longer than the default 10 s the world waits
+    world = procs.start("world", "world", "--broker", ep, "--steps", "3000", "--deadline", "0.2", "--out", str(run),
+                        "--broker-timeout", "60")
     wait_stepping(run, world, log=lambda: procs.log("world"))
     assert ddcl("broker", "fault", "skew", "agent-1", "2", "--broker", ep).returncode == 0
     time.sleep(0.3)
