@@ -25,7 +25,7 @@ from torch import nn
 
 from channel import NoiseKey, codecs, quantize, uniform_torch
 from channel.codecs import CategoricalModel
-from channel.codecs.bits import MAX_COUNT
+from channel.frame import MAX_COUNT
 from channel.rate import PRIOR_LOSSES, FactorizedPrior, rate_bits, surrogate_bits
 
 from .agent import pick_device

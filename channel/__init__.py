@@ -1,35 +1,45 @@
-"""The DDCL channel: quantizer, synchronized noise, codecs and frames. No sockets here."""
+"""The DDCL channel: quantizer, synchronized noise, codecs and frames. No sockets here.
 
-import numpy as np
+The names below load on first use. The broker parses frames (`channel.frame`) and so
+imports this package, but needs none of torch, numba and the codecs that the quantizer
+and noise bring: importing them would cost its start a second, and a restarted broker
+is what every peer waits for.
+"""
 
-from . import codecs, frame
-from .errors import ChannelError, CodecError, FrameError, QuantizerError
-from .noise import DOMAIN_MESSAGE, NoiseKey, uniform_numpy, uniform_torch
-from .philox import philox4x32_10
-from .quantizer import dequantize_numpy, quantize, quantize_numpy
+from importlib import import_module
 
-__all__ = [
-    "ChannelError",
-    "CodecError",
-    "DOMAIN_MESSAGE",
-    "FrameError",
-    "NoiseKey",
-    "QuantizerError",
-    "codecs",
-    "dequantize_numpy",
-    "frame",
-    "load_kernels",
-    "philox4x32_10",
-    "quantize",
-    "quantize_numpy",
-    "uniform_numpy",
-    "uniform_torch",
-]
+# name -> the module that holds it
+_HOMES = {
+    "ChannelError": "errors", "CodecError": "errors", "FrameError": "errors", "QuantizerError": "errors",
+    "DOMAIN_MESSAGE": "noise", "NoiseKey": "noise", "uniform_numpy": "noise", "uniform_torch": "noise",
+    "philox4x32_10": "philox",
+    "dequantize_numpy": "quantizer", "quantize": "quantizer", "quantize_numpy": "quantizer",
+}
+_SUBMODULES = ("codecs", "frame")
+
+__all__ = sorted([*_HOMES, *_SUBMODULES, "load_kernels"])
+
+
+def __getattr__(name: str):
+    if name in _SUBMODULES:
+        return import_module(f".{name}", __name__)
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(f".{_HOMES[name]}", __name__), name)
+    globals()[name] = value  # found once; later lookups do not come here
+    return value
 
 
 def load_kernels() -> None:
     """Load the numba kernels (compiling them if their cache is cold) now: a process's
     first message would otherwise pay 0.3-3 s for it, past a lockstep deadline."""
+    import numpy as np
+
+    from . import codecs
+    from .noise import NoiseKey, uniform_numpy
+    from .philox import philox4x32_10
+    from .quantizer import dequantize_numpy, quantize_numpy
+
     key = NoiseKey(0, 0, 0)
     u = uniform_numpy(4, key, 0).reshape(1, 4)
     for shape in ((1, 4), (4,)):  # agents quantize (B, D) batches; tools flat arrays

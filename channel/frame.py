@@ -16,11 +16,14 @@ from __future__ import annotations
 from enum import IntEnum
 from typing import NamedTuple
 
-from .codecs import BY_WIRE_ID
-from .codecs.bits import MAX_COUNT
 from .errors import FrameError
 
 VERSION = 1
+# The codec field's values; each codec class takes its wire id from here. The frame
+# imports no codec, so parsing frames (the broker's part) needs neither torch nor numba.
+CODEC_IDS = {"float32": 0, "expgolomb": 1, "rice": 2, "range": 3}
+_CODEC_WIRE_IDS = frozenset(CODEC_IDS.values())
+MAX_COUNT = 1 << 20  # values in one message: bounds every allocation a decoder makes
 MAX_FRAME_BYTES = 1 << 22  # larger input is refused before it is looked at
 MAX_SENDER = 0xFF
 MAX_STAMP_BITS = 32
@@ -54,7 +57,7 @@ def _member(members: dict, value, what: str):
 class Frame(NamedTuple):
     kind: Kind
     sender: int
-    codec: int  # wire id, see channel.codecs.BY_WIRE_ID
+    codec: int  # wire id: CODEC_IDS
     count: int
     payload: bytes
     stamp_mode: StampMode = StampMode.NONE
@@ -101,7 +104,7 @@ def pack(
 ) -> bytes:
     """Build a frame; bad fields raise FrameError (a bug on the sending side)."""
     kind, stamp_mode = _member(_KINDS, kind, "Kind"), _member(_STAMP_MODES, stamp_mode, "StampMode")
-    if codec not in BY_WIRE_ID:
+    if codec not in _CODEC_WIRE_IDS:
         raise FrameError(f"unknown codec id {codec}")
     if not 0 <= sender <= MAX_SENDER:
         raise FrameError(f"sender must be 0..{MAX_SENDER}, got {sender}")
@@ -143,7 +146,7 @@ def unpack(data) -> Frame:
     kind = _member(_KINDS, (b0 >> 3) & 0x7, "Kind")
     stamp_mode = _member(_STAMP_MODES, b2 >> 6, "StampMode")
     codec = b0 & 0x7
-    if codec not in BY_WIRE_ID:
+    if codec not in _CODEC_WIRE_IDS:
         raise FrameError(f"unknown codec id {codec}")
     pos, stamp, stamp_bits = 3, 0, 0
     if stamp_mode == StampMode.LOW:

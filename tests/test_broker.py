@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 import threading
 import time
 
@@ -284,3 +286,12 @@ def test_beacons_from_anyone_but_the_sync_service_are_ignored_and_counted(procs,
     s = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert s["bad_beacons"] == 10, {k: s[k] for k in ("agents_reporting", "steps", "silent_peers", "beacons_received")}  # 5 x 2 agents, all ignored
     assert s["beacons_received"] == 0
+
+
+def test_the_broker_and_sync_service_load_neither_torch_nor_numba():
+    """Peers wait on a restarted broker: it parses frames (channel.frame) but must not pay
+    the second that torch and the numba kernels take to import."""
+    code = ("import sys, broker.server, broker.sync; from channel import ChannelError, frame; "
+            "print(sorted(m for m in ('torch', 'numba', 'numpy') if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert r.stdout.strip() == "[]"

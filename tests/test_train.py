@@ -266,7 +266,7 @@ def test_real_bits_of_more_values_than_one_stream_takes():
     """A held-out evaluation of wide messages on many episodes has more values per step
     than one bitstream may hold; they are priced as several streams, not refused."""
     from agents.train import stream_bits
-    from channel.codecs.bits import MAX_COUNT
+    from channel.frame import MAX_COUNT
 
     rice = codecs.get("rice")
     messages = np.zeros((MAX_COUNT // 128 + 1, 128), dtype=np.int64)

@@ -10,10 +10,10 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import CodecError
+from ..frame import MAX_COUNT
 
 # |m| < 2**31 on the wire, so zigzag values fit 32 bits.
 VALUE_LIMIT = 2**31 - 1
-MAX_COUNT = 1 << 20  # values in one message: bounds every allocation a decoder makes
 
 
 def check_count(count: int) -> int:

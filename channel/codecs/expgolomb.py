@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from ..errors import CodecError
+from ..frame import CODEC_IDS
 from . import bits as B
 from .base import Codec
 
@@ -18,7 +19,7 @@ MAX_PREFIX = 32  # x < 2**33 for |m| < 2**31
 
 class ExpGolombCodec(Codec):
     name = "expgolomb"
-    wire_id = 1
+    wire_id = CODEC_IDS["expgolomb"]
 
     def encode_bits(self, values):
         m = B.as_values(values)

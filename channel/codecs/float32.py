@@ -6,13 +6,14 @@ import numpy as np
 import torch
 
 from ..errors import CodecError
+from ..frame import CODEC_IDS
 from . import bits as B
 from .base import Codec
 
 
 class Float32Codec(Codec):
     name = "float32"
-    wire_id = 0
+    wire_id = CODEC_IDS["float32"]
 
     def encode_bits(self, values):
         a = np.asarray(values, dtype=np.float32).reshape(-1)

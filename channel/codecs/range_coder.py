@@ -14,6 +14,7 @@ import numpy as np
 import constriction
 
 from ..errors import CodecError
+from ..frame import CODEC_IDS
 from . import bits as B
 from .base import Codec
 from .categorical import CategoricalModel
@@ -38,7 +39,7 @@ class RangeCodec(Codec):
     a discretized Laplace(0, 2) on -32..32 with escape mass 1e-4."""
 
     name = "range"
-    wire_id = 3
+    wire_id = CODEC_IDS["range"]
 
     def __init__(self, model: CategoricalModel | dict | None = None):
         if isinstance(model, dict):

@@ -23,6 +23,7 @@ import torch
 from numba import njit
 
 from ..errors import CodecError
+from ..frame import CODEC_IDS
 from . import bits as B
 from .base import Codec
 
@@ -179,7 +180,7 @@ def _decode(data, n, out):
 
 class RiceCodec(Codec):
     name = "rice"
-    wire_id = 2
+    wire_id = CODEC_IDS["rice"]
 
     def encode_bits(self, values):
         out, nbits = _encode(B.as_values(values, check_limit=False), B.VALUE_LIMIT)
