@@ -179,6 +179,14 @@ def held_out(policies, cfg: TrainConfig, seed: int, priors=None) -> tuple[dict, 
     return final, silent
 
 
+def _trained_on(run: Path) -> str | None:
+    """The device the run trained on, from its summary (None when that is unreadable)."""
+    try:
+        return json.loads((run / "summary.json").read_text())["device"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def evaluate_run(run: Path, episodes: int | None = None, seed: int | None = None, device: str = "auto") -> dict:
     """`held_out` on a `ddcl train` folder's checkpoint: by default on the run's own batch
     and seed (which reproduces its final figures), or on `episodes` fresh instances."""
@@ -194,7 +202,8 @@ def evaluate_run(run: Path, episodes: int | None = None, seed: int | None = None
     _, policies, _ = load_checkpoint(run / "checkpoint.pt", cfg.env, env.obs_dim, env.n_actions, cfg.agents)
     dev = pick_device(device)
     final, silent = held_out([p.to(dev).eval() for p in policies], cfg, cfg.seed)
-    out = {"config": asdict(cfg), "final": final, "no_communication_success": silent["success_rate"]}
+    out = {"config": asdict(cfg), "final": final, "no_communication_success": silent["success_rate"],
+           "device": str(dev), "trained_on": _trained_on(run)}
     if cfg.env == "goal":
         out["goal_frequency_fit"] = goal_fit(final, cfg.codec)
     return out

@@ -273,3 +273,21 @@ def test_real_bits_of_more_values_than_one_stream_takes():
     one = rice.encode_bits(np.zeros(MAX_COUNT, dtype=np.int64))[1]
     assert stream_bits(rice, messages) > one
     assert stream_bits(rice, messages[:2]) == rice.encode_bits(messages[:2].reshape(-1))[1]
+
+
+def test_evaluate_says_when_it_cannot_reproduce_a_run_trained_on_another_device(tmp_path):
+    """A run trained on CUDA, evaluated on the CPU, sees other episodes (a CUDA env draws
+    from CUDA's generator): `ddcl evaluate` says so instead of letting the figures pass
+    for the run's own. The summary's device is the only record of where it trained."""
+    train(TrainConfig(updates=2, eval_every=2, batch=8, rollout=5, device="cpu"), tmp_path, progress=False)
+
+    def evaluate() -> str:
+        r = subprocess.run([sys.executable, "-m", "agents.cli", "evaluate", str(tmp_path), "--device", "cpu"],
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+
+    assert "note:" not in evaluate()
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    (tmp_path / "summary.json").write_text(json.dumps(dict(summary, device="cuda:0")))
+    assert "note: trained on cuda, evaluated on cpu: other episodes than the run's" in evaluate()
