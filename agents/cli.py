@@ -388,17 +388,13 @@ def _evaluate(args) -> int:
 
     s = checked(evaluate_run, args.run, args.episodes, args.seed, args.device)
     _print_final(s)
-    trained, here = (torch_kind(d) for d in (s["trained_on"], s["device"]))
+    trained, here = s["trained_on"], s["device"]
     if trained and trained != here and args.episodes is None and args.seed is None:
         # a CUDA env draws its episodes from CUDA's generator: not the run's own episodes
         print(f"note: trained on {trained}, evaluated on {here}: other episodes than the run's, so these "
               f"figures differ from its summary (evaluate on {trained} to reproduce them)")
     return 0
 
-
-def torch_kind(device: str | None) -> str | None:
-    """'cuda:1' -> 'cuda'; None stays None."""
-    return device.split(":")[0] if device else None
 
 
 def _report(args) -> int:

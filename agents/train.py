@@ -180,10 +180,11 @@ def held_out(policies, cfg: TrainConfig, seed: int, priors=None) -> tuple[dict, 
 
 
 def _trained_on(run: Path) -> str | None:
-    """The device the run trained on, from its summary (None when that is unreadable)."""
+    """The kind of device the run trained on ('cpu', 'cuda'), from its summary (None when
+    that is unreadable)."""
     try:
-        return json.loads((run / "summary.json").read_text())["device"]
-    except (OSError, ValueError, KeyError, TypeError):
+        return torch.device(json.loads((run / "summary.json").read_text())["device"]).type
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError):
         return None
 
 
@@ -203,7 +204,7 @@ def evaluate_run(run: Path, episodes: int | None = None, seed: int | None = None
     dev = pick_device(device)
     final, silent = held_out([p.to(dev).eval() for p in policies], cfg, cfg.seed)
     out = {"config": asdict(cfg), "final": final, "no_communication_success": silent["success_rate"],
-           "device": str(dev), "trained_on": _trained_on(run)}
+           "device": dev.type, "trained_on": _trained_on(run)}
     if cfg.env == "goal":
         out["goal_frequency_fit"] = goal_fit(final, cfg.codec)
     return out

@@ -16,10 +16,14 @@ import numpy as np
 import pytest
 import torch
 
+from agents import lockstep as L
 from agents.desync import desync_by_step
 from agents.inprocess import run_inprocess
 from agents.world import WorldConfig
+from broker import protocol as P
+from broker.peer import Peer
 from broker.protocol import HEARTBEAT_S, LIVENESS
+from channel import frame
 from tests.conftest import DEVICES, ROOT, ddcl, free_port, wait_registered
 
 
@@ -231,11 +235,6 @@ def test_step_0_waits_until_every_agent_is_ready(procs):
     """Two stand-in agents (real peers on the broker) join and get the config; the world
     sends no observation until both say READY, however long they take (an agent warming
     a CUDA device takes seconds, longer than a step's deadline)."""
-    from agents import lockstep as L
-    from broker import protocol as P
-    from broker.peer import Peer
-    from channel import frame
-
     ep = procs.broker()
     world = procs.start("world", "world", "--broker", ep, "--steps", "3", "--deadline", "0.2")
     wait_registered(ep, "world", world)
