@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from broker import protocol as P
+from broker import trace
 from broker.bus import EMBEDDED, Publisher
 from broker.peer import Peer
 from broker.sync import fetch_epoch
@@ -90,6 +91,7 @@ class Agent:
         self.device = pick_device(device)  # a missing device is refused before registering
         load_kernels()  # before registering: the first message must not wait for them
         self.peer = Peer(endpoint, b"agent", wanted_id, curve=curve)
+        trace.name(self.peer.id.decode())
         # embedded: the broker itself publishes registrations and last wills
         self.bus = Publisher(bus_url, run, self.peer.id.decode()) if bus_url != EMBEDDED else None
         self.index = P.agent_index(self.peer.id)
@@ -236,6 +238,7 @@ class Agent:
             return True
         if self.config is None:
             return True
+        trace.mark("obs in")
         try:
             step, obs, first = L.unpack_obs(frame.unpack(body), self.config["batch"], self.env_spec.obs_dim)
         except ChannelError as e:
@@ -253,7 +256,9 @@ class Agent:
         h, z, self.state = self.policy.speak(torch.from_numpy(np.ascontiguousarray(obs)).to(self.device), self.state)
         seed = self.epochs.seed_for(view)
         z_hat, data, nbits = self.channel.speak(z, self.index, view, seed)
+        trace.mark("encoded")
         self.peer.broadcast_frame(data)
+        trace.mark("message sent")
         self.stats.messages += 1
         self.stats.payload_bits += nbits
         peers = self.peer_slots
@@ -266,6 +271,7 @@ class Agent:
                 self._buffer(msg[0])
             elif msg[0] == P.DELIVER and len(msg) == 3 and msg[1] != P.WORLD_ID:
                 self._delivered(msg[1], msg[2])  # a beacon or clock fault mid-step
+        trace.mark("peers heard")
         heard, received, decoded = np.zeros((batch, len(peers), self.pcfg.msg_dim), dtype=np.float32), {}, []
         for slot, j in enumerate(peers):
             data_j = self.inbox.pop(j, None)
@@ -281,9 +287,11 @@ class Agent:
             received[sender] = zh
             heard[:, slot] = zh
             decoded.append((sender, data_j, rx_step, rx_seed))
+        trace.mark("decoded")
         logits = self.policy.act(h, torch.from_numpy(heard).to(self.device))
         actions = logits.argmax(dim=-1).cpu().numpy()  # int64
         self.peer.send_to(P.WORLD_ID, L.pack_actions(self.index, step, actions))
+        trace.mark("actions sent")
         self.stats.steps += 1
         if self.oracle:
             self.oracle.note(step, data, view, seed, decoded)

@@ -461,6 +461,15 @@ def _bench_net(args) -> int:
     return 0
 
 
+def _bench_timeline(args) -> int:
+    from agents.agent import pick_device
+    from bench import timeline
+
+    checked(pick_device, args.device)
+    print(timeline.run(args.agents, args.batch, args.steps, args.device))
+    return 0
+
+
 def _add_run_args(p, steps: int = 500) -> None:
     from agents.envs import ENVS
 
@@ -664,6 +673,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--repeat", type=POSITIVE, default=3, help="runs per configuration; the row is the median (default 3)")
     b.add_argument("--device", type=device_name, default="cpu", help="the agents' torch device (default cpu)")
     b.set_defaults(func=_bench_net)
+    b = bsub.add_parser("timeline", help="one lockstep step, event by event in every process (median offsets)")
+    b.add_argument("--steps", type=POSITIVE, default=3000, help="traced steps (default 3000)")
+    b.add_argument("--agents", type=int_in(2, 255), default=2, help="agent processes (default 2)")
+    b.add_argument("--batch", type=POSITIVE, default=1, help="parallel env instances B (default 1)")
+    b.add_argument("--device", type=device_name, default="cpu", help="the agents' torch device (default cpu)")
+    b.set_defaults(func=_bench_timeline)
     return p
 
 

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from broker import protocol as P
+from broker import trace
 from broker.bus import Publisher
 from broker.peer import BrokerLost, Peer
 from channel import ChannelError, frame, load_kernels
@@ -119,6 +120,7 @@ class World:
         self.env = make(cfg.env, cfg.batch, cfg.seed, cfg.agents)
         load_kernels()  # before registering: the first actions must not wait for them
         self.peer = Peer(endpoint, b"world", P.WORLD_ID, curve=curve)
+        trace.name("world")
         self.bus = Publisher(bus_url, cfg.run, "world", self.peer)
         self.agent_ids = [P.agent_id(k) for k in range(cfg.agents)]
         self.slot_of = {agent: k for k, agent in enumerate(self.agent_ids)}
@@ -212,6 +214,7 @@ class World:
                                  f"the run ends at step {step} of {cfg.steps}"
                                  + (f"; {self.out / 'metrics.jsonl'} holds the steps run" if self.out else ""))
             obs, reward, done, success = (x.numpy() for x in env.step(torch.from_numpy(actions)))
+            trace.mark("env stepped")
             latency = time.monotonic() - sent_at
             steps_done = step + 1
             go_on = steps_done < cfg.steps and not should_stop()
@@ -243,7 +246,9 @@ class World:
         if self.t0 is not None:
             time.sleep(max(0.0, self.t0 + step * self.cfg.tick_s - time.time()))
         sent_at = time.monotonic()
+        trace.mark("obs out")
         self.peer.send_each(zip(self.agent_ids, L.pack_obs(step, obs, first)))
+        trace.mark("obs sent")
         return sent_at
 
     def collect_actions(self, step: int) -> np.ndarray:
@@ -262,6 +267,7 @@ class World:
                     return
                 actions[:, k] = L.unpack_actions(f, cfg.batch, self.env.n_actions)
                 got.add(k)
+                trace.mark("action in")
             except ChannelError as e:
                 log.warning("bad action frame from %s: %s", src, e)
 

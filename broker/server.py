@@ -16,6 +16,7 @@ import zmq
 from channel import ChannelError, frame
 
 from . import protocol as P
+from . import trace
 from .accounting import Accounting
 from .bus import Hub, Publisher
 from .faults import CLOCK_KINDS, FaultError, FaultTable
@@ -75,6 +76,7 @@ class Broker:
         self.bus = bus  # an MQTT publisher; None: the embedded hub below serves the bus
         self.hub = Hub(run)
         self.started = time.monotonic()
+        trace.name("broker")
         self.publish_faults()  # none yet: a listing an earlier broker left retained on MQTT would say otherwise
 
     # -- the loop ---------------------------------------------------------------
@@ -93,7 +95,9 @@ class Broker:
                         msg = self.sock.recv_multipart(flags)
                     except zmq.Again:
                         break
+                    trace.mark("recv")
                     self.handle(msg[0], msg[1:])
+                    trace.mark("handled")
                     flags = zmq.NOBLOCK
                 self.release_due()
                 if time.monotonic() >= next_check:

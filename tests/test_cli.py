@@ -29,6 +29,7 @@ from agents.cli import main
     (["bench", "net", "--agents", "2,x"], "argument --agents: '2,x' is not a comma-separated list of integers"),
     (["bench", "net", "--agents", "2,1"], "argument --agents: 1 is below 2"),
     (["bench", "envs", "--batches", "0"], "argument --batches: 0 is below 1"),
+    (["bench", "timeline", "--agents", "1"], "argument --agents: 1 is outside 2..255"),
 ])
 def test_bad_values_are_refused_by_the_parser(argv, message, capsys):
     with pytest.raises(SystemExit) as e:
@@ -53,7 +54,7 @@ def test_a_bad_sync_mode_is_refused_before_anything_starts(argv, tmp_path, capsy
 
 
 @pytest.mark.parametrize("argv", [["up"], ["train"], ["agent", "--broker", "tcp://127.0.0.1:1"], ["bench", "train"],
-                                  ["bench", "net"]])
+                                  ["bench", "net"], ["bench", "timeline"]])
 def test_a_cuda_device_that_is_not_here_is_refused_before_anything_starts(argv, tmp_path, capsys):
     import torch
 

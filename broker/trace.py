@@ -1,0 +1,50 @@
+"""Event timestamps for `ddcl bench timeline`: nothing is recorded unless the environment
+variable DDCL_TRACE names a folder.
+
+The lockstep's roles mark a few events a step (a message in, a message out, a phase
+done) on CLOCK_MONOTONIC, which every process on a host shares, so the bench can line up
+all processes' events on one time axis. Each process writes `<folder>/<name>-<pid>.txt`
+(one `event nanoseconds` line per mark) when it exits. Off, a mark is one call that does
+nothing.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import time
+from pathlib import Path
+
+ENV = "DDCL_TRACE"
+MAX_EVENTS = 1_000_000  # a long traced run stops recording here instead of growing without end
+
+_folder = os.environ.get(ENV)
+_events: list[tuple[str, int]] = []
+_name = ["process"]
+
+
+def _record(event: str) -> None:
+    if len(_events) < MAX_EVENTS:
+        _events.append((event, time.monotonic_ns()))
+
+
+def _off(event: str) -> None:
+    pass
+
+
+mark = _record if _folder else _off
+
+
+def name(process: str) -> None:
+    """What this process's file is called (its role, or its peer id)."""
+    _name[0] = process
+
+
+def _write() -> None:
+    if _events:
+        path = Path(_folder) / f"{_name[0]}-{os.getpid()}.txt"
+        path.write_text("".join(f"{event} {ns}\n" for event, ns in _events))
+
+
+if _folder:
+    atexit.register(_write)
