@@ -7,8 +7,10 @@ at its median offset into the step, in time order; "+us" is the gap to the row b
 A gap between two rows of one process is that process's work; a gap into another
 process's row is a hop through ZeroMQ, or waiting for the slower of two agents. Medians
 of separate events need not add up to one real step: the agents take turns being first.
-Steps whose events differ from the usual set (a beacon or a metrics publication passing
-through the broker, a heartbeat) are left out and counted.
+A mark made after a send returns ("sent") can land in the next step when its process
+is preempted right after the send (a loaded machine). Steps whose events differ from the
+usual set (a beacon or a metrics publication passing through the broker, a heartbeat)
+are left out and counted.
 """
 
 from __future__ import annotations
