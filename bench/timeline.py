@@ -51,7 +51,8 @@ def step_events(traces: dict[str, list[tuple[str, int]]], warmup: float = 0.1) -
         raise ValueError(f"the trace holds {len(starts)} steps; run more steps")
     first = int(len(starts) * warmup)
     # the step's end: the world's next step starts
-    steps: list[dict] = [{(process, "next " + event, 1): starts[k + 1] - starts[k]} for k in range(first, len(starts) - 1)]
+    steps: list[dict] = [{(process, "next " + event, 1): starts[k + 1] - starts[k]}
+                         for k in range(first, len(starts) - 1)]
     for proc, events in traces.items():
         i, seen = 0, Counter()
         for name, ns in events:
@@ -92,8 +93,8 @@ def run(agents: int = 2, batch: int = 1, steps: int = 3000, device: str = "cpu")
                        env={**os.environ, trace.ENV: str(folder)})
         kept, dropped = step_events(read_traces(folder))
     return "\n".join([
-        f"{agents} agents, B={batch}, agents' torch device {device}: {len(kept)} steps "
-        f"({dropped} with unusual events and the first 10 % left out); median offsets into the step",
+        (f"{agents} agents, B={batch}, agents' torch device {device}: {len(kept)} steps "
+         f"({dropped} with unusual events and the first 10 % left out); median offsets into the step"),
         "",
         table(["offset us", "+us", "process", "event"], timeline(kept)),
     ])
