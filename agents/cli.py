@@ -466,7 +466,10 @@ def _bench_timeline(args) -> int:
     from bench import timeline
 
     checked(pick_device, args.device)
-    print(timeline.run(args.agents, args.batch, args.steps, args.device))
+    try:
+        print(timeline.run(args.agents, args.batch, args.steps, args.device))
+    except RuntimeError as e:  # the run failed, or was too short to read
+        raise Refused(str(e)) from None
     return 0
 
 

@@ -47,8 +47,8 @@ def step_events(traces: dict[str, list[tuple[str, int]]], warmup: float = 0.1) -
     only the steps whose events are the usual set; and how many steps were left out."""
     process, event = STEP_MARK
     starts = [ns for name, ns in traces.get(process, []) if name == event]
-    if len(starts) < 3:
-        raise ValueError(f"the trace holds {len(starts)} steps; run more steps")
+    if len(starts) < 12:
+        raise RuntimeError(f"the trace holds {len(starts)} steps: too few to take medians; run more steps")
     first = int(len(starts) * warmup)
     # the step's end: the world's next step starts
     steps: list[dict] = [{(process, "next " + event, 1): starts[k + 1] - starts[k]}
@@ -89,8 +89,11 @@ def run(agents: int = 2, batch: int = 1, steps: int = 3000, device: str = "cpu")
         cmd = [sys.executable, "-m", "agents.cli", "up", "--agents", str(agents), "--batch", str(batch),
                "--steps", str(steps), "--out", str(Path(tmp) / "run"), "--device", device]
         print(f"[bench timeline] {agents} agents, B={batch}: {steps} traced steps", file=sys.stderr, flush=True)
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=900,
-                       env={**os.environ, trace.ENV: str(folder)})
+        r = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=900,
+                           env={**os.environ, trace.ENV: str(folder)})
+        if r.returncode:
+            raise RuntimeError(f"the traced run failed (ddcl up, exit status {r.returncode}): "
+                               + (r.stderr.strip().splitlines() or ["no output"])[-1])
         kept, dropped = step_events(read_traces(folder))
     return "\n".join([
         (f"{agents} agents, B={batch}, agents' torch device {device}: {len(kept)} steps "

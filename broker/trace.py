@@ -4,14 +4,15 @@ variable DDCL_TRACE names a folder.
 The lockstep's roles mark a few events a step (a message in, a message out, a phase
 done) on CLOCK_MONOTONIC, which every process on a host shares, so the bench can line up
 all processes' events on one time axis. Each process writes `<folder>/<name>-<pid>.txt`
-(one `event nanoseconds` line per mark) when it exits. Off, a mark is one call that does
-nothing.
+(one `event nanoseconds` line per mark) when it exits, making the folder if need be. Off,
+a mark is one call that does nothing.
 """
 
 from __future__ import annotations
 
 import atexit
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -41,9 +42,14 @@ def name(process: str) -> None:
 
 
 def _write() -> None:
-    if _events:
-        path = Path(_folder) / f"{_name[0]}-{os.getpid()}.txt"
+    if not _events:
+        return
+    path = Path(_folder) / f"{_name[0]}-{os.getpid()}.txt"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("".join(f"{event} {ns}\n" for event, ns in _events))
+    except OSError as e:  # a diagnostic: the process's own work is done, and its exit status stays its own
+        print(f"{ENV}: cannot write {path}: {e.strerror}", file=sys.stderr)
 
 
 if _folder:

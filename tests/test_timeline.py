@@ -60,3 +60,24 @@ def test_marks_cost_nothing_and_write_nothing_when_tracing_is_off(tmp_path):
                        env=dict(env, PYTHONPATH=str(ROOT)))
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
     assert not list(tmp_path.iterdir())
+
+
+def test_a_trace_folder_is_made_and_an_unwritable_one_is_named(tmp_path):
+    (tmp_path / "file").write_text("")
+    code = "from broker import trace; trace.name('probe'); trace.mark('x')"
+    for folder in (tmp_path / "new" / "sub", tmp_path / "file" / "sub"):
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                           env=dict(os.environ, PYTHONPATH=str(ROOT), **{trace.ENV: str(folder)}))
+        assert r.returncode == 0, r.stderr
+        if folder.parent.name == "new":
+            [written] = folder.iterdir()
+            assert written.name.startswith("probe-") and written.read_text().startswith("x ")
+        else:
+            assert f"{trace.ENV}: cannot write {folder}/probe-" in r.stderr and "Not a directory" in r.stderr
+
+
+def test_too_short_a_traced_run_is_refused_with_its_reason(capsys):
+    from agents.cli import main
+
+    assert main(["bench", "timeline", "--steps", "5"]) == 2
+    assert "error: the trace holds 5 steps: too few to take medians; run more steps" in capsys.readouterr().err
