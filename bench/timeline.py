@@ -84,8 +84,7 @@ def timeline(steps: list[dict]) -> list[list]:
 
 def run(agents: int = 2, batch: int = 1, steps: int = 3000, device: str = "cpu") -> str:
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp) / "trace"
-        folder.mkdir()
+        folder = Path(tmp) / "trace"  # the roles make it
         cmd = [sys.executable, "-m", "agents.cli", "up", "--agents", str(agents), "--batch", str(batch),
                "--steps", str(steps), "--out", str(Path(tmp) / "run"), "--device", device]
         print(f"[bench timeline] {agents} agents, B={batch}: {steps} traced steps", file=sys.stderr, flush=True)
