@@ -396,7 +396,6 @@ def _evaluate(args) -> int:
     return 0
 
 
-
 def _report(args) -> int:
     from agents.report import report
 

@@ -21,7 +21,7 @@ MAX_EVENTS = 1_000_000  # a long traced run stops recording here instead of grow
 
 _folder = os.environ.get(ENV)
 _events: list[tuple[str, int]] = []
-_name = ["process"]
+_name = "process"
 
 
 def _record(event: str) -> None:
@@ -38,13 +38,14 @@ mark = _record if _folder else _off
 
 def name(process: str) -> None:
     """What this process's file is called (its role, or its peer id)."""
-    _name[0] = process
+    global _name
+    _name = process
 
 
 def _write() -> None:
     if not _events:
         return
-    path = Path(_folder) / f"{_name[0]}-{os.getpid()}.txt"
+    path = Path(_folder) / f"{_name}-{os.getpid()}.txt"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("".join(f"{event} {ns}\n" for event, ns in _events))

@@ -18,7 +18,6 @@ KNOWN_ANSWERS = [
 ]
 
 
-
 @pytest.mark.parametrize("counter,key,expected", KNOWN_ANSWERS)
 def test_known_answers_numpy(counter, key, expected):
     out = philox4x32_10(np.array(counter, dtype=np.uint32), np.array(key, dtype=np.uint32))

@@ -84,7 +84,8 @@ def test_shipped_traffic_junction_checkpoint_talks_over_the_network(tmp_path):
     assert s["bytes_per_step"]["sum"]["total"] * 100 < s["float32_bytes_per_step"]["sum"]["total"]
 
 
-EQUIVALENCE_CASES = [("goal", 2, "mlp", "mean", "cpu"), ("goal", 2, "gru", "attention", "cpu"), ("pp-easy", 3, "mlp", "mean", "cpu")]
+EQUIVALENCE_CASES = [("goal", 2, "mlp", "mean", "cpu"), ("goal", 2, "gru", "attention", "cpu"),
+                     ("pp-easy", 3, "mlp", "mean", "cpu")]
 # agents on CUDA against the in-process run on CUDA: the same kernels on the same card
 EQUIVALENCE_CASES += [("goal", 2, "gru", "attention", d) for d in DEVICES if d != "cpu"]
 
