@@ -61,9 +61,13 @@ def steps_done(run) -> int:
     return len(path.read_text().splitlines()) if path.exists() else 0
 
 
-def wait_steps(run, n: int, timeout_s: float = 60) -> None:
+def wait_steps(run, n: int, proc, timeout_s: float = 60) -> None:
+    """Until the run has n steps in its metrics; a run that died fails at once. A run's
+    first wait also covers its processes' start-up, which beside many other test workers
+    on two cores took over a minute (pytest -n 14), so callers give that one longer."""
     deadline = time.monotonic() + timeout_s
     while steps_done(run) < n:
+        assert proc.poll() is None, f"the run exited ({proc.returncode}) at {steps_done(run)} steps"
         assert time.monotonic() < deadline, f"run stuck at {steps_done(run)} steps"
         time.sleep(0.05)
 
@@ -75,15 +79,15 @@ def live_skew_run(procs, tmp_path, sync: str):
     up = procs.start("up-" + sync, "up", "--steps", "100000", "--port", str(port), "--sync", sync,
                      "--beacon-every", "0", "--out", str(run))
     broker = ["--broker", f"tcp://127.0.0.1:{port}"]
-    wait_steps(run, 30)
+    wait_steps(run, 30, up, timeout_s=300)
     r = ddcl("broker", "fault", "skew", "agent-1", "3", *broker)
     assert r.returncode == 0 and "fault 1: skew agent-1 3" in r.stdout, r.stderr
     listed = json.loads(ddcl("broker", "fault", "list", "--json", *broker).stdout)
     assert [(f["id"], f["kind"], f["target"], f["value"]) for f in listed["faults"]] == [(1, "skew", "agent-1", 3.0)]
-    wait_steps(run, steps_done(run) + 60)
+    wait_steps(run, steps_done(run) + 60, up)
     assert ddcl("broker", "fault", "clear", "1", *broker).returncode == 0
     assert json.loads(ddcl("broker", "fault", "list", "--json", *broker).stdout)["faults"] == []
-    wait_steps(run, steps_done(run) + 60)
+    wait_steps(run, steps_done(run) + 60, up)
     up.terminate()
     assert up.wait(30) in (0, 130, -15)
     events = [json.loads(x) for x in (run / "faults.jsonl").read_text().splitlines()]
@@ -121,7 +125,7 @@ def test_a_world_started_alone_reports_desync_with_the_sync_services_seed(procs,
         procs.start(f"agent-{k}", "agent", "--broker", ep, "--id", f"agent-{k}", "--device", "cpu")
     run = tmp_path / "run"
     world = procs.start("world", "world", "--broker", ep, "--steps", "600", "--seed", "0", "--out", str(run))
-    wait_steps(run, 20)
+    wait_steps(run, 20, world, timeout_s=300)
     assert ddcl("broker", "fault", "skew", "agent-1", "2", "--broker", ep).returncode == 0
     assert world.wait(120) == 0, procs.log("world")
     d = json.loads((run / "summary.json").read_text())["desync"]
