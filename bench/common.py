@@ -1,7 +1,8 @@
-"""Shared benchmark helpers: timing loops and a plain-text table."""
+"""Shared benchmark helpers: timing loops, a plain-text table, the `ddcl up` a bench runs."""
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 
@@ -24,3 +25,9 @@ def table(headers: list[str], rows: list[list]) -> str:
     line = lambda r: "| " + " | ".join(c.rjust(w) for c, w in zip(r, widths)) + " |"  # noqa: E731
     sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
     return "\n".join([line(cells[0]), sep] + [line(r) for r in cells[1:]])
+
+
+def up_command(agents: int, batch: int, steps: int, out, device: str) -> list[str]:
+    """The `ddcl up` of a networked bench run, in this interpreter."""
+    return [sys.executable, "-m", "agents.cli", "up", "--agents", str(agents), "--batch", str(batch),
+            "--steps", str(steps), "--out", str(out), "--device", device]

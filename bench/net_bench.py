@@ -22,7 +22,7 @@ from pathlib import Path
 
 import zmq
 
-from .common import table
+from .common import table, up_command
 
 HOPS_PER_STEP = 6
 
@@ -134,9 +134,8 @@ def skeleton(agents: int, steps: int) -> float:
 def lockstep(agents: int, batch: int, steps: int, device: str = "cpu") -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run"
-        cmd = [sys.executable, "-m", "agents.cli", "up", "--agents", str(agents), "--batch", str(batch),
-               "--steps", str(steps), "--out", str(out), "--device", device]
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600)
+        subprocess.run(up_command(agents, batch, steps, out, device), check=True, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, timeout=600)
         summary = json.loads((out / "summary.json").read_text())
         lat = [json.loads(x)["latency_s"] for x in (out / "metrics.jsonl").read_text().splitlines()]
     lat = lat[len(lat) // 10:]  # drop the warm-up

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from broker import trace
 
-from .common import table
+from .common import table, up_command
 
 STEP_MARK = ("world", "obs out")
 
@@ -85,8 +85,7 @@ def timeline(steps: list[dict]) -> list[list]:
 def run(agents: int = 2, batch: int = 1, steps: int = 3000, device: str = "cpu") -> str:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "trace"  # the roles make it
-        cmd = [sys.executable, "-m", "agents.cli", "up", "--agents", str(agents), "--batch", str(batch),
-               "--steps", str(steps), "--out", str(Path(tmp) / "run"), "--device", device]
+        cmd = up_command(agents, batch, steps, Path(tmp) / "run", device)
         print(f"[bench timeline] {agents} agents, B={batch}: {steps} traced steps", file=sys.stderr, flush=True)
         r = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=900,
                            env={**os.environ, trace.ENV: str(folder)})

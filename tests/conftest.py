@@ -48,6 +48,25 @@ def wait_registered(endpoint: str, peer: str, proc: subprocess.Popen, timeout_s:
         time.sleep(0.1)
 
 
+def steps_done(run: Path) -> int:
+    path = run / "metrics.jsonl"
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def wait_steps(run: Path, n: int, proc: subprocess.Popen, timeout_s: float = 60, log=lambda: "") -> None:
+    """Until the run in folder `run` has n steps in its metrics; a run that died fails at
+    once. A run's first wait also covers its processes' start-up, which beside many other
+    test workers on two cores took over a minute (pytest -n 14), so callers give that one
+    longer where a loaded machine outran it."""
+    deadline = time.monotonic() + timeout_s
+    while steps_done(run) < n:
+        if proc.poll() is not None:  # its last metrics may have landed since the check above
+            assert steps_done(run) >= n, f"the run exited ({proc.returncode}) at {steps_done(run)} steps\n{log()}"
+            return
+        assert time.monotonic() < deadline, f"run stuck at {steps_done(run)} steps\n{log()}"
+        time.sleep(0.05)
+
+
 class Procs:
     def __init__(self, tmp: Path):
         self.tmp = tmp

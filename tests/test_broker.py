@@ -15,7 +15,7 @@ import zmq
 from broker import protocol as P
 from broker.peer import BrokerError, Peer
 from channel import codecs, frame
-from tests.conftest import stats
+from tests.conftest import stats, wait_steps
 
 RICE = codecs.get("rice")
 
@@ -272,11 +272,7 @@ def test_beacons_from_anyone_but_the_sync_service_are_ignored_and_counted(procs,
     for k in range(2):
         procs.start(f"agent-{k}", "agent", "--broker", ep, "--id", f"agent-{k}", "--device", "cpu")
     world = procs.start("world", "world", "--broker", ep, "--steps", "3000", "--out", str(tmp_path / "run"))
-    metrics = tmp_path / "run" / "metrics.jsonl"
-    deadline = time.monotonic() + 180  # five processes importing torch beside other test workers
-    while not (metrics.exists() and metrics.stat().st_size > 0):
-        assert time.monotonic() < deadline and world.poll() is None
-        time.sleep(0.05)
+    wait_steps(tmp_path / "run", 1, world, timeout_s=180)  # five processes importing torch beside other workers
     # registered only now: a silent peer would be declared dead after 3 heartbeats
     with Peer(ep, b"sync", b"rogue") as rogue:  # registered, but not the sync service
         for _ in range(5):

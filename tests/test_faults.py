@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 
 from agents.desync import analyze, desync_by_step
 from broker.faults import FaultError, FaultTable
 from broker.faults_file import load_faults
-from tests.conftest import ddcl, free_port
+from tests.conftest import ddcl, free_port, steps_done, wait_steps
 
 AGENTS = {"agent-0", "agent-1"}
 
@@ -54,24 +53,6 @@ def test_faults_file_parses_and_rejects_with_the_entry_named(tmp_path):
     bad.write_text('[[fault]]\nstep = -1\nkind = "skew"\n')
     with pytest.raises(FaultError, match="fault #1"):
         load_faults(bad)
-
-
-def steps_done(run) -> int:
-    path = run / "metrics.jsonl"
-    return len(path.read_text().splitlines()) if path.exists() else 0
-
-
-def wait_steps(run, n: int, proc, timeout_s: float = 60) -> None:
-    """Until the run has n steps in its metrics; a run that died fails at once. A run's
-    first wait also covers its processes' start-up, which beside many other test workers
-    on two cores took over a minute (pytest -n 14), so callers give that one longer."""
-    deadline = time.monotonic() + timeout_s
-    while steps_done(run) < n:
-        if proc.poll() is not None:  # its last metrics may have landed since the check above
-            assert steps_done(run) >= n, f"the run exited ({proc.returncode}) at {steps_done(run)} steps"
-            return
-        assert time.monotonic() < deadline, f"run stuck at {steps_done(run)} steps"
-        time.sleep(0.05)
 
 
 def live_skew_run(procs, tmp_path, sync: str):

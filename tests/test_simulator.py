@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,7 +23,7 @@ from broker import protocol as P
 from broker.peer import Peer
 from broker.protocol import HEARTBEAT_S, LIVENESS
 from channel import frame
-from tests.conftest import DEVICES, ROOT, ddcl, free_port, wait_registered
+from tests.conftest import DEVICES, ROOT, ddcl, free_port, wait_registered, wait_steps
 
 
 def test_ddcl_up_writes_summary_and_metrics(tmp_path):
@@ -141,21 +140,13 @@ def test_an_agent_that_cannot_write_its_oracle_log_still_runs(procs, tmp_path):
     assert s["desync"]["messages"] == 0  # agent-1's frames cannot be matched to their sends
 
 
-def wait_stepping(run: Path, proc: subprocess.Popen, timeout_s: float = 60, log=lambda: "") -> None:
-    """Until the world has written more than 20 steps to run/metrics.jsonl."""
-    metrics, deadline = run / "metrics.jsonl", time.monotonic() + timeout_s
-    while not (metrics.exists() and len(metrics.read_text().splitlines()) > 20):
-        assert time.monotonic() < deadline and proc.poll() is None, f"the run never started stepping\n{log()}"
-        time.sleep(0.1)
-
-
 def test_killed_agent_misses_deadlines_then_rejoins(procs, tmp_path):
     ep = procs.broker()
     procs.start("sync", "sync", "serve", "--broker", ep)
     procs.start("agent-0", "agent", "--broker", ep, "--id", "agent-0", "--device", "cpu")
     procs.start("agent-1", "agent", "--broker", ep, "--id", "agent-1", "--device", "cpu")
     world = procs.start("world", "world", "--broker", ep, "--steps", "400", "--deadline", "0.2", "--out", str(tmp_path / "run"))
-    wait_stepping(tmp_path / "run", world, log=lambda: procs.log("world"))
+    wait_steps(tmp_path / "run", 21, world, log=lambda: procs.log("world"))
     procs.procs["agent-1"].send_signal(signal.SIGKILL)
     time.sleep(2.0)  # the world keeps stepping on deadlines meanwhile
     procs.start("agent-1b", "agent", "--broker", ep, "--id", "agent-1", "--device", "cpu")
@@ -180,7 +171,7 @@ def test_a_run_goes_on_through_a_broker_restart(procs, tmp_path):
     # a restart on a loaded machine can take longer than the default 10 s the world waits
     world = procs.start("world", "world", "--broker", ep, "--steps", "3000", "--deadline", "0.2", "--out", str(run),
                         "--broker-timeout", "60")
-    wait_stepping(run, world, log=lambda: procs.log("world"))
+    wait_steps(run, 21, world, log=lambda: procs.log("world"))
     assert ddcl("broker", "fault", "skew", "agent-1", "2", "--broker", ep).returncode == 0
     time.sleep(0.3)
     procs.procs["broker"].send_signal(signal.SIGKILL)
@@ -209,7 +200,7 @@ def test_agents_left_by_a_world_that_died_join_the_next_one(procs, tmp_path):
     for k in range(2):
         procs.start(f"agent-{k}", "agent", "--broker", ep, "--device", "cpu")
     first = procs.start("world", "world", "--broker", ep, "--steps", "100000", "--out", str(tmp_path / "first"))
-    wait_stepping(tmp_path / "first", first, log=lambda: procs.log("world"))
+    wait_steps(tmp_path / "first", 21, first, log=lambda: procs.log("world"))
     first.send_signal(signal.SIGKILL)  # no END: the agents keep its config
     first.wait()
     second = procs.start("world-2", "world", "--broker", ep, "--steps", "200", "--out", str(tmp_path / "second"))
@@ -294,7 +285,7 @@ def long_up(tmp_path):
     up = subprocess.Popen([sys.executable, "-m", "agents.cli", "up", "--steps", "100000", "--port", str(port),
                            "--out", str(out)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           env=dict(os.environ, PYTHONPATH=str(ROOT)))
-    wait_stepping(out, up, timeout_s=120)
+    wait_steps(out, 21, up, timeout_s=120)
     yield up, f"127.0.0.1:{port}", out
     for pid in [up.pid] + _processes_with(f"127.0.0.1:{port}"):
         try:
