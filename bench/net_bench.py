@@ -5,9 +5,10 @@ A lockstep step is 6 sequential one-way hops (world->broker->agent observations,
 agent->broker->agents messages, agent->broker->world actions), so its latency is also
 shown as a multiple of floor/2 x 6 = 3 round trips (the bound the target is read
 against), and as a multiple of floor x 6 (the issue's words taken with the floor as a
-whole round trip: half the first figure); beside them, the same for a bare pyzmq
-skeleton of the lockstep, which splits a step into the transport's share and the roles'
-work.
+whole round trip: half the first figure). Beside them: the same run with libzmq's DEALER
+in every role (the baseline for the peers' own ZMTP socket, broker/zmtp.py), and a bare
+skeleton of the lockstep with the run's sockets, which splits a step into the
+transport's share and the roles' work.
 """
 
 from __future__ import annotations
@@ -24,7 +25,11 @@ from pathlib import Path
 
 import zmq
 
+from broker.peer import SOCKET_ENV, dealer
+
 from .common import table, up_command
+
+ROOT = Path(__file__).resolve().parent.parent
 
 HOPS_PER_STEP = 6
 
@@ -39,25 +44,31 @@ while True:
 """
 
 
-def _router(script: str, *args: str) -> tuple[subprocess.Popen, zmq.Socket]:
-    """A ROUTER process running `script` (endpoint first in its argv) once it is bound,
-    and a DEALER connected to it from here."""
+def _helper(script: str, *args: str, stdout=None) -> subprocess.Popen:
+    """A helper process running `script`, which may import the project."""
+    return subprocess.Popen([sys.executable, "-c", script, *args], stdout=stdout, text=True,
+                            env=dict(os.environ, PYTHONPATH=str(ROOT)))
+
+
+def _router(script: str, *args: str) -> tuple[subprocess.Popen, str]:
+    """A ROUTER process running `script` (endpoint first in its argv), once it is bound,
+    and its endpoint."""
     from agents.launcher import free_port
 
     ep = f"tcp://127.0.0.1:{free_port()}"
-    proc = subprocess.Popen([sys.executable, "-c", script, ep, *args], stdout=subprocess.PIPE, text=True)
+    proc = _helper(script, ep, *args, stdout=subprocess.PIPE)
     proc.stdout.readline()  # "ready"
-    s = zmq.Context.instance().socket(zmq.DEALER)
-    s.setsockopt(zmq.LINGER, 0)
-    s.connect(ep)
-    return proc, s
+    return proc, ep
 
 
 def pyzmq_round_trip(n: int = 3000, gap_s: float = 0.0) -> float:
     """Median seconds for one DEALER->ROUTER->DEALER round trip across two processes,
     back to back, or with gap_s of sleep between round trips (both ends then idle, as
     in a lockstep step, and on a VM an idle vCPU wakes slowly)."""
-    echo, s = _router(_ECHO)
+    echo, ep = _router(_ECHO)
+    s = zmq.Context.instance().socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    s.connect(ep)
     samples = []
     for i in range(n):
         t = time.perf_counter()
@@ -109,49 +120,51 @@ if role == "broker":
             s.close(linger=1000); ctx.term()  # LINGER 0 would drop the stops, and a peer would wait forever
             break
 else:
-    s = ctx.socket(zmq.DEALER); s.setsockopt(zmq.LINGER, 0); s.connect(ep)
-    me = role.encode(); s.send_multipart([b"hi", me]); heard = 0
+    from broker.peer import dealer
+    s = dealer(ep)  # the DEALER the roles use (DDCL_PEER_SOCKET)
+    me = role.encode(); s.send([b"hi", me]); heard = 0
     while True:
-        kind, body = s.recv_multipart()
+        kind, body = s.recv(None)
         if kind == b"stop": break
-        if kind == b"obs": s.send_multipart([b"msg", me])
+        if kind == b"obs": s.send([b"msg", me])
         elif kind == b"msg":
             heard += 1
-            if heard == n - 1: heard = 0; s.send_multipart([b"act", me])
+            if heard == n - 1: heard = 0; s.send([b"act", me])
 """
 
 
 def skeleton(agents: int, steps: int) -> float:
-    """Median seconds per lockstep step of a bare pyzmq skeleton: the same processes and
-    the same six hops as `ddcl up` (world -> broker -> agents -> broker -> peers, agents ->
-    broker -> world), with no env, policy, channel, accounting or checks. What the
-    transport alone costs on this machine; the rest of a real step is the roles' work."""
-    broker, s = _router(_SKELETON, "broker", str(agents))
-    ep = s.getsockopt_string(zmq.LAST_ENDPOINT)
-    peers = [subprocess.Popen([sys.executable, "-c", _SKELETON, ep, str(k), str(agents)]) for k in range(agents)]
+    """Median seconds per lockstep step of a bare skeleton: the same processes, the same
+    six hops (world -> broker -> agents -> broker -> peers, agents -> broker -> world) and
+    the same sockets (a libzmq ROUTER, the roles' DEALER) as `ddcl up`, with no env,
+    policy, channel, accounting or checks. What the transport alone costs on this
+    machine; the rest of a real step is the roles' work."""
+    broker, ep = _router(_SKELETON, "broker", str(agents))
+    peers = [_helper(_SKELETON, ep, str(k), str(agents)) for k in range(agents)]
+    s = dealer(ep)
     try:
-        s.send_multipart([b"hi", b"w"])
-        s.recv_multipart()  # "go": every agent has registered
+        s.send([b"hi", b"w"])
+        s.recv(None)  # "go": every agent has registered
         samples = []
         for i in range(steps + steps // 10):
             t = time.perf_counter()
-            s.send_multipart([b"obs", b""])
+            s.send([b"obs", b""])
             for _ in range(agents):
-                s.recv_multipart()
+                s.recv(None)
             if i >= steps // 10:  # the warm-up, as in the real runs
                 samples.append(time.perf_counter() - t)
         return statistics.median(samples)
     finally:
-        s.send_multipart([b"stop", b""])
+        s.send([b"stop", b""])
         _reap([broker, *peers])
         s.close()
 
 
-def lockstep(agents: int, batch: int, steps: int, device: str = "cpu") -> dict:
+def lockstep(agents: int, batch: int, steps: int, device: str = "cpu", peer_socket: str = "zmtp") -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run"
         subprocess.run(up_command(agents, batch, steps, out, device), check=True, stdout=subprocess.DEVNULL,
-                       stderr=subprocess.DEVNULL, timeout=600)
+                       stderr=subprocess.DEVNULL, timeout=600, env=dict(os.environ, **{SOCKET_ENV: peer_socket}))
         summary = json.loads((out / "summary.json").read_text())
         lat = [json.loads(x)["latency_s"] for x in (out / "metrics.jsonl").read_text().splitlines()]
     lat = lat[len(lat) // 10:]  # drop the warm-up
@@ -193,6 +206,7 @@ def run(steps: int = 300, agents: tuple[int, ...] = (2, 4, 8), batches: tuple[in
                   file=sys.stderr, flush=True)
             before = pyzmq_round_trip(1000)
             r = lockstep(n, b, steps, device)
+            r["libzmq"] = lockstep(n, b, steps, device, "libzmq")["p50"]  # the baseline, the same moment
             bare = skeleton(n, max(steps, 1000))
             r["floor"] = (before + pyzmq_round_trip(1000)) / 2
             bound = r["floor"] / 2 * HOPS_PER_STEP
@@ -203,7 +217,8 @@ def run(steps: int = 300, agents: tuple[int, ...] = (2, 4, 8), batches: tuple[in
         mid = runs[len(runs) // 2]
         spread = f"{runs[0]['ratio']:.2f}-{runs[-1]['ratio']:.2f}"
         rows.append([n, b, mid["floor"] * 1e6, mid["steps_per_s"], mid["p50"] * 1e3, mid["p90"] * 1e3, mid["ratio"],
-                     spread, mid["ratio"] / 2, mid["skeleton"] * 1e3, mid["skeleton_ratio"], mid["header_framing"]])
+                     spread, mid["ratio"] / 2, mid["libzmq"] * 1e3, mid["p50"] / mid["libzmq"], mid["skeleton"] * 1e3,
+                     mid["skeleton_ratio"], mid["header_framing"]])
     paced = pyzmq_round_trip(500, gap_s=0.003)
     return "\n".join([
         f"machine: {platform.machine()}, {os.cpu_count()} CPUs, {platform.python_version()}, "
@@ -212,9 +227,10 @@ def run(steps: int = 300, agents: tuple[int, ...] = (2, 4, 8), batches: tuple[in
         f"({min(floors) * 1e6:.0f}-{max(floors) * 1e6:.0f} us); bound per step = {HOPS_PER_STEP} hops x floor/2",
         f"each row: the median of {repeat} runs by p50 / bound; the spread of that ratio beside it; "
         f"p50 / (floor x hops): the same step against {HOPS_PER_STEP} whole round trips",
-        "skeleton: a bare pyzmq lockstep with the same processes and hops and no work, right after each run",
+        "libzmq peers: the same run with libzmq's DEALER in every role (DDCL_PEER_SOCKET=libzmq), right after it",
+        "skeleton: a bare lockstep with the same processes, hops and sockets and no work, right after each run",
         f"the same round trip with 3 ms idle between round trips: {paced * 1e6:.0f} us",
         "",
         table(["agents", "B", "floor us", "steps/s", "p50 ms", "p90 ms", "p50 / bound", "spread", "p50 / (floor x hops)",
-               "skeleton ms", "skeleton / bound", "hdr+framing B/msg"], rows),
+               "libzmq peers p50 ms", "p50 / libzmq peers", "skeleton ms", "skeleton / bound", "hdr+framing B/msg"], rows),
     ])

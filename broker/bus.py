@@ -191,7 +191,7 @@ class BusClient:
             except zmq.ZMQError as e:
                 self._sock.close(0)
                 self._ctx.term()
-                raise BusError(P.bad_endpoint(self.broker, e)) from None
+                raise BusError(P.bad_endpoint(self.broker, e.strerror)) from None
             self._heard = self._probed = asyncio.get_running_loop().time()
         return self
 

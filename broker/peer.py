@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Iterable
 
 import zmq
 
 from . import protocol as P
+from .zmtp import ZmtpDealer, ZmtpError
 
 log = logging.getLogger("ddcl.peer")
+
+SOCKET_ENV = "DDCL_PEER_SOCKET"  # zmtp (default) | libzmq: which DEALER the peers use
 
 
 class BrokerError(RuntimeError):
@@ -26,19 +30,7 @@ class Peer:
 
     def __init__(self, endpoint: str, role: bytes, wanted_id: bytes = b"", timeout_s: float = 10.0, ctx=None,
                  curve=None):
-        self.ctx = ctx or zmq.Context.instance()
-        self.sock = self.ctx.socket(zmq.DEALER)
-        if curve is not None:
-            curve.connect(self.sock)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.SNDHWM, P.HWM)
-        self.sock.setsockopt(zmq.RCVHWM, P.HWM)
-        self.sock.setsockopt(zmq.MAXMSGSIZE, P.MAX_MSG_BYTES)
-        try:
-            self.sock.connect(endpoint)
-        except zmq.ZMQError as e:
-            self.sock.close(0)
-            raise BrokerError(P.bad_endpoint(endpoint, e)) from None
+        self.sock = dealer(endpoint, curve, ctx)
         self.endpoint = endpoint
         self.role = role
         self.last_sent = self.last_heard = time.monotonic()
@@ -59,14 +51,11 @@ class Peer:
         if self.sock.closed:
             return
         if bye and self.id:
-            try:
-                self.sock.send(P.BYE, zmq.NOBLOCK)
-            except zmq.ZMQError:
-                pass
-        self.sock.close(0)
+            self.sock.send([P.BYE])
+        self.sock.close()
 
     def _register(self, wanted_id: bytes, timeout_s: float) -> bytes:
-        P.send_parts(self.sock, [P.REGISTER, self.role, wanted_id])
+        self.sock.send([P.REGISTER, self.role, wanted_id])
         parts = self.recv(timeout_s)
         if parts is None:
             raise BrokerError(f"no answer from the broker at {self.endpoint} in {timeout_s}s")
@@ -77,7 +66,7 @@ class Peer:
         return parts[1]
 
     def send_parts(self, parts: list[bytes]) -> None:
-        P.send_parts(self.sock, parts)
+        self.sock.send(parts)
         self.last_sent = time.monotonic()
 
     def broadcast_frame(self, frame: bytes) -> None:
@@ -101,10 +90,11 @@ class Peer:
         The broker's heartbeats and a re-registration with a restarted broker stay in here."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
-            P.set_timeout(self.sock, -1 if deadline is None else max(0, int((deadline - time.monotonic()) * 1000)))
             try:
-                parts = self.sock.recv_multipart()
-            except zmq.Again:
+                parts = self.sock.recv(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            except ZmtpError as e:  # the broker wants what this socket cannot speak: no answer would come
+                raise BrokerError(str(e)) from None
+            if parts is None:
                 if self.id and not self._missed and self.silent_s() > P.LIVENESS * P.HEARTBEAT_S:
                     self._missed = True
                     log.warning("no word from the broker at %s for %.0f s; waiting for it", self.endpoint,
@@ -162,3 +152,47 @@ class Peer:
 
     def stats(self, timeout_s: float = 5.0) -> dict:
         return self.request([P.STATS], P.STATS_REPLY, timeout_s)
+
+
+class LibzmqDealer:
+    """libzmq's DEALER behind ZmtpDealer's face: for CURVE and non-TCP endpoints, or all
+    peers with DDCL_PEER_SOCKET=libzmq (what `ddcl bench net` compares against)."""
+
+    def __init__(self, endpoint: str, curve=None, ctx=None):
+        self.sock = (ctx or zmq.Context.instance()).socket(zmq.DEALER)
+        if curve is not None:
+            curve.connect(self.sock)
+        for opt, val in ((zmq.LINGER, 0), (zmq.SNDHWM, P.HWM), (zmq.RCVHWM, P.HWM), (zmq.MAXMSGSIZE, P.MAX_MSG_BYTES)):
+            self.sock.setsockopt(opt, val)
+        try:
+            self.sock.connect(endpoint)
+        except zmq.ZMQError as e:
+            self.sock.close(0)
+            raise BrokerError(P.bad_endpoint(endpoint, e.strerror)) from None
+
+    @property
+    def closed(self) -> bool:
+        return self.sock.closed
+
+    def send(self, parts: list[bytes]) -> None:
+        P.send_parts(self.sock, parts)
+
+    def recv(self, timeout_s: float | None) -> list[bytes] | None:
+        P.set_timeout(self.sock, -1 if timeout_s is None else int(timeout_s * 1000))
+        try:
+            return self.sock.recv_multipart()
+        except zmq.Again:
+            return None
+
+    def close(self) -> None:
+        self.sock.close(0)
+
+
+def dealer(endpoint: str, curve=None, ctx=None) -> ZmtpDealer | LibzmqDealer:
+    """The peer's socket: ZmtpDealer where it can serve (plain tcp://), libzmq's otherwise."""
+    if curve is None and endpoint.startswith("tcp://") and os.environ.get(SOCKET_ENV, "zmtp") != "libzmq":
+        try:
+            return ZmtpDealer(endpoint)
+        except ValueError as e:
+            raise BrokerError(P.bad_endpoint(endpoint, str(e))) from None
+    return LibzmqDealer(endpoint, curve, ctx)

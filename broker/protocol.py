@@ -106,10 +106,10 @@ def zmtp_framing(size: int) -> int:
     return 2 if size <= 255 else 9
 
 
-def bad_endpoint(endpoint: str, err) -> str:
-    """Why connecting to `endpoint` failed at once: libzmq checks an address's form there,
-    not its reachability."""
-    return f"cannot connect to {endpoint!r}: {err.strerror} (endpoints look like tcp://host:port)"
+def bad_endpoint(endpoint: str, why: str) -> str:
+    """Why connecting to `endpoint` failed at once: its form is checked there, not its
+    reachability."""
+    return f"cannot connect to {endpoint!r}: {why} (endpoints look like tcp://host:port)"
 
 
 def pack(obj) -> bytes:
