@@ -1,4 +1,8 @@
-"""The DEALER side: one class every role (agent, world, sync, CLI) talks to the broker with."""
+"""The DEALER side: one class every role (agent, world, sync, CLI) talks to the broker with.
+
+Its socket is broker/zmtp.py's ZmtpDealer (ZMTP from the role's own thread) where it
+can serve, libzmq's DEALER otherwise (CURVE, non-TCP endpoints, DDCL_PEER_SOCKET=libzmq):
+both behind the same send(parts) / recv(timeout_s) / close()."""
 
 from __future__ import annotations
 

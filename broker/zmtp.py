@@ -240,6 +240,9 @@ class ZmtpDealer:
         data = encode(parts)
         pending = self.held if self.sock is None else self.out
         if len(pending) + len(data) > MAX_QUEUED_BYTES:
+            if not self.dropped:
+                log.warning("%d MiB wait for the broker at %s: further sends are dropped until it takes them",
+                            len(pending) >> 20, self.endpoint)
             self.dropped += 1
             return
         pending += data

@@ -187,3 +187,22 @@ def test_libzmq_dealer_still_serves_on_request(procs, monkeypatch):
             data = message(0, [1, 2, 3])
             a0.broadcast_frame(data)
             assert a1.recv(5) == [data]
+
+
+def test_holds_sends_for_an_absent_broker_up_to_a_limit_then_drops_and_counts(monkeypatch):
+    import broker.zmtp as zmtp
+
+    monkeypatch.setattr(zmtp, "MAX_QUEUED_BYTES", 100)
+    port = free_port()
+    d = ZmtpDealer(f"tcp://127.0.0.1:{port}")
+    for k in range(10):
+        d.send([b"%d" % k, bytes(20)])  # 2 + 1 and 2 + 20 bytes on the wire: four fit in 100
+    assert d.dropped == 6
+    r = router(port)
+    try:
+        d.recv(0.5)  # connects and sends what it held
+        got = [r.recv_multipart()[1] for _ in range(4) if r.poll(2000)]
+        assert got == [b"0", b"1", b"2", b"3"] and r.poll(200) == 0
+    finally:
+        d.close()
+        r.close()
