@@ -163,6 +163,7 @@ class LibzmqDealer:
     peers with DDCL_PEER_SOCKET=libzmq (what `ddcl bench net` compares against)."""
 
     def __init__(self, endpoint: str, curve=None, ctx=None):
+        self.dropped = 0  # sends refused at the high-water mark, as ZmtpDealer drops over its limit
         self.sock = (ctx or zmq.Context.instance()).socket(zmq.DEALER)
         if curve is not None:
             curve.connect(self.sock)
@@ -179,7 +180,10 @@ class LibzmqDealer:
         return self.sock.closed
 
     def send(self, parts: list[bytes]) -> None:
-        P.send_parts(self.sock, parts)
+        try:
+            P.send_parts(self.sock, parts, P.NOBLOCK)
+        except zmq.Again:
+            self.dropped += 1
 
     def recv(self, timeout_s: float | None) -> list[bytes] | None:
         P.set_timeout(self.sock, -1 if timeout_s is None else int(timeout_s * 1000))
