@@ -76,13 +76,22 @@ class ProcessGroup:
             for p in batch:
                 if p.poll() is None:
                     p.send_signal(signal.SIGTERM)
-            deadline = time.monotonic() + grace_s
-            for p in batch:
-                try:
-                    p.wait(max(0.0, deadline - time.monotonic()))
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
+            wait_or_kill(batch, grace_s)
+
+
+def wait_or_kill(procs: list[subprocess.Popen], grace_s: float) -> list[subprocess.Popen]:
+    """Waits up to grace_s for procs together, then kills those still running: none
+    outlives its parent. Returns the killed ones."""
+    deadline = time.monotonic() + grace_s
+    killed = []
+    for p in procs:
+        try:
+            p.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+            killed.append(p)
+    return killed
 
 
 def exit_reason(rc: int) -> str:

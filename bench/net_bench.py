@@ -85,15 +85,11 @@ def pyzmq_round_trip(n: int = 3000, gap_s: float = 0.0) -> float:
 
 
 def _reap(procs: list[subprocess.Popen]) -> None:
-    """Waits for the bench's helper processes to stop; one still running after 10 s is
-    killed, so that none outlives the bench."""
-    for p in procs:
-        try:
-            p.wait(10)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-            print(f"[bench net] helper process {p.pid} did not stop when told: killed", file=sys.stderr, flush=True)
+    """The bench's helper processes, told to stop: one still running after 10 s is killed."""
+    from agents.launcher import wait_or_kill
+
+    for p in wait_or_kill(procs, 10.0):
+        print(f"[bench net] helper process {p.pid} did not stop when told: killed", file=sys.stderr, flush=True)
 
 
 _SKELETON = """

@@ -101,9 +101,13 @@ def is_channel_frame(part: bytes) -> bool:
     return len(part) > 0 and part[0] >> 6 == 1
 
 
+SHORT_FRAME_MAX = 255  # ZMTP 3: a body up to this size has a 1-byte size, a longer one 8 bytes
+
+
 def zmtp_framing(size: int) -> int:
-    """ZMTP 3 bytes around one frame body: flags + 1-byte size up to 255, else 8-byte size."""
-    return 2 if size <= 255 else 9
+    """ZMTP 3 bytes around one frame body: flags + 1-byte size up to SHORT_FRAME_MAX, else
+    flags + 8-byte size."""
+    return 2 if size <= SHORT_FRAME_MAX else 9
 
 
 def bad_endpoint(endpoint: str, why: str) -> str:

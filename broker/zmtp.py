@@ -52,7 +52,7 @@ class Malformed(ZmtpError):
 
 
 def _head(flags: int, size: int) -> bytes:
-    return bytes((flags, size)) if size <= 255 else bytes((flags | LONG,)) + size.to_bytes(8, "big")
+    return bytes((flags, size)) if size <= P.SHORT_FRAME_MAX else bytes((flags | LONG,)) + size.to_bytes(8, "big")
 
 
 def encode(parts: list[bytes]) -> bytes:
@@ -164,7 +164,7 @@ class ZmtpDealer:
         self.endpoint = endpoint
         self.sock: socket.socket | None = None  # connected and past the handshake
         self.poller = select.poll()
-        self.decoder = Decoder()
+        self.decoder: Decoder | None = None  # the connection's stream, past the handshake
         self.out = bytearray()  # bytes for the connected broker that the kernel has not taken yet
         self.held = bytearray()  # messages sent while there was no connection
         self.refused: str | None = None  # why the broker will never answer this socket
@@ -237,7 +237,9 @@ class ZmtpDealer:
     # -- sending ----------------------------------------------------------------
 
     def send(self, parts: list[bytes]) -> None:
-        data = encode(parts)
+        self._write(encode(parts))
+
+    def _write(self, data: bytes) -> None:
         pending = self.held if self.sock is None else self.out
         if len(pending) + len(data) > MAX_QUEUED_BYTES:
             if not self.dropped:
@@ -320,8 +322,7 @@ class ZmtpDealer:
             if item[0] == "message":
                 return item[1]
             if item[1] == b"PING":  # the data: a 2-byte TTL, then the context PONG echoes
-                self.out += command(b"PONG", item[2][2:])
-                self._flush()
+                self._write(command(b"PONG", item[2][2:]))
             elif item[1] == b"ERROR":
                 self._drop(f"ERROR from the broker: {item[2][1:].decode(errors='replace')}")
                 return None
