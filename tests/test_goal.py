@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from agents.envs import ENVS, make
-from agents.envs.goal import GOALS, MAX_STEPS, SIZE
+from agents.envs.goal import GOALS, MAX_STEPS, SIZE, cell
 from tests.conftest import DEVICES
 
 STAY, NORTH, SOUTH, EAST, WEST = range(5)
@@ -16,14 +16,14 @@ def test_goals_follow_the_paper_weights_and_listeners_start_off_the_goal():
     env.reset()
     freq = np.bincount(env.goal_idx.numpy(), minlength=6) / 60_000
     np.testing.assert_allclose(freq, np.array([200, 100, 50, 25, 12, 1]) / 388, atol=0.006)
-    assert not (env.pos == env.goal_pos).all(dim=2).any()
+    assert not (env.pos == env.goal).any()
 
 
 def test_observations_are_one_hot_goal_for_the_speaker_and_own_cell_for_listeners():
     env = make("goal", 1, 0, agents=3)
     env.reset()
-    env.goal_idx[0], env.goal_pos[0, 0] = 2, torch.tensor(GOALS[2])
-    env.pos[0] = torch.tensor([[0, 7], [5, 1]])
+    env.goal_idx[0], env.goal[0, 0] = 2, cell(*GOALS[2])
+    env.pos[0] = torch.tensor([cell(0, 7), cell(5, 1)])
     obs = env._obs()[0]
     want = np.zeros((3, 2 * SIZE), dtype=np.float32)
     for k, (x, y) in enumerate([GOALS[2], (0, 7), (5, 1)]):
@@ -34,20 +34,20 @@ def test_observations_are_one_hot_goal_for_the_speaker_and_own_cell_for_listener
 def test_moves_clamp_at_the_border_and_reaching_the_goal_pays_one_and_ends():
     env = make("goal", 1, 0)
     env.reset()
-    env.goal_idx[0], env.goal_pos[0, 0] = 0, torch.tensor([0, 0])  # goal (0, 0)
-    env.pos[0, 0] = torch.tensor([1, 0])
+    env.goal_idx[0], env.goal[0, 0] = 0, cell(0, 0)
+    env.pos[0, 0] = cell(1, 0)
     _, r, done, ok = env.step(torch.tensor([[STAY, SOUTH]]))  # y - 1 at the border: stays
-    assert env.pos[0, 0].tolist() == [1, 0] and r[0] == pytest.approx(-0.01) and not done[0]
+    assert env.pos[0, 0] == cell(1, 0) and r[0] == pytest.approx(-0.01) and not done[0]
     _, r, done, ok = env.step(torch.tensor([[STAY, WEST]]))
     assert r[0] == 1.0 and done[0] and ok[0]
-    assert env.t[0] == 0 and not (env.pos[0, 0] == env.goal_pos[0, 0]).all()  # a new episode began
+    assert env.t[0] == 0 and env.pos[0, 0] != env.goal[0, 0]  # a new episode began
 
 
 def test_an_episode_times_out_after_fifty_steps():
     env = make("goal", 1, 0)
     env.reset()
-    env.goal_idx[0], env.goal_pos[0, 0] = 1, torch.tensor([7, 7])
-    env.pos[0, 0] = torch.tensor([0, 0])
+    env.goal_idx[0], env.goal[0, 0] = 1, cell(7, 7)
+    env.pos[0, 0] = cell(0, 0)
     for t in range(MAX_STEPS):
         _, r, done, ok = env.step(torch.tensor([[STAY, STAY]]))
         assert bool(done[0]) == (t == MAX_STEPS - 1) and not ok[0] and r[0] == pytest.approx(-0.01)

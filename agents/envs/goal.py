@@ -21,6 +21,26 @@ GOAL_P = WEIGHTS / WEIGHTS.sum()
 MOVES = [(0, 0), (0, 1), (0, -1), (1, 0), (-1, 0)]  # stay N S E W
 
 
+def cell(x, y):
+    """A grid position as one index, x * SIZE + y: what the env keeps."""
+    return x * SIZE + y
+
+
+def _tables() -> tuple[np.ndarray, np.ndarray]:
+    """Per cell: the cell each move leads to (clamped at the border), and the observation
+    of standing there (one-hot x, one-hot y). A step is then two table lookups: at B = 1
+    each torch op costs more than its arithmetic, and the world steps on the lockstep's
+    critical path."""
+    x, y = np.divmod(np.arange(SIZE * SIZE), SIZE)
+    moves = np.stack([cell(np.clip(x + dx, 0, SIZE - 1), np.clip(y + dy, 0, SIZE - 1)) for dx, dy in MOVES], axis=1)
+    seen = np.zeros((SIZE * SIZE, 2 * SIZE), dtype=np.float32)
+    seen[np.arange(SIZE * SIZE), x] = seen[np.arange(SIZE * SIZE), SIZE + y] = 1.0
+    return moves, seen
+
+
+NEXT_CELL, ONE_HOT = _tables()
+
+
 class GoalEnv:
     obs_dim = 2 * SIZE
     n_actions = 5
@@ -33,13 +53,13 @@ class GoalEnv:
         self.n_agents = agents
         self.device = torch.device(device)
         self.rng = torch.Generator(self.device).manual_seed(seed)
-        self.goals = torch.as_tensor(GOALS, device=self.device)
+        self.goal_cells = torch.as_tensor(cell(GOALS[:, 0], GOALS[:, 1]), device=self.device)
         self.goal_p = torch.as_tensor(GOAL_P, device=self.device)
-        self.moves = torch.tensor(MOVES, device=self.device)
-        self.y_offset = torch.tensor([0, SIZE], device=self.device)
+        self.next_cell = torch.as_tensor(NEXT_CELL, device=self.device)
+        self.one_hot = torch.as_tensor(ONE_HOT, device=self.device)
         self.goal_idx = torch.zeros(batch, dtype=torch.int64, device=self.device)
-        self.goal_pos = torch.zeros((batch, 1, 2), dtype=torch.int64, device=self.device)
-        self.pos = torch.zeros((batch, agents - 1, 2), dtype=torch.int64, device=self.device)
+        self.goal = torch.zeros((batch, 1), dtype=torch.int64, device=self.device)  # cells
+        self.pos = torch.zeros((batch, agents - 1), dtype=torch.int64, device=self.device)  # the listeners' cells
         self.t = torch.zeros(batch, dtype=torch.int64, device=self.device)
 
     def _reset(self, mask: torch.Tensor) -> None:
@@ -49,27 +69,23 @@ class GoalEnv:
         g = torch.multinomial(self.goal_p, n, replacement=True, generator=self.rng)
         # any cell but the goal
         cells = torch.randint(0, SIZE * SIZE - 1, (n, self.n_agents - 1), generator=self.rng, device=self.device)
-        goal_cell = (self.goals[g, 0] * SIZE + self.goals[g, 1])[:, None]
-        cells = cells + (cells >= goal_cell)
+        goal = self.goal_cells[g][:, None]
         self.goal_idx[mask] = g
-        self.goal_pos[mask] = self.goals[g][:, None, :]
-        self.pos[mask] = torch.stack([cells // SIZE, cells % SIZE], dim=-1)
+        self.goal[mask] = goal
+        self.pos[mask] = cells + (cells >= goal)
         self.t[mask] = 0
 
     def _obs(self) -> torch.Tensor:
-        where = torch.cat([self.goal_pos, self.pos], dim=1)  # (B, N, 2): what each agent sees
-        hot = where + self.y_offset  # x one-hot in 0..7, y in 8..15
-        return torch.zeros((self.batch, self.n_agents, self.obs_dim), device=self.device).scatter_(2, hot, 1.0)
+        return self.one_hot[torch.cat([self.goal, self.pos], dim=1)]  # (B, N, obs_dim): what each agent sees
 
     def reset(self) -> torch.Tensor:
         self._reset(torch.ones(self.batch, dtype=torch.bool, device=self.device))
         return self._obs()
 
     def step(self, actions):
-        move = self.moves[torch.as_tensor(actions, device=self.device)[:, 1:]]
-        self.pos = (self.pos + move).clamp(0, SIZE - 1)
+        self.pos = self.next_cell[self.pos, torch.as_tensor(actions, device=self.device)[:, 1:]]
         self.t += 1
-        success = (self.pos == self.goal_pos).flatten(1).all(dim=1)
+        success = (self.pos == self.goal).all(dim=1)
         done = success | (self.t >= MAX_STEPS)
         reward = torch.where(success, 1.0, -0.01)
         self._reset(done)
