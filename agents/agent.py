@@ -296,4 +296,4 @@ class Agent:
         if self.oracle:
             self.oracle.note(step, data, view, seed, decoded)
         if self.recording:
-            self.stats.record.append({"step": step, "z_hat": z_hat.cpu().numpy(), "received": received, "actions": actions})
+            self.stats.record.append({"step": step, "z_hat": z_hat, "received": received, "actions": actions})

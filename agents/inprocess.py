@@ -42,7 +42,7 @@ def run_inprocess(cfg: WorldConfig, run_seed: int, epoch_seed: int, device: str 
                     received[sender] = zh
             heard = np.stack([received[j] for j in sorted(received)], axis=1)  # (B, peers, D)
             actions[:, k] = p.act(spoken[k][0], torch.from_numpy(heard).to(device)).argmax(-1).cpu().numpy()
-            records[k].append({"step": step, "z_hat": spoken[k][1].cpu().numpy(), "received": received,
+            records[k].append({"step": step, "z_hat": spoken[k][1], "received": received,
                                "actions": actions[:, k].copy()})
         obs, _, done, _ = (x.numpy() for x in env.step(torch.from_numpy(actions)))
         states = [forget(s, done) for s in states]

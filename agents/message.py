@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from channel import ChannelError, NoiseKey, dequantize_numpy, frame, quantize_numpy, uniform_numpy
@@ -48,8 +49,8 @@ class MessageChannel:
     def key(self, sender: int, seed: int) -> NoiseKey:
         return NoiseKey(self.run_seed, seed, sender)
 
-    def speak(self, z: torch.Tensor, sender: int, step: int, seed: int) -> tuple[torch.Tensor, bytes, int]:
-        """Quantize and encode one message batch (B, D) -> (z_hat, frame, payload bits)."""
+    def speak(self, z: torch.Tensor, sender: int, step: int, seed: int) -> tuple[np.ndarray, bytes, int]:
+        """Quantize and encode one message batch (B, D) -> (z_hat on the CPU, frame, payload bits)."""
         # numpy, whatever z's device: m goes to the codec on the CPU anyway, and a message
         # is a few values, where each torch op costs more than its arithmetic. The float32
         # arithmetic is torch's quantize, bit for bit (tests/test_quantizer.py).
@@ -60,7 +61,7 @@ class MessageChannel:
         payload, nbits = codec.encode_bits(m.reshape(-1))
         data = frame.pack(kind=frame.Kind.MESSAGE, sender=sender, codec=codec.wire_id, count=m.size,
                           payload=payload, stamp_mode=self.sync.stamp, stamp=step, stamp_bits=self.sync.bits)
-        return torch.from_numpy(z_hat).to(z.device), data, nbits
+        return z_hat, data, nbits
 
     def hear(self, data: bytes, own_step: int, seed_for: Callable[[int], int], shape):
         """Decode a peer's frame with noise regenerated here -> (sender, z_hat, (step, seed) used)."""

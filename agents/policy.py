@@ -88,6 +88,8 @@ class AgentPolicy(nn.Module):
         elif layers.key is not None:  # attention
             scores = (_linear(layers.key, heard) * _linear(layers.query, h)[:, None, :]).sum(-1) / self.cfg.msg_dim**0.5
             combined = (torch.softmax(scores, dim=1)[..., None] * heard).sum(1)
+        elif heard.shape[1] == 1:  # one peer: its message is the mean, bit for bit, one reduction fewer
+            combined = heard[:, 0]
         else:
             combined = heard.mean(1)
         return _linear(layers.act_out, torch.tanh(_linear(layers.act_in, torch.cat([h, combined], dim=-1))))

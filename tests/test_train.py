@@ -170,12 +170,14 @@ def test_gru_memory_carries_and_resets():
 
 @pytest.mark.parametrize("core", ["mlp", "gru"])
 @pytest.mark.parametrize("aggregate", ["mean", "attention"])
-def test_the_forward_passes_are_the_layers_own_arithmetic(core, aggregate):
+@pytest.mark.parametrize("peers", [1, 3])
+def test_the_forward_passes_are_the_layers_own_arithmetic(core, aggregate, peers):
     # speak and act call the layers' functions on their parameters (no Module.__call__):
     # bit for bit what calling the layers gives, so checkpoints act as they were trained
+    # (one peer takes a shortcut past the mean)
     torch.manual_seed(2)
     p = AgentPolicy(PolicyConfig(obs_dim=6, n_actions=3, msg_dim=4, hidden=16, core=core, aggregate=aggregate))
-    obs, state, heard = torch.randn(5, 6), torch.randn(5, 16), torch.randn(5, 3, 4)
+    obs, state, heard = torch.randn(5, 6), torch.randn(5, 16), torch.randn(5, peers, 4)
     h, z, _ = p.speak(obs, state if core == "gru" else None)
     want_h = p.memory(p.body(obs), state) if core == "gru" else p.body(obs)
     assert torch.equal(h, want_h) and torch.equal(z, p.msg_head(want_h))
