@@ -10,6 +10,8 @@ agents exist so the networked benchmark can scale N. Observations: one-hot x, on
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import torch
 
@@ -28,9 +30,7 @@ def cell(x, y):
 
 def _tables() -> tuple[np.ndarray, np.ndarray]:
     """Per cell: the cell each move leads to (clamped at the border), and the observation
-    of standing there (one-hot x, one-hot y). A step is then two table lookups: at B = 1
-    each torch op costs more than its arithmetic, and the world steps on the lockstep's
-    critical path."""
+    of standing there (one-hot x, one-hot y). A step is then two table lookups."""
     x, y = np.divmod(np.arange(SIZE * SIZE), SIZE)
     moves = np.stack([cell(np.clip(x + dx, 0, SIZE - 1), np.clip(y + dy, 0, SIZE - 1)) for dx, dy in MOVES], axis=1)
     seen = np.zeros((SIZE * SIZE, 2 * SIZE), dtype=np.float32)
@@ -39,54 +39,70 @@ def _tables() -> tuple[np.ndarray, np.ndarray]:
 
 
 NEXT_CELL, ONE_HOT = _tables()
+REWARDS = np.array([-0.01, 1.0], dtype=np.float32)  # indexed by success
 
 
 class GoalEnv:
+    """The state is torch tensors on the env's device. `step` and `_reset` work on it
+    through `_a`: on the CPU numpy views of the same memory, where the world steps one
+    instance per lockstep step on its critical path and a torch op costs several numpy
+    ones (41 against 17 us a step at B = 1); the tensors themselves elsewhere. Every op
+    there is spelled the same in both libraries, so one body serves both (and the tests
+    run the torch one on the CPU with numpy_views=False)."""
+
     obs_dim = 2 * SIZE
     n_actions = 5
     max_steps = MAX_STEPS
 
-    def __init__(self, batch: int, seed: int, agents: int = 2, device="cpu"):
+    def __init__(self, batch: int, seed: int, agents: int = 2, device="cpu", numpy_views: bool | None = None):
         if agents < 2:
             raise ValueError("the goal env needs a speaker and at least one listener (agents >= 2)")
         self.batch = batch
         self.n_agents = agents
         self.device = torch.device(device)
         self.rng = torch.Generator(self.device).manual_seed(seed)
-        self.goal_cells = torch.as_tensor(cell(GOALS[:, 0], GOALS[:, 1]), device=self.device)
         self.goal_p = torch.as_tensor(GOAL_P, device=self.device)
-        self.next_cell = torch.as_tensor(NEXT_CELL, device=self.device)
-        self.one_hot = torch.as_tensor(ONE_HOT, device=self.device)
         self.goal_idx = torch.zeros(batch, dtype=torch.int64, device=self.device)
-        self.goal = torch.zeros((batch, 1), dtype=torch.int64, device=self.device)  # cells
-        self.pos = torch.zeros((batch, agents - 1), dtype=torch.int64, device=self.device)  # the listeners' cells
+        self.cells = torch.zeros((batch, agents), dtype=torch.int64, device=self.device)  # the goal's, each listener's
         self.t = torch.zeros(batch, dtype=torch.int64, device=self.device)
+        if numpy_views if numpy_views is not None else self.device.type == "cpu":
+            self._array, self._tensor = torch.Tensor.numpy, torch.from_numpy
+        else:
+            self._array = self._tensor = lambda x: x
 
-    def _reset(self, mask: torch.Tensor) -> None:
+        def table(values: np.ndarray):
+            return self._array(torch.as_tensor(values, device=self.device))
+
+        self._a = SimpleNamespace(goal_cells=table(cell(GOALS[:, 0], GOALS[:, 1])), next_cell=table(NEXT_CELL),
+                                  one_hot=table(ONE_HOT), rewards=table(REWARDS), goal_idx=self._array(self.goal_idx),
+                                  cells=self._array(self.cells), t=self._array(self.t))
+
+    def _reset(self, mask) -> None:
         n = int(mask.sum())
         if not n:
             return
-        g = torch.multinomial(self.goal_p, n, replacement=True, generator=self.rng)
+        a = self._a
+        g = self._array(torch.multinomial(self.goal_p, n, replacement=True, generator=self.rng))
         # any cell but the goal
-        cells = torch.randint(0, SIZE * SIZE - 1, (n, self.n_agents - 1), generator=self.rng, device=self.device)
-        goal = self.goal_cells[g][:, None]
-        self.goal_idx[mask] = g
-        self.goal[mask] = goal
-        self.pos[mask] = cells + (cells >= goal)
-        self.t[mask] = 0
-
-    def _obs(self) -> torch.Tensor:
-        return self.one_hot[torch.cat([self.goal, self.pos], dim=1)]  # (B, N, obs_dim): what each agent sees
+        cells = self._array(torch.randint(0, SIZE * SIZE - 1, (n, self.n_agents - 1), generator=self.rng,
+                                          device=self.device))
+        goal = a.goal_cells[g][:, None]
+        a.goal_idx[mask] = g
+        a.cells[mask, :1] = goal
+        a.cells[mask, 1:] = cells + (cells >= goal)
+        a.t[mask] = 0
 
     def reset(self) -> torch.Tensor:
-        self._reset(torch.ones(self.batch, dtype=torch.bool, device=self.device))
-        return self._obs()
+        self._reset(self._array(torch.ones(self.batch, dtype=torch.bool, device=self.device)))
+        return self._tensor(self._a.one_hot[self._a.cells])
 
     def step(self, actions):
-        self.pos = self.next_cell[self.pos, torch.as_tensor(actions, device=self.device)[:, 1:]]
-        self.t += 1
-        success = (self.pos == self.goal).all(dim=1)
-        done = success | (self.t >= MAX_STEPS)
-        reward = torch.where(success, 1.0, -0.01)
+        a = self._a
+        moves = self._array(torch.as_tensor(actions, device=self.device))
+        a.cells[:, 1:] = a.next_cell[a.cells[:, 1:], moves[:, 1:]]
+        a.t += 1
+        success = (a.cells[:, 1:] == a.cells[:, :1]).all(1)
+        done = success | (a.t >= MAX_STEPS)
+        reward = a.rewards[success * 1]
         self._reset(done)
-        return self._obs(), reward, done, success
+        return tuple(map(self._tensor, (a.one_hot[a.cells], reward, done, success)))
