@@ -188,7 +188,7 @@ class LibzmqDealer:
     def recv(self, timeout_s: float | None) -> list[bytes] | None:
         P.set_timeout(self.sock, -1 if timeout_s is None else int(timeout_s * 1000))
         try:
-            return self.sock.recv_multipart()
+            return P.recv_parts(self.sock)
         except zmq.Again:
             return None
 

@@ -91,14 +91,16 @@ class Broker:
                 P.set_timeout(self.sock, int(wait * 1000))
                 flags = 0
                 for _ in range(10_000):  # wait for one, drain what is queued, then look at the clock
+                    if flags and not P.readable(self.sock):
+                        break
                     try:
-                        msg = self.sock.recv_multipart(flags)
+                        msg = P.recv_parts(self.sock, flags)
                     except zmq.Again:
                         break
                     trace.mark("recv")
                     self.handle(msg[0], msg[1:])
                     trace.mark("handled")
-                    flags = zmq.NOBLOCK
+                    flags = P.NOBLOCK
                 self.release_due()
                 if time.monotonic() >= next_check:
                     self.expire_dead()
