@@ -669,7 +669,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--budget", type=positive_float, default=0.5, help="seconds per measurement (default 0.5)")
     b.set_defaults(func=_bench_envs)
     b = bsub.add_parser("net", help="pyzmq round-trip floor, then lockstep steps/s and latency")
-    b.add_argument("--steps", type=POSITIVE, default=300, help="steps per configuration (default 300)")
+    b.add_argument("--steps", type=POSITIVE, default=1000,
+                   help="measured steps per run, after 300 warm-up steps (default 1000)")
     b.add_argument("--agents", type=int_list(2), default="2,4,8", help="agent counts (default 2,4,8)")
     b.add_argument("--batches", type=int_list(1), default="1,256", help="batch sizes (default 1,256)")
     b.add_argument("--repeat", type=POSITIVE, default=3, help="runs per configuration; the row is the median (default 3)")

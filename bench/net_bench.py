@@ -32,6 +32,10 @@ from .common import table, up_command
 ROOT = Path(__file__).resolve().parent.parent
 
 HOPS_PER_STEP = 6
+# A run's first ~250 steps are 15-20 % slower than the rest (median per 50-step bin over
+# five 3000-step runs: 1.23 ms, then 1.0 from step 250; docs/latency_history.md): each
+# run steps these first and measures the steps after them.
+WARMUP_STEPS = 300
 
 _ECHO = """
 import sys, zmq
@@ -157,13 +161,15 @@ def skeleton(agents: int, steps: int) -> float:
 
 
 def lockstep(agents: int, batch: int, steps: int, device: str = "cpu", peer_socket: str = "zmtp") -> dict:
+    """`steps` measured steps of a run that steps WARMUP_STEPS first."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run"
-        subprocess.run(up_command(agents, batch, steps, out, device), check=True, stdout=subprocess.DEVNULL,
-                       stderr=subprocess.DEVNULL, timeout=600, env=dict(os.environ, **{SOCKET_ENV: peer_socket}))
+        subprocess.run(up_command(agents, batch, WARMUP_STEPS + steps, out, device), check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600,
+                       env=dict(os.environ, **{SOCKET_ENV: peer_socket}))
         summary = json.loads((out / "summary.json").read_text())
         lat = [json.loads(x)["latency_s"] for x in (out / "metrics.jsonl").read_text().splitlines()]
-    lat = lat[len(lat) // 10:]  # drop the warm-up
+    lat = lat[WARMUP_STEPS:]
     return {"steps_per_s": summary["steps_per_second"], "p50": statistics.median(lat),
             "p90": sorted(lat)[int(0.9 * len(lat))], "header_framing": per_message_overhead(summary)}
 
@@ -188,7 +194,7 @@ def cpuidle() -> str:
     return f"cpuidle {driver}" + (f", guest_halt_poll_ns {poll}" if poll is not None else "")
 
 
-def run(steps: int = 300, agents: tuple[int, ...] = (2, 4, 8), batches: tuple[int, ...] = (1, 256), repeat: int = 3,
+def run(steps: int = 1000, agents: tuple[int, ...] = (2, 4, 8), batches: tuple[int, ...] = (1, 256), repeat: int = 3,
         device: str = "cpu") -> str:
     """Each configuration `repeat` times, each run between two floor measurements: the
     VM's speed drifts within minutes, so a ratio is only fair against the floor of the
@@ -221,6 +227,7 @@ def run(steps: int = 300, agents: tuple[int, ...] = (2, 4, 8), batches: tuple[in
         f"pyzmq {zmq.__version__}, libzmq {zmq.zmq_version()}, {cpuidle()}; agents' torch device: {device}",
         f"floor: pyzmq DEALER<->ROUTER round trip, back to back, median, measured before and after each run "
         f"({min(floors) * 1e6:.0f}-{max(floors) * 1e6:.0f} us); bound per step = {HOPS_PER_STEP} hops x floor/2",
+        f"each run: {WARMUP_STEPS} warm-up steps, then {steps} measured (p50, p90); steps/s: the whole run's",
         f"each row: the median of {repeat} runs by p50 / bound; the spread of that ratio beside it; "
         f"p50 / (floor x hops): the same step against {HOPS_PER_STEP} whole round trips",
         "libzmq peers: the same run with libzmq's DEALER in every role (DDCL_PEER_SOCKET=libzmq), right after it",
