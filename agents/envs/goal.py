@@ -65,7 +65,11 @@ class GoalEnv:
         self.goal_idx = torch.zeros(batch, dtype=torch.int64, device=self.device)
         self.cells = torch.zeros((batch, agents), dtype=torch.int64, device=self.device)  # the goal's, each listener's
         self.t = torch.zeros(batch, dtype=torch.int64, device=self.device)
-        if numpy_views if numpy_views is not None else self.device.type == "cpu":
+        if numpy_views is None:
+            numpy_views = self.device.type == "cpu"
+        elif numpy_views and self.device.type != "cpu":
+            raise ValueError(f"numpy views need the CPU, not {self.device}")
+        if numpy_views:
             self._array, self._tensor = torch.Tensor.numpy, torch.from_numpy
         else:
             self._array = self._tensor = lambda x: x
