@@ -134,11 +134,12 @@ else:
 
 
 def skeleton(agents: int, steps: int) -> float:
-    """Median seconds per lockstep step of a bare skeleton: the same processes, the same
-    six hops (world -> broker -> agents -> broker -> peers, agents -> broker -> world) and
-    the same sockets (a libzmq ROUTER, the roles' DEALER) as `ddcl up`, with no env,
-    policy, channel, accounting or checks. What the transport alone costs on this
-    machine; the rest of a real step is the roles' work."""
+    """Median seconds per lockstep step of a bare skeleton, `steps` measured after
+    WARMUP_STEPS: the same processes, the same six hops (world -> broker -> agents ->
+    broker -> peers, agents -> broker -> world) and the same sockets (a libzmq ROUTER,
+    the roles' DEALER) as `ddcl up`, with no env, policy, channel, accounting or checks.
+    What the transport alone costs on this machine; the rest of a real step is the
+    roles' work."""
     broker, ep = _router(_SKELETON, "broker", str(agents))
     peers = [_helper(_SKELETON, ep, str(k), str(agents)) for k in range(agents)]
     s = dealer(ep)
@@ -146,12 +147,12 @@ def skeleton(agents: int, steps: int) -> float:
         s.send([b"hi", b"w"])
         s.recv(None)  # "go": every agent has registered
         samples = []
-        for i in range(steps + steps // 10):
+        for i in range(WARMUP_STEPS + steps):
             t = time.perf_counter()
             s.send([b"obs", b""])
             for _ in range(agents):
                 s.recv(None)
-            if i >= steps // 10:  # the warm-up, as in the real runs
+            if i >= WARMUP_STEPS:  # as in the real runs
                 samples.append(time.perf_counter() - t)
         return statistics.median(samples)
     finally:

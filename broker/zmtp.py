@@ -41,6 +41,7 @@ MORE, LONG, COMMAND = 0x01, 0x02, 0x04
 SIGNATURE = b"\xff" + bytes(8) + b"\x7f"
 GREETING = SIGNATURE + b"\x03\x01" + b"NULL".ljust(20, b"\0") + b"\0" + bytes(31)  # 3.1, NULL, as-server 0
 GREETING_BYTES = 64
+CURVE_HINT = "CURVE: pass the same --keys DIR as the broker"
 
 
 class ZmtpError(Exception):
@@ -141,7 +142,7 @@ class Decoder:
         mechanism = g[12:32].rstrip(b"\0")
         if mechanism != b"NULL":
             raise ZmtpError(f"the broker wants the {mechanism.decode(errors='replace')} mechanism"
-                            + (" (CURVE: pass the same --keys DIR as the broker)" if mechanism == b"CURVE" else ""))
+                            + (f" ({CURVE_HINT})" if mechanism == b"CURVE" else ""))
 
 
 def tcp_address(endpoint: str) -> tuple[str, int]:
@@ -212,7 +213,7 @@ class ZmtpDealer:
             if not data:
                 if len(dec.buf) >= len(SIGNATURE):  # where libzmq hangs up on a mechanism it won't speak
                     raise ZmtpError("the broker closed the connection in the ZMTP handshake: it wants another "
-                                    "mechanism than NULL (CURVE: pass the same --keys DIR as the broker)")
+                                    f"mechanism than NULL ({CURVE_HINT})")
                 raise ConnectionResetError("closed in the handshake")
             dec.feed(data)
         if item[:2] != ("command", b"READY"):
