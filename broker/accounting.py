@@ -1,7 +1,10 @@
 """Every byte the broker moves, split by direction, kind and link, and per lockstep step.
 
-Kinds: `message` (agent DDCL messages), `env` (observations and actions), `control`
-(everything else). Bytes are split into payload (codec bytes), header (channel header
+Kinds: `message` (agent DDCL messages from registered agents), `env` (observations and
+actions), `control` (everything else the broker accepted). What it refused is counted on
+lines of its own (REFUSED: from unregistered connections, over the size limit, malformed,
+from ignored connections) and never in the kinds, so the per-step figures describe the
+agents only. Agent messages keep the identity sent = delivered + dropped + rejected. Bytes are split into payload (codec bytes), header (channel header
 plus command and address frames) and framing (ZMTP: 2 bytes per frame up to 255 bytes
 of body, 9 above). Agent messages are also priced as raw float32 in the same pass.
 """
@@ -16,6 +19,7 @@ from .protocol import zmtp_framing
 
 DIRECTIONS = ("up", "down")  # up: peer -> broker, down: broker -> peer
 KINDS = ("message", "env", "control")
+REFUSED = ("unregistered", "oversize", "malformed", "ignored")
 
 
 @dataclass
@@ -56,6 +60,7 @@ class Accounting:
         self.links: dict[str, dict[str, int]] = defaultdict(lambda: {"up": 0, "down": 0})
         self.messages = {"sent": 0, "delivered": 0, "dropped": 0, "rejected": 0}
         self.other = {"rejected": 0, "unknown_destination": 0, "dropped": 0}
+        self.refused = {why: {"messages": 0, "bytes": 0} for why in REFUSED}
         self.steps = 0
         self.step = None  # last step the world announced
         self._mark = self._message_totals()
@@ -65,6 +70,12 @@ class Accounting:
         payload, header, framing = parts_cost(parts, payload)
         self.bytes[direction][kind].add(payload, header, framing)
         self.links[link][direction] += payload + header + framing
+
+    def refuse(self, why: str, parts: list[bytes]) -> None:
+        """A message the broker did not accept: counted on its reason's line, whole."""
+        line = self.refused[why]
+        line["messages"] += 1
+        line["bytes"] += sum(parts_cost(parts, 0))
 
     def record_float32(self, direction: str, header: int, count: int) -> None:
         """An agent message of `count` values priced as float32 with the same header."""
@@ -101,4 +112,5 @@ class Accounting:
             "links": dict(self.links),
             "messages": dict(self.messages),
             "other": dict(self.other),
+            "refused": {why: dict(line) for why, line in self.refused.items()},
         }

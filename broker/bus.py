@@ -17,6 +17,7 @@ metrics (per step).
 from __future__ import annotations
 
 import asyncio
+import os
 import queue
 import threading
 from collections import deque
@@ -67,34 +68,97 @@ def full_topic(run: str, topic: str) -> str:
     return f"ddcl/{run}/{topic}"
 
 
+class BusRefused(ValueError):
+    """A publication or subscription the embedded hub will not take: a bad topic or
+    filter, or one over the hub's caps (broker/protocol.py). Nothing was changed."""
+
+
+def topic_text(raw: bytes, what: str, wildcards: bool) -> str:
+    """A topic or filter from the network, checked before it is decoded or kept."""
+    if not 0 < len(raw) <= P.MAX_TOPIC_BYTES:
+        raise BusRefused(f"{what} must be 1..{P.MAX_TOPIC_BYTES} bytes, got {len(raw)}")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BusRefused(f"{what} is not UTF-8: {P.shown(raw)}") from None
+    if "\0" in text:
+        raise BusRefused(f"{what} holds a NUL")
+    levels = text.split("/")
+    if not wildcards and any(c in text for c in "+#"):
+        raise BusRefused(f"a topic holds no wildcards: {P.shown(text)}")
+    if wildcards and any(("#" in lv and (lv != "#" or i != len(levels) - 1)) or ("+" in lv and lv != "+")
+                         for i, lv in enumerate(levels)):
+        raise BusRefused(f"bad filter {P.shown(text)}: '#' only as the last level, '+' only as a whole level")
+    return text
+
+
 class Hub:
-    """The embedded bus inside the broker: retained messages and subscriptions."""
+    """The embedded bus inside the broker: retained messages and subscriptions, each
+    bounded (protocol.MAX_RETAINED*, MAX_SUBSCRIBERS, MAX_FILTERS)."""
 
     def __init__(self, run: str):
         self.run = run
-        self.retained: dict[str, bytes] = {}
+        self.retained: dict[str, tuple[bytes, bytes]] = {}  # topic -> (payload, publisher id)
+        self.retained_by: dict[bytes, int] = {}  # publisher id -> retained topics it holds
         self.subs: dict[bytes, set[str]] = {}  # routing id -> filters
 
-    def publish(self, topic: str, payload: bytes, retain: bool) -> list[tuple[bytes, list[bytes]]]:
-        """(routing id, parts) for every subscriber this publication reaches."""
+    def publish(self, raw_topic: bytes | str, payload: bytes, retain: bool,
+                publisher: bytes = P.BROKER_ID) -> list[tuple[bytes, list[bytes]]]:
+        """(routing id, parts) for every subscriber this publication reaches; BusRefused
+        for a bad topic or a retained message over the caps."""
+        topic = raw_topic if isinstance(raw_topic, str) else topic_text(raw_topic, "topic", wildcards=False)
         topic = topic if topic.startswith("ddcl/") else full_topic(self.run, topic)
         if retain:
-            if payload:
-                self.retained[topic] = payload
-            else:
-                self.retained.pop(topic, None)  # MQTT: an empty retained payload clears
+            self._retain(topic, payload, publisher)
         msg = [P.BUS_MESSAGE, topic.encode(), payload, b"0"]
         return [(r, msg) for r, fs in self.subs.items() if any(topic_matches(f, topic) for f in fs)]
 
-    def subscribe(self, routing: bytes, pattern: str) -> list[list[bytes]]:
+    def _retain(self, topic: str, payload: bytes, publisher: bytes) -> None:
+        old = self.retained.get(topic)
+        if payload:
+            if len(payload) > P.MAX_RETAINED_BYTES:
+                raise BusRefused(f"retained payload of {len(payload)} bytes over {P.MAX_RETAINED_BYTES}")
+            # the broker's own (status of each id, the fault table) are bounded by the id
+            # grammar, and must not be crowded out by peers' topics
+            if publisher != P.BROKER_ID and (old is None or old[1] != publisher):
+                if old is None and len(self.retained) >= P.MAX_RETAINED:
+                    raise BusRefused(f"the hub holds {P.MAX_RETAINED} retained topics already")
+                if self.retained_by.get(publisher, 0) >= P.MAX_RETAINED_PER_PEER:
+                    raise BusRefused(f"{P.shown(publisher)} holds {P.MAX_RETAINED_PER_PEER} retained topics already")
+            self._forget_retained(topic)
+            self.retained[topic] = (payload, publisher)
+            self.retained_by[publisher] = self.retained_by.get(publisher, 0) + 1
+        else:
+            self._forget_retained(topic)  # MQTT: an empty retained payload clears
+
+    def _forget_retained(self, topic: str) -> None:
+        old = self.retained.pop(topic, None)
+        if old is not None:
+            left = self.retained_by[old[1]] - 1
+            if left:
+                self.retained_by[old[1]] = left
+            else:
+                del self.retained_by[old[1]]
+
+    def subscribe(self, routing: bytes, raw_pattern: bytes) -> list[list[bytes]]:
         """Add a subscription; what to send at once: the acknowledgement, then the retained
-        messages it matches (none for a repeat, which the subscriber sends to probe)."""
-        known = self.subs.setdefault(routing, set())
-        ack = [P.SUBSCRIBED, pattern.encode()]
-        if pattern in known:
+        messages it matches (none for a repeat, which the subscriber sends to probe).
+        BusRefused for a bad filter or one over the caps (see `full`)."""
+        pattern = topic_text(raw_pattern, "filter", wildcards=True)
+        known = self.subs.get(routing)
+        ack = [P.SUBSCRIBED, raw_pattern]
+        if known is not None and pattern in known:
             return [ack]
-        known.add(pattern)
-        return [ack] + [[P.BUS_MESSAGE, t.encode(), v, b"1"] for t, v in self.retained.items() if topic_matches(pattern, t)]
+        if known is None and self.full():
+            raise BusRefused(f"the hub serves {P.MAX_SUBSCRIBERS} subscribers already")
+        if known is not None and len(known) >= P.MAX_FILTERS:
+            raise BusRefused(f"{P.MAX_FILTERS} subscriptions per connection at most")
+        self.subs.setdefault(routing, set()).add(pattern)
+        return [ack] + [[P.BUS_MESSAGE, t.encode(), v, b"1"] for t, (v, _) in self.retained.items()
+                        if topic_matches(pattern, t)]
+
+    def full(self) -> bool:
+        return len(self.subs) >= P.MAX_SUBSCRIBERS
 
     def drop(self, routing: bytes) -> None:
         self.subs.pop(routing, None)
@@ -172,6 +236,8 @@ class BusClient:
         self._filters: list[bytes] = []  # embedded: the subscriptions, to send again
         self._early: deque[BusMessage] = deque()  # embedded: messages that came before an acknowledgement
         self._heard = self._probed = 0.0
+        self._published = float("-inf")  # embedded: when this client last published (it registers first)
+        self._id = b"cli-" + os.urandom(6).hex().encode()  # embedded: its id, once it publishes
 
     async def __aenter__(self):
         if self.server is not None:
@@ -203,11 +269,33 @@ class BusClient:
             self._ctx.term()
 
     async def publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
+        """Embedded, only registered peers publish: the first publication registers this
+        client as a `cli-...` peer, and one after a silence the broker would take for death
+        registers it again."""
         full = full_topic(self.run, topic)
         if self.server is not None:
             await self._mqtt.publish(full, payload, qos=1, retain=retain)
-        else:
-            await self._sock.send_multipart([P.PUBLISH, full.encode(), payload, b"1" if retain else b"0"])
+            return
+        loop = asyncio.get_running_loop()
+        if loop.time() - self._published > (P.LIVENESS - 1) * P.HEARTBEAT_S:
+            await self._register()
+        await self._sock.send_multipart([P.PUBLISH, full.encode(), payload, b"1" if retain else b"0"])
+        self._published = loop.time()
+
+    async def _register(self) -> None:
+        await self._sock.send_multipart([P.REGISTER, b"cli", self._id])
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout_s
+        while (left := deadline - loop.time()) > 0:
+            parts = await self._receive(left)
+            if parts == [P.REGISTERED, self._id]:
+                return
+            if parts and parts[0] == P.ERROR:
+                raise BusError(f"the broker at {self.broker} refused to register {self._id.decode()}: "
+                               f"{P.shown(parts[1:])}")
+            if (m := _bus_message(parts)) is not None:
+                self._early.append(m)
+        raise BusError(f"no reply from the broker at {self.broker} in {self.timeout_s:.1f}s")
 
     async def subscribe(self, pattern: str = "#") -> None:
         full = full_topic(self.run, pattern)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import random
 from dataclasses import asdict, dataclass, field
 
+from .protocol import clip, shown
+
 CLOCK_KINDS = ("skew", "drift")
 SYNC_KINDS = ("beacon-loss", "stale-seed")
 LINK_KINDS = ("delay", "drop", "duplicate", "reorder")
@@ -22,6 +24,7 @@ MAX_DRIFT_PPM = 10**6
 MAX_DELAY_MS = 60_000
 MAX_REORDER = 1000
 MAX_BEACONS = 10**6
+MAX_FAULTS = 256  # active at once: the table is walked for every agent-message copy
 
 
 class FaultError(ValueError):
@@ -50,7 +53,7 @@ class Fault:
 def _number(req: dict, name: str) -> float:
     v = req.get(name)
     if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v:
-        raise FaultError(f"{name} must be a number, got {v!r}")
+        raise FaultError(f"{name} must be a number, got {clip(repr(v))}")
     return float(v)
 
 
@@ -64,17 +67,17 @@ class FaultTable:
         """A Fault for this request (not yet added), or FaultError saying what is wrong."""
         kind = req.get("kind")
         if kind not in KINDS:
-            raise FaultError(f"unknown fault kind {kind!r}; choose one of {', '.join(KINDS)}")
+            raise FaultError(f"unknown fault kind {clip(repr(kind))}; choose one of {', '.join(KINDS)}")
         target = req.get("target", "*")
         if not isinstance(target, str):
             raise FaultError("target must be a string")
         if kind in CLOCK_KINDS + SYNC_KINDS:
             if target not in agents:
-                raise FaultError(f"unknown agent {target!r}; connected agents: {', '.join(sorted(agents)) or 'none'}")
+                raise FaultError(f"unknown agent {shown(target)}; connected agents: {', '.join(sorted(agents)) or 'none'}")
         elif target != "*":
             ends = target.split(">")
             if len(ends) > 2 or any(e not in agents for e in ends):
-                raise FaultError(f"unknown agent or link {target!r}; use agent-K, agent-J>agent-K or *")
+                raise FaultError(f"unknown agent or link {shown(target)}; use agent-K, agent-J>agent-K or *")
         value, remaining = 0.0, None
         if kind == "skew":
             value = _number(req, "value")
@@ -104,6 +107,8 @@ class FaultTable:
         return Fault(self.next_id, kind, target, value, remaining=remaining)
 
     def add(self, fault: Fault, step: int | None) -> Fault:
+        if len(self.faults) >= MAX_FAULTS:
+            raise FaultError(f"{MAX_FAULTS} faults are active already; clear some first")
         fault.step = step
         self.faults[fault.id] = fault
         self.next_id = max(self.next_id, fault.id + 1)

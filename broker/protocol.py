@@ -39,6 +39,8 @@ observation frame with a new step stamp marks the step boundary: no message of i
 
 from __future__ import annotations
 
+import re
+
 import msgpack
 import zmq
 
@@ -69,11 +71,32 @@ BROKER_ID = b"broker"
 ALL_AGENTS = b"*"
 WORLD_SENDER = 0xFF  # the world's sender id inside channel frames
 
+# CONTROL ops (a msgpack map's "op"); the reply is {"ok": bool, ...}
+FAULT_ADD, FAULT_LIST, FAULT_CLEAR, STEP_RELAY = "fault-add", "fault-list", "fault-clear", "step-relay"
+CONTROL_OPS = (FAULT_ADD, FAULT_LIST, FAULT_CLEAR, STEP_RELAY)
+# ops in DELIVER bodies from the broker and the sync service
+CLOCK, EPOCH, BEACON = "clock", "epoch", "beacon"
+
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
 HEARTBEAT_S = 1.0
 LIVENESS = 3  # intervals of silence before a peer is dead
-MAX_MSG_BYTES = 1 << 22  # MAXMSGSIZE: larger messages are cut off by libzmq itself
+MAX_MSG_BYTES = 1 << 22  # default largest message (all its frames): B = 4096 observations fit
 HWM = 100_000
+
+# Bounds on what a connection can make the broker hold or say: everything read from the
+# network is hostile until checked.
+MAX_AGENTS = WORLD_SENDER  # agent-0 .. agent-254: a channel frame's sender is one byte, 0xFF the world's
+MAX_PEERS = MAX_AGENTS + 64  # registered connections of every role
+MAX_ID_BYTES = 20  # the longest id any role's grammar allows ("cli-" + 16)
+MAX_PARTS = 2 * MAX_AGENTS + 3  # a SEND to every agent: command + (destination, body) pairs
+MAX_TOPIC_BYTES = 256
+MAX_RETAINED = 1024  # retained bus topics, all publishers together
+MAX_RETAINED_PER_PEER = 64
+MAX_RETAINED_BYTES = 1 << 16  # one retained payload
+MAX_SUBSCRIBERS = 256  # connections holding bus subscriptions
+MAX_FILTERS = 16  # subscriptions per connection
+STRIKES = 100  # rule breaks before the broker ignores a connection for good
+ECHO_BYTES = 200  # the most of a peer's input any reply or log line repeats
 
 
 # plain ints: pyzmq's send_multipart and socket-option properties build Flag enums on every
@@ -144,7 +167,36 @@ def agent_id(index: int) -> bytes:
     return b"agent-%d" % index
 
 
+_AGENT_ID = re.compile(rb"agent-(0|[1-9][0-9]{0,2})")
+_CLI_ID = re.compile(rb"cli(-[0-9a-z]{1,16})?")
+
+
 def agent_index(peer_id: bytes) -> int | None:
-    if peer_id.startswith(b"agent-") and peer_id[6:].isdigit():
-        return int(peer_id[6:])
-    return None
+    """K of a canonical agent-K below MAX_AGENTS, else None. Checked on bytes, before any
+    decoding or int(): ids come from the network."""
+    m = _AGENT_ID.fullmatch(peer_id) if len(peer_id) <= MAX_ID_BYTES else None
+    if m is None or int(m[1]) >= MAX_AGENTS:
+        return None
+    return int(m[1])
+
+
+def valid_id(role: bytes, peer_id: bytes) -> bool:
+    """The id grammar per role: agent-K (K < MAX_AGENTS, no leading zeros), `world`,
+    `sync`, `cli` or cli-<up to 16 of [0-9a-z]>. Every valid id is ASCII."""
+    if role == b"agent":
+        return agent_index(peer_id) is not None
+    if role == b"cli":
+        return len(peer_id) <= MAX_ID_BYTES and _CLI_ID.fullmatch(peer_id) is not None
+    return peer_id == role and role in (WORLD_ID, SYNC_ID)
+
+
+def clip(text: str, limit: int = ECHO_BYTES) -> str:
+    """Text made from peer input, cut to `limit` characters with its full length noted."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def shown(data: bytes | str, limit: int = ECHO_BYTES) -> str:
+    """Peer input as it may appear in a reply or a log line: repr'd, at most `limit`
+    characters of it, with the full length when cut."""
+    text = repr(data[:limit])
+    return text if len(data) <= limit else f"{text}... ({len(data)} bytes)"

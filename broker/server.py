@@ -1,13 +1,19 @@
 """The broker: one ROUTER socket, one loop. Registers peers, routes, keeps heartbeats,
-applies faults, and accounts every byte in and out (broker/accounting.py)."""
+applies faults, and accounts every byte in and out (broker/accounting.py).
+
+Everything a connection sends is hostile until checked: sizes and part counts first,
+then the command's shape, then ids by their grammar (broker/protocol.py), all before any
+decoding. A message that breaks a rule is counted on its own line, answered with at most
+ECHO_BYTES of itself, and is a strike against its connection; past STRIKES the broker
+ignores that connection. No input ends the loop or touches another peer's traffic.
+"""
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import json
 import logging
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,15 +24,18 @@ from channel import ChannelError, frame
 from . import protocol as P
 from . import trace
 from .accounting import Accounting
-from .bus import Hub, Publisher
+from .bus import BusRefused, Hub, Publisher, topic_text
 from .faults import CLOCK_KINDS, FaultError, FaultTable
+from .linkline import LinkLine
 
 log = logging.getLogger("ddcl.broker")
+
+MAX_REMEMBERED = 4096  # connections whose strikes, bans or take-overs the broker remembers
 
 
 @dataclass
 class PeerInfo:
-    id: bytes
+    id: bytes  # valid for its role (protocol.valid_id): ASCII
     role: bytes
     routing: bytes
     last_seen: float
@@ -35,20 +44,35 @@ class PeerInfo:
     index: int | None = field(init=False)  # agent-K's K; None for the other roles
 
     def __post_init__(self):
-        self.link = self.id.decode(errors="replace")
+        self.link = self.id.decode("ascii")
         self.index = P.agent_index(self.id) if self.role == b"agent" else None
+
+
+class Remembered(OrderedDict):
+    """A bounded map of connection routing ids: the oldest are forgotten first, so no
+    stream of new connections grows the broker."""
+
+    def note(self, key: bytes, value) -> None:
+        self[key] = value
+        self.move_to_end(key)
+        while len(self) > MAX_REMEMBERED:
+            self.popitem(last=False)
 
 
 class Broker:
     def __init__(self, endpoint: str = P.DEFAULT_ENDPOINT, heartbeat_s: float = P.HEARTBEAT_S, ctx=None,
-                 log_dir: Path | None = None, bus: Publisher | None = None, run: str = "default", curve=None):
+                 log_dir: Path | None = None, bus: Publisher | None = None, run: str = "default", curve=None,
+                 max_message: int = P.MAX_MSG_BYTES):
         self.ctx = ctx or zmq.Context.instance()
         self.sock = self.ctx.socket(zmq.ROUTER)
+        self.max_message = max_message
         for opt, val in (
             (zmq.ROUTER_MANDATORY, 1),  # unroutable sends raise instead of vanishing
             (zmq.ROUTER_HANDOVER, 1),  # a restarted peer with the same routing id takes over
             (zmq.LINGER, 0),
-            (zmq.MAXMSGSIZE, P.MAX_MSG_BYTES),
+            # one frame over twice the limit never reaches memory: libzmq reads its size and
+            # closes the connection; between the two, the broker counts and drops it
+            (zmq.MAXMSGSIZE, 2 * max_message),
             (zmq.SNDHWM, P.HWM),
             (zmq.RCVHWM, P.HWM),
         ):
@@ -64,18 +88,23 @@ class Broker:
         self.heartbeat_s = heartbeat_s
         self.peers: dict[bytes, PeerInfo] = {}
         self.by_routing: dict[bytes, bytes] = {}
-        self.replaced: set[bytes] = set()  # connections whose id a newer registration took over
+        self.replaced = Remembered()  # connections whose id a newer registration took over
+        self.strikes = Remembered()  # routing id -> rule breaks
+        self.ignored = Remembered()  # connections past STRIKES
         self.acct = Accounting()
         self.faults = FaultTable()
+        self.line = LinkLine(self.faults.rng)
         self.scheduled: list[tuple[int, dict]] = []  # (world step, fault request) from a faults file
-        self.pending: list = []  # heap of (due time, seq, peer id, parts, payload) for delayed copies
-        self.reorder: dict[tuple[str, str], list] = {}
-        self.seq = itertools.count()
         self.fault_log = open(Path(log_dir) / "faults.jsonl", "a") if log_dir else None
         self.relay_every = 1  # world steps relayed to the sync service (it may ask for fewer)
         self.bus = bus  # an MQTT publisher; None: the embedded hub below serves the bus
         self.hub = Hub(run)
         self.started = time.monotonic()
+        self.verbs = {
+            P.REGISTER: self.on_register, P.HEARTBEAT: self.on_heartbeat, P.SEND: self.on_send,
+            P.STATS: self.on_stats, P.CONTROL: self.on_control, P.PUBLISH: self.on_publish,
+            P.SUBSCRIBE: self.on_subscribe, P.BYE: self.on_bye,
+        }
         trace.name("broker")
         self.publish_faults()  # none yet: a listing an earlier broker left retained on MQTT would say otherwise
 
@@ -86,8 +115,8 @@ class Broker:
         try:
             while not should_stop():
                 wait = self.heartbeat_s / 4
-                if self.pending:
-                    wait = max(0.0, min(wait, self.pending[0][0] - time.monotonic()))
+                if (due := self.line.next_due()) is not None:
+                    wait = max(0.0, min(wait, due - time.monotonic()))
                 P.set_timeout(self.sock, int(wait * 1000))
                 flags = 0
                 for _ in range(10_000):  # wait for one, drain what is queued, then look at the clock
@@ -111,6 +140,59 @@ class Broker:
                 self.fault_log.close()
             self.sock.close(0)
 
+    def handle(self, routing: bytes, parts: list[bytes]) -> None:
+        """One message from one connection: checked, then dispatched on its command."""
+        if routing in self.ignored:
+            self.acct.refuse("ignored", parts)
+            return
+        if not parts or len(parts) > P.MAX_PARTS:
+            self.break_rule(routing, "malformed", parts, b"too many parts")
+            return
+        size = 0
+        for part in parts:
+            size += len(part)
+        if size > self.max_message:
+            self.break_rule(routing, "oversize", parts, b"message of %d bytes over the limit of %d" % (
+                size, self.max_message))
+            return
+        pid = self.by_routing.get(routing)
+        peer = self.peers[pid] if pid else None
+        if peer:
+            peer.last_seen = time.monotonic()
+        if len(parts) == 1 and P.is_channel_frame(parts[0]):
+            self.on_agent_message(routing, peer, parts)
+            return
+        verb = self.verbs.get(parts[0])
+        if verb is None:
+            self.break_rule(routing, "malformed", parts, b"malformed command")
+            return
+        verb(routing, peer, parts)
+
+    def break_rule(self, routing: bytes, why: str, parts: list[bytes], reply: bytes | None,
+                   agent_message: bool = False) -> None:
+        """A refused message: counted on its line and as rejected (an agent message's
+        rejection, or another's), answered (ERROR, when `reply`), a strike against its
+        connection. Past STRIKES, the connection is ignored from then on."""
+        self.acct.refuse(why, parts)
+        (self.acct.messages if agent_message else self.acct.other)["rejected"] += 1
+        strikes = self.strikes.get(routing, 0) + 1
+        self.strikes.note(routing, strikes)
+        if strikes > P.STRIKES:
+            self.ignore(routing)
+        elif reply is not None:
+            self.reply(routing, "?", [P.ERROR, reply])
+
+    def ignore(self, routing: bytes) -> None:
+        pid = self.by_routing.get(routing)
+        log.warning("connection %s (%s) broke the rules %d times: ignored from now on", routing.hex(),
+                    pid.decode() if pid else "unregistered", P.STRIKES)
+        self.ignored.note(routing, True)
+        self.strikes.pop(routing, None)
+        self.reply(routing, "?", [P.ERROR, b"too many bad messages: ignored from now on"])
+        if pid:
+            self._forget(pid)
+            self.publish_status(pid, "offline")
+
     def expire_dead(self) -> None:
         limit = time.monotonic() - P.LIVENESS * self.heartbeat_s
         for pid, info in list(self.peers.items()):
@@ -132,119 +214,100 @@ class Broker:
         if info and self.by_routing.get(info.routing) == pid:
             del self.by_routing[info.routing]
 
-    # -- receiving ----------------------------------------------------------------
+    # -- registration -------------------------------------------------------------
 
-    def handle(self, routing: bytes, parts: list[bytes]) -> None:
-        pid = self.by_routing.get(routing)
-        peer = self.peers[pid] if pid else None
-        link = peer.link if peer else "?"
-        if peer:
-            peer.last_seen = time.monotonic()
-        if len(parts) == 1 and P.is_channel_frame(parts[0]):
-            self._agent_message(peer, link, parts)
+    def on_register(self, routing: bytes, _peer, parts: list[bytes]) -> None:
+        if len(parts) != 3:
+            self.break_rule(routing, "malformed", parts, b"malformed command")
             return
-        cmd = parts[0] if parts else b""
-        if cmd == P.SEND and len(parts) >= 3 and len(parts) % 2:
-            self._send(peer, routing, link, parts)
-            return
-        if cmd == P.REGISTER and len(parts) == 3:
-            self._register(routing, parts)  # accounts under the id it grants
-            return
-        self.acct.record("up", "control", link, parts)
-        if pid is None and cmd not in (P.STATS, P.CONTROL, P.PUBLISH, P.SUBSCRIBE):
-            self.acct.other["rejected"] += 1
-            self.refuse_unknown(routing, "?")
-        elif cmd == P.HEARTBEAT and len(parts) == 1:
-            pass
-        elif cmd == P.STATS and len(parts) == 1:
-            self.reply(routing, link, [P.STATS_REPLY, P.pack(self.stats())])
-        elif cmd == P.CONTROL and len(parts) == 2:
-            self.reply(routing, link, [P.CONTROL_REPLY, P.pack(self.control(parts[1]))])
-        elif cmd == P.PUBLISH and len(parts) == 4:
-            self.publish(parts[1].decode(errors="replace"), parts[2], retain=parts[3] == b"1")
-        elif cmd == P.SUBSCRIBE and len(parts) == 2:
-            for msg in self.hub.subscribe(routing, parts[1].decode(errors="replace")):
-                self.reply(routing, link, msg)
-        elif cmd == P.BYE and len(parts) == 1:
-            self._forget(pid)
-            self.publish_status(pid, "offline")
-        else:
-            self.acct.other["rejected"] += 1
-            self.reply(routing, link, [P.ERROR, b"malformed command"])
-
-    def _register(self, routing: bytes, parts: list[bytes]) -> None:
         _, role, wanted = parts
-        pid = self._grant_id(routing, role, wanted)
-        self.acct.record("up", "control", (pid or b"?").decode(errors="replace"), parts)
+        pid, why = self._grant_id(role, wanted)
         if pid is None:
+            self.break_rule(routing, "malformed", parts, why)
             return
+        self.acct.record("up", "control", pid.decode(), parts)
         old = self.peers.get(pid)
         if old is not None and old.routing != routing:
             log.info("peer %s re-registered: the new connection takes over", pid.decode())
             self.by_routing.pop(old.routing, None)
-            self.replaced.add(old.routing)
+            self.replaced.note(old.routing, True)
+        elif old is None and len(self.peers) >= P.MAX_PEERS:
+            self.break_rule(routing, "malformed", parts, b"the broker serves %d peers already" % P.MAX_PEERS)
+            return
+        if (prior := self.by_routing.get(routing)) not in (None, pid):
+            self._forget(prior)  # one connection, one id: the last it registered
+        self.strikes.pop(routing, None)
         self.peers[pid] = PeerInfo(pid, role, routing, time.monotonic())
         self.by_routing[routing] = pid
         self.reply(routing, pid.decode(), [P.REGISTERED, pid])
-        self.publish_status(pid, "online")
+        if role != b"cli":  # a tool's id is not a component's status
+            self.publish_status(pid, "online")
         if role == b"agent" and any(self.faults.clock_of(pid.decode()).values()):
             self._push_clock(pid.decode())  # a restarted agent gets its clock faults back
 
-    def refuse_unknown(self, routing: bytes, link: str) -> None:
+    def _grant_id(self, role: bytes, wanted: bytes) -> tuple[bytes | None, bytes]:
+        """(the id this registration gets, b"") or (None, why not)."""
+        if role not in P.ROLES:
+            return None, b"unknown role " + P.shown(role, 32).encode()
+        if not wanted:
+            return (self._free_agent_id(), b"no free agent id") if role == b"agent" else (role, b"")
+        if not P.valid_id(role, wanted):
+            rule = {b"agent": b"agent ids look like agent-K, K < %d" % P.MAX_AGENTS,
+                    b"cli": b"cli ids look like cli or cli-<up to 16 of 0-9a-z>"}.get(role, b"its id is " + role)
+            return None, b"bad %s id %s: %s" % (role, P.shown(wanted, 32).encode(), rule)
+        return wanted, b""
+
+    def _free_agent_id(self) -> bytes | None:
+        return next((P.agent_id(k) for k in range(P.MAX_AGENTS) if P.agent_id(k) not in self.peers), None)
+
+    def refuse_unknown(self, routing: bytes, parts: list[bytes]) -> None:
         """An unregistered connection is told to register; one whose id was taken over is
         told so, or it would register again and take the id back, and two live processes
         would trade one id forever."""
-        self.reply(routing, link, [P.ERROR, P.REPLACED if routing in self.replaced else P.NOT_REGISTERED])
+        self.break_rule(routing, "unregistered", parts, P.REPLACED if routing in self.replaced else P.NOT_REGISTERED)
 
-    def _grant_id(self, routing: bytes, role: bytes, wanted: bytes) -> bytes | None:
-        """The id this registration gets, or None after replying with an ERROR."""
-        if role not in P.ROLES:
-            self.reply(routing, "?", [P.ERROR, b"unknown role %s" % role[:32]])
-            return None
-        if role == b"agent":
-            if wanted and P.agent_index(wanted) is None:
-                self.reply(routing, "?", [P.ERROR, b"agent ids look like agent-K"])
-                return None
-            return wanted or self._free_agent_id()
-        return wanted or role
+    # -- verbs of registered peers ---------------------------------------------------
 
-    def _free_agent_id(self) -> bytes:
-        k = 0
-        while P.agent_id(k) in self.peers:
-            k += 1
-        return P.agent_id(k)
+    def on_heartbeat(self, routing: bytes, peer: PeerInfo | None, parts: list[bytes]) -> None:
+        if peer is None:
+            self.refuse_unknown(routing, parts)
+        elif len(parts) != 1:
+            self.break_rule(routing, "malformed", parts, b"malformed command")
+        else:
+            self.acct.record("up", "control", peer.link, parts)
 
-    def _step(self, step: int) -> None:
-        if step == 0:  # a new run: a broker outlives runs (compose), and each run's figures are its own
-            self.acct = Accounting()
-        self.acct.mark_step(step)
-        while self.scheduled and self.scheduled[0][0] <= step:
-            _, req = self.scheduled.pop(0)
-            reply = self.control(P.pack(req))
-            if not reply.get("ok"):
-                log.warning("scheduled fault %s at step %d failed: %s", req, step, reply.get("error"))
-        sync = self.peers.get(P.SYNC_ID)
-        if sync and self.relay_every and step % self.relay_every == 0:
-            # the sync service keeps time by the world's steps, only those it asked for:
-            # waking it every step costs the lockstep a context switch on small machines
-            self.deliver(sync, [P.STEP, P.pack(step)], "control", 0)
+    def on_bye(self, routing: bytes, peer: PeerInfo | None, parts: list[bytes]) -> None:
+        if peer is None:
+            self.refuse_unknown(routing, parts)
+        elif len(parts) != 1:
+            self.break_rule(routing, "malformed", parts, b"malformed command")
+        else:
+            self.acct.record("up", "control", peer.link, parts)
+            self._forget(peer.id)
+            if peer.role != b"cli":
+                self.publish_status(peer.id, "offline")
 
-    def agents(self) -> list[PeerInfo]:
-        return [p for p in self.peers.values() if p.role == b"agent"]
-
-    def _agent_message(self, sender: PeerInfo | None, link: str, parts: list[bytes]) -> None:
+    def on_agent_message(self, routing: bytes, sender: PeerInfo | None, parts: list[bytes]) -> None:
+        """An agent's DDCL message, broadcast to its peer agents. Only a registered agent's
+        well-formed message counts as one; anything else is refused on its own line."""
+        if sender is None:
+            self.refuse_unknown(routing, parts)
+            return
         acct = self.acct
+        if sender.index is None:  # the world or a tool sent a bare channel frame
+            self.break_rule(routing, "malformed", parts, b"agent messages come from registered agents")
+            return
         acct.messages["sent"] += 1
         try:
             f = frame.unpack(parts[0])
-            if sender is None or sender.index is None or f.kind != frame.Kind.MESSAGE:
-                raise ChannelError("agent messages come from registered agents")
+            if f.kind != frame.Kind.MESSAGE:
+                raise ChannelError("not a message frame")
             if f.sender != sender.index:
                 raise ChannelError("frame sender does not match the registered id")
         except ChannelError:
-            acct.record("up", "message", link, parts)
-            acct.messages["rejected"] += 1
+            self.break_rule(routing, "malformed", parts, None, agent_message=True)
             return
+        link = sender.link
         header = len(parts[0]) - len(f.payload)
         recipients = [p for p in self.agents() if p is not sender]
         ok = bool(recipients)
@@ -261,22 +324,14 @@ class Broker:
         acct.record_float32("up", header, f.count)
         acct.messages["delivered" if ok else "dropped"] += 1
 
+    def agents(self) -> list[PeerInfo]:
+        return [p for p in self.peers.values() if p.role == b"agent"]
+
     def route(self, peer: PeerInfo, parts, payload: int, header: int, count: int, delay: float, src: str) -> bool:
         """An agent-message copy: now, after a delay, or through a reorder window."""
-        dst = peer.link
-        window = self.faults.reorder_window(src, dst)
+        window = self.faults.reorder_window(src, peer.link)
         if delay > 0 or window > 1:
-            item = (time.monotonic() + delay, next(self.seq), peer.id, parts, payload, header, count)
-            if window > 1:
-                buf = self.reorder.setdefault((src, dst), [])
-                buf.append(item)
-                if len(buf) >= window:
-                    self.faults.rng.shuffle(buf)
-                    for i, it in enumerate(buf):  # released shuffled, in one burst
-                        heapq.heappush(self.pending, (it[0], next(self.seq) + i, *it[2:]))
-                    buf.clear()
-            else:
-                heapq.heappush(self.pending, item)
+            self.line.hold((src, peer.link), delay, window, peer.id, parts, payload, header, count)
             return True
         return self._deliver_message(peer, parts, payload, header, count)
 
@@ -287,23 +342,22 @@ class Broker:
         return False
 
     def release_due(self) -> None:
-        now = time.monotonic()
-        while self.pending and self.pending[0][0] <= now:
-            _, _, pid, parts, payload, header, count = heapq.heappop(self.pending)
-            peer = self.peers.get(pid)
-            if peer is None or not self._deliver_message(peer, parts, payload, header, count):
+        for held in self.line.due():
+            peer = self.peers.get(held.dest)
+            if peer is None or not self._deliver_message(peer, held.parts, held.payload, held.header, held.count):
                 self.acct.other["dropped"] += 1
 
-    def flush_reorder(self) -> None:
-        for buf in self.reorder.values():
-            for it in buf:
-                heapq.heappush(self.pending, it)
-            buf.clear()
-
-    def _send(self, sender: PeerInfo | None, routing: bytes, link: str, parts: list[bytes]) -> None:
+    def on_send(self, routing: bytes, sender: PeerInfo | None, parts: list[bytes]) -> None:
         """SEND: one or more (destination, body) pairs, each delivered as DELIVER from the
         sender; the world sends every agent its observations in one. Channel frames are
         checked, and a malformed one refuses the whole message."""
+        if sender is None:
+            self.refuse_unknown(routing, parts)
+            return
+        if len(parts) < 3 or len(parts) % 2 == 0:
+            self.break_rule(routing, "malformed", parts, b"malformed command")
+            return
+        link = sender.link
         pairs = [(parts[i], parts[i + 1]) for i in range(1, len(parts), 2)]
         payloads = []
         for _, body in pairs:
@@ -313,20 +367,14 @@ class Broker:
             try:
                 f = frame.unpack(body)
             except ChannelError:
-                self.acct.record("up", "env", link, parts)
-                self.acct.other["rejected"] += 1
-                self.reply(routing, link, [P.ERROR, b"malformed frame"])
+                self.break_rule(routing, "malformed", parts, b"malformed frame")
                 return
             payloads.append(len(f.payload))
-            if sender and sender.id == P.WORLD_ID and f.kind == frame.Kind.OBSERVATION and f.stamp != self.acct.step:
+            if sender.id == P.WORLD_ID and f.kind == frame.Kind.OBSERVATION and f.stamp != self.acct.step:
                 self._step(f.stamp)
         kind = "control" if None in payloads else "env"
-        if sender is None:
-            self.acct.other["rejected"] += 1
-            self.refuse_unknown(routing, link)
-        else:
-            for (dest, body), payload in zip(pairs, payloads):
-                self._deliver_body(sender, dest, body, kind, payload or 0)
+        for (dest, body), payload in zip(pairs, payloads):
+            self._deliver_body(sender, dest, body, kind, payload or 0)
         self.acct.record("up", kind, link, parts, sum(n or 0 for n in payloads))  # after: off the critical path
 
     def _deliver_body(self, sender: PeerInfo, dest: bytes, body: bytes, kind: str, payload: int) -> None:
@@ -343,6 +391,76 @@ class Broker:
             return
         if not self.deliver(peer, [P.DELIVER, sender.id, body], kind, payload):
             self.acct.other["dropped"] += 1
+
+    def _step(self, step: int) -> None:
+        if step == 0:  # a new run: a broker outlives runs (compose), and each run's figures are its own
+            self.acct = Accounting()
+        self.acct.mark_step(step)
+        while self.scheduled and self.scheduled[0][0] <= step:
+            _, req = self.scheduled.pop(0)
+            reply = self.control(P.pack(req))
+            if not reply.get("ok"):
+                log.warning("scheduled fault %s at step %d failed: %s", req, step, reply.get("error"))
+        sync = self.peers.get(P.SYNC_ID)
+        if sync and self.relay_every and step % self.relay_every == 0:
+            # the sync service keeps time by the world's steps, only those it asked for:
+            # waking it every step costs the lockstep a context switch on small machines
+            self.deliver(sync, [P.STEP, P.pack(step)], "control", 0)
+
+    # -- verbs open to every connection: tools and bus subscribers register nothing ----
+
+    def on_stats(self, routing: bytes, peer: PeerInfo | None, parts: list[bytes]) -> None:
+        if len(parts) != 1:
+            self.break_rule(routing, "malformed", parts, b"malformed command")
+            return
+        self.acct.record("up", "control", peer.link if peer else "?", parts)
+        self.reply(routing, "?", [P.STATS_REPLY, P.pack(self.stats())])
+
+    def on_control(self, routing: bytes, peer: PeerInfo | None, parts: list[bytes]) -> None:
+        if len(parts) != 2:
+            self.break_rule(routing, "malformed", parts, b"malformed command")
+            return
+        self.acct.record("up", "control", peer.link if peer else "?", parts)
+        self.reply(routing, "?", [P.CONTROL_REPLY, P.pack(self.control(parts[1]))])
+
+    def on_subscribe(self, routing: bytes, peer: PeerInfo | None, parts: list[bytes]) -> None:
+        if len(parts) != 2:
+            self.break_rule(routing, "malformed", parts, b"malformed command")
+            return
+        if routing not in self.hub.subs and self.hub.full():
+            self.prune_subscribers()
+        try:
+            replies = self.hub.subscribe(routing, parts[1])
+        except BusRefused as e:
+            self.break_rule(routing, "malformed", parts, str(e).encode())
+            return
+        self.acct.record("up", "control", peer.link if peer else "?", parts)
+        for msg in replies:
+            self.reply(routing, "bus", msg)
+
+    def prune_subscribers(self) -> None:
+        """Forget subscribers whose connection is gone: a send to one fails at once."""
+        for routing in list(self.hub.subs):
+            try:
+                P.send_parts(self.sock, [routing, P.HEARTBEAT], P.NOBLOCK)
+            except zmq.ZMQError:
+                self.hub.drop(routing)
+                continue
+            self.acct.record("down", "control", "bus", [P.HEARTBEAT])
+
+    def on_publish(self, routing: bytes, peer: PeerInfo | None, parts: list[bytes]) -> None:
+        if peer is None:
+            self.refuse_unknown(routing, parts)
+            return
+        if len(parts) != 4 or parts[3] not in (b"0", b"1"):
+            self.break_rule(routing, "malformed", parts, b"malformed command")
+            return
+        try:
+            self.publish(parts[1], parts[2], retain=parts[3] == b"1", publisher=peer.id)
+        except BusRefused as e:
+            self.break_rule(routing, "malformed", parts, str(e).encode())
+            return
+        self.acct.record("up", "control", peer.link, parts)
 
     # -- sending --------------------------------------------------------------------
 
@@ -365,7 +483,7 @@ class Broker:
     # -- faults and control ---------------------------------------------------------
 
     def control(self, request: bytes) -> dict:
-        """CONTROL requests: fault-add, fault-list, fault-clear, step-relay. Errors change nothing."""
+        """CONTROL requests (protocol.CONTROL_OPS). Errors change nothing."""
         try:
             req = P.unpack(request)
         except Exception:  # msgpack raises several unrelated types on garbage
@@ -374,29 +492,29 @@ class Broker:
             return {"ok": False, "error": "a control request is a map with an 'op'"}
         op = req.get("op")
         try:
-            if op == "fault-add":
+            if op == P.FAULT_ADD:
                 fault = self.faults.validate(req, {p.link for p in self.agents()})
                 self.faults.add(fault, self.acct.step)
                 self._fault_changed("add", [fault])
                 return {"ok": True, "fault": fault.as_dict()}
-            if op == "fault-clear":
+            if op == P.FAULT_CLEAR:
                 fid = req.get("id")
                 if fid is not None and (isinstance(fid, bool) or not isinstance(fid, int)):
-                    raise FaultError(f"fault id must be an integer, got {fid!r}")
+                    raise FaultError(f"fault id must be an integer, got {P.clip(repr(fid))}")
                 gone = self.faults.clear(fid)
                 self._fault_changed("clear", gone)
                 return {"ok": True, "cleared": [f.as_dict() for f in gone]}
-            if op == "fault-list":
+            if op == P.FAULT_LIST:
                 return {"ok": True, "faults": self.faults.listing(), "step": self.acct.step}
-            if op == "step-relay":
+            if op == P.STEP_RELAY:
                 every = req.get("every")
                 if isinstance(every, bool) or not isinstance(every, int) or every < 0:
-                    raise FaultError(f"step-relay needs every >= 0, got {every!r}")
+                    raise FaultError(f"step-relay needs every >= 0, got {P.clip(repr(every))}")
                 self.relay_every = every
                 return {"ok": True, "every": every}
         except FaultError as e:
             return {"ok": False, "error": str(e)}
-        return {"ok": False, "error": f"unknown control op {op!r}; use fault-add, fault-list, fault-clear or step-relay"}
+        return {"ok": False, "error": f"unknown control op {P.clip(repr(op))}; use {', '.join(P.CONTROL_OPS)}"}
 
     def schedule(self, entries: list[tuple[int, dict]]) -> None:
         self.scheduled = sorted(entries, key=lambda e: e[0])
@@ -411,22 +529,25 @@ class Broker:
             if f.kind in CLOCK_KINDS:
                 self._push_clock(f.target)
         if any(f.kind == "reorder" for f in faults) and action == "clear":
-            self.flush_reorder()
+            self.line.flush_windows()
         self.publish_faults()
 
     def _push_clock(self, agent: str) -> None:
         peer = self.peers.get(agent.encode())
         if peer:
-            body = P.pack({"op": "clock", **self.faults.clock_of(agent)})
+            body = P.pack({"op": P.CLOCK, **self.faults.clock_of(agent)})
             self.deliver(peer, [P.DELIVER, P.BROKER_ID, body], "control", 0)
 
     # -- telemetry ------------------------------------------------------------------
 
-    def publish(self, topic: str, payload: bytes, retain: bool) -> None:
+    def publish(self, topic: bytes | str, payload: bytes, retain: bool, publisher: bytes = P.BROKER_ID) -> None:
+        """To the MQTT server or the embedded hub's subscribers; BusRefused for a topic or
+        retained message the hub will not take."""
         if self.bus is not None:
-            self.bus.publish(topic, payload, retain=retain)
+            self.bus.publish(topic if isinstance(topic, str) else topic_text(topic, "topic", wildcards=False),
+                             payload, retain=retain)
             return
-        for routing, parts in self.hub.publish(topic, payload, retain):
+        for routing, parts in self.hub.publish(topic, payload, retain, publisher):
             try:
                 P.send_parts(self.sock, [routing, *parts], P.NOBLOCK)
             except zmq.ZMQError:  # a subscriber that went away
@@ -438,7 +559,7 @@ class Broker:
         self.publish("faults", json.dumps(self.faults.listing()).encode(), retain=True)
 
     def publish_status(self, pid: bytes, status: str) -> None:
-        self.publish(f"status/{pid.decode(errors='replace')}", status.encode(), retain=True)
+        self.publish(f"status/{pid.decode()}", status.encode(), retain=True)
 
     # -- introspection ----------------------------------------------------------------
 
@@ -447,4 +568,5 @@ class Broker:
         s["peers"] = {p.link: p.role.decode() for p in self.peers.values()}
         s["uptime_s"] = time.monotonic() - self.started
         s["faults"] = self.faults.listing()
+        s["ignored_connections"] = len(self.ignored)
         return s

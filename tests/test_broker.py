@@ -272,7 +272,7 @@ def test_beacons_from_anyone_but_the_sync_service_are_ignored_and_counted(procs,
     world = procs.start("world", "world", "--broker", ep, "--steps", "3000", "--out", str(tmp_path / "run"))
     wait_steps(tmp_path / "run", 1, world, timeout_s=180)  # five processes importing torch beside other workers
     # registered only now: a silent peer would be declared dead after 3 heartbeats
-    with Peer(ep, b"sync", b"rogue") as rogue:  # registered, but not the sync service
+    with Peer(ep, b"agent", b"agent-9") as rogue:  # registered, but not the sync service
         for _ in range(5):
             rogue.send_to(P.ALL_AGENTS, P.pack({"op": "beacon", "ref_step": 0, "ref_time": 0.0, "run_seed": 0,
                                                 "epoch": 9, "epochs": [[0, 12345]]}))
