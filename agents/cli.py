@@ -141,7 +141,7 @@ def _broker_serve(args) -> int:
     bus = None if args.bus == EMBEDDED else Publisher(args.bus, args.run, "broker")
     try:
         b = Broker(args.bind, heartbeat_s=args.heartbeat, log_dir=args.log_dir, bus=bus, run=args.run,
-                   curve=_curve(args))
+                   curve=_curve(args), max_message=args.max_message)
     except zmq.ZMQError as e:  # the endpoint is taken or malformed
         if bus:
             bus.close()
@@ -545,6 +545,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--heartbeat", type=positive_float, default=1.0, help="heartbeat interval, seconds (default 1)")
     b.add_argument("--log-dir", help="folder for faults.jsonl (the run folder)")
     b.add_argument("--faults", help="TOML file of faults triggered by world step")
+    b.add_argument("--max-message", type=int_in(1024, 1 << 30), default=1 << 22,
+                   help="largest message in bytes, all its frames; larger ones are counted as oversize and dropped "
+                        "(default 4194304: B = 4096 observations fit)")
     _add_common(b)
     b.set_defaults(func=_broker_serve)
     b = bsub.add_parser("stats", help="live per-step byte figures of a running broker")
