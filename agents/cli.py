@@ -510,7 +510,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--port", type=int_in(0, 65535), default=0, help="broker TCP port on 127.0.0.1 (default: a free one)")
     up.add_argument("--device", type=device_name, default="auto", help="agent torch device: auto, cpu, cuda (default auto)")
     up.add_argument("--checkpoint", help="policy checkpoint for the agents (default: untrained, seeded)")
-    up.add_argument("--faults", help="TOML file of faults triggered by step (see README)")
+    up.add_argument("--faults", help="TOML file of faults triggered by step (see docs/running.md#faults)")
     up.add_argument("--beacon-every", type=COUNT, default=10, help="sync beacon period in steps, 0 = none (default 10)")
     up.add_argument("--epoch-steps", type=COUNT, default=0, help="rotate the epoch seed every E steps, 0 = never (default 0)")
     up.set_defaults(func=_up)

@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 HOPS_PER_STEP = 6
 # A run's first ~250 steps are 15-20 % slower than the rest (median per 50-step bin over
-# five 3000-step runs: 1.23 ms, then 1.0 from step 250; docs/latency_history.md): each
+# five 3000-step runs: 1.23 ms, then 1.0 from step 250; docs/notes/latency.md): each
 # run steps these first and measures the steps after them.
 WARMUP_STEPS = 300
 

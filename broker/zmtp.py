@@ -2,7 +2,7 @@
 
 libzmq moves every message through its I/O thread: one more thread to wake per message
 on each side. A lockstep step is six hops that each find their threads asleep, so on a
-small machine those wake-ups are a large part of the step (docs/latency_history.md,
+small machine those wake-ups are a large part of the step (docs/notes/latency.md,
 fifteenth session: the step 18–24 % shorter with this socket in the peers). This class
 speaks the same wire protocol (ZMTP 3.1, RFC 37: NULL mechanism, Socket-Type DEALER)
 from the caller's own thread: a send is one non-blocking write, a receive a poll and a
