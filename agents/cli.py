@@ -68,6 +68,30 @@ def device_name(text: str) -> str:
     raise argparse.ArgumentTypeError(f"{text!r} is not a device: use auto, cpu, cuda or cuda:N")
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with a bad command line refused in one line (`ddcl ...: error: why; see
+    --help`) as every other bad input is, and negative numbers in any float form (-1e7,
+    -.5) taken as values, not as options (argparse knows only -5 and -0.5)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|nan)$")
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def number(kind: type):
+    """An argparse type: an int or float, its error in words."""
+    def parse(text: str):
+        try:
+            return kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+    parse.__name__ = kind.__name__
+    return parse
+
+
 class Refused(Exception):
     """Bad input: `main` prints it on one line and exits with status 2."""
 
@@ -500,7 +524,7 @@ def _add_common(p) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ddcl", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog="ddcl", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -578,7 +602,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "beacon-loss":
             fp.add_argument("--count", dest="value", type=int, default=1, help="beacons to drop (default 1)")
         elif vtype is not None:
-            fp.add_argument("value", type=vtype, help=text.split(": ")[-1] if ": " in text else "value")
+            fp.add_argument("value", type=number(vtype), help=text.split(": ")[-1] if ": " in text else "value")
         else:
             fp.set_defaults(value=None)
     fsub.add_parser("list", help="the active faults")

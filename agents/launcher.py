@@ -198,21 +198,28 @@ def up(args) -> int:
 def render_summary(s: dict) -> str:
     from bench.common import table
 
-    b, f = s["bytes_per_step"], s["float32_bytes_per_step"]
-    rows = [[d, b[d]["payload"], b[d]["header"], b[d]["framing"], b[d]["total"], f[d]["total"]] for d in ("up", "down", "sum")]
-    ratio = f["sum"]["total"] / b["sum"]["total"] if b["sum"]["total"] else float("nan")
-    m = s["messages"]
-    lines = [
-        f"env {s['env']}, {s['agents']} agents, B={s['batch']}, {s['steps']} steps, codec {s['codec']}",
-        "",
-        "Agent-message bytes per step (on the wire, ZMTP framing included)",
-        table(["direction", "payload", "header", "framing", "total", "as float32"], rows),
-        "",
+    lines = [f"env {s['env']}, {s['agents']} agents, B={s['batch']}, {s['steps']} steps, codec {s['codec']}", ""]
+    if (b := s["bytes_per_step"]) is not None:
+        f, m = s["float32_bytes_per_step"], s["messages"]
+        rows = [[d, b[d]["payload"], b[d]["header"], b[d]["framing"], b[d]["total"], f[d]["total"]]
+                for d in ("up", "down", "sum")]
+        ratio = f["sum"]["total"] / b["sum"]["total"] if b["sum"]["total"] else float("nan")
+        lines += [
+            "Agent-message bytes per step (on the wire, ZMTP framing included)",
+            table(["direction", "payload", "header", "framing", "total", "as float32"], rows),
+            "",
+            f"float32 / {s['codec']} bytes: {ratio:.2f}x",
+            f"messages: sent {m['sent']}, delivered {m['delivered']}, dropped {m['dropped']}, rejected {m['rejected']}",
+        ]
+        if refused := {k: v["messages"] for k, v in s["broker"]["refused"].items() if v["messages"]}:
+            lines.append("refused by the broker (not in the figures above): "
+                         + ", ".join(f"{k} {v}" for k, v in refused.items()))
+    else:
+        lines.append("byte figures: none (the broker was gone before the world could ask for them)")
+    lines += [
         f"bits per message (real): {s['bits_per_message']:.2f} for {s['values_per_message']} "
         f"value{'s' if s['values_per_message'] != 1 else ''}"
         if s["bits_per_message"] is not None else "bits per message: n/a",
-        f"float32 / {s['codec']} bytes: {ratio:.2f}x",
-        f"messages: sent {m['sent']}, delivered {m['delivered']}, dropped {m['dropped']}, rejected {m['rejected']}",
         f"success rate {s['success_rate'] if s['success_rate'] is not None else float('nan'):.3f} over "
         f"{s['episodes']} episodes, mean reward {s['mean_reward']:.4f}, {s['steps_per_second']:.1f} steps/s",
         f"deadline misses per agent: {s['deadline_misses']}",

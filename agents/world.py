@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -39,6 +40,7 @@ from .message import SyncMode
 log = logging.getLogger("ddcl.world")
 
 METRICS_EVERY_S = 0.1  # metrics rows go out (file, and bus as JSON lines) this often
+STOP_POLL_S = 0.05  # the longest a wait for actions goes without asking whether to give up
 
 
 class Metrics:
@@ -128,6 +130,7 @@ class World:
         self.agent_stats: dict[int, dict] = {}
         self.misses = [0] * cfg.agents
         self.late = 0
+        self.parent = os.getppid()  # `ddcl up`, or whatever started this role
 
     def agent_config(self) -> bytes:
         c = self.cfg
@@ -208,7 +211,9 @@ class World:
         steps_done = 0
         sent_at = self.send_observations(0, obs, np.ones(cfg.batch, dtype=bool)) if cfg.steps else None
         for step in range(cfg.steps):
-            actions = self.collect_actions(step)
+            actions = self.collect_actions(step, self.orphaned)
+            if actions is None:  # orphaned mid-step: the step is not run, nor counted
+                break
             if (silent := self.peer.silent_s()) > cfg.broker_timeout_s:
                 raise BrokerLost(f"no word from the broker at {self.peer.endpoint} for {silent:.1f} s: "
                                  f"the run ends at step {step} of {cfg.steps}"
@@ -232,13 +237,22 @@ class World:
             if not go_on:
                 break
         elapsed = time.monotonic() - start
-        self.finish_agents()
-        broker_stats = self.peer.stats()
+        broker_stats = None
+        if not self.orphaned():
+            self.finish_agents()
+            broker_stats = self.peer.stats()
+        # else the summary holds the world's own figures only
         summary = self.summary(broker_stats, steps_done, elapsed, metrics.episodes, metrics.successes,
                                metrics.reward_sum)
         if self.out:
             (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
         return summary
+
+    def orphaned(self) -> bool:
+        """The process that started this one is gone. Under `ddcl up` that means broker
+        and agents are going down with it (each gets SIGTERM): no action or figure of
+        theirs will come, and waiting for them would keep this process alive past them."""
+        return os.getppid() != self.parent
 
     def send_observations(self, step: int, obs: np.ndarray, first: np.ndarray) -> float:
         """Step `step` starts: each agent gets its observations, all in one message (the
@@ -251,7 +265,9 @@ class World:
         trace.mark("obs sent")
         return sent_at
 
-    def collect_actions(self, step: int) -> np.ndarray:
+    def collect_actions(self, step: int, give_up=lambda: False) -> np.ndarray | None:
+        """This step's actions, as they come until the deadline; None when give_up()
+        came true first, which it is asked every STOP_POLL_S."""
         cfg = self.cfg
         actions = np.zeros((cfg.batch, cfg.agents), dtype=np.int64)  # 0 is the default action
         got: set[int] = set()
@@ -273,7 +289,9 @@ class World:
 
         deadline = time.monotonic() + cfg.deadline_s
         while len(got) < cfg.agents and (left := deadline - time.monotonic()) > 0:
-            self._pump(left, on_frame)
+            if give_up():
+                return None
+            self._pump(min(left, STOP_POLL_S), on_frame)
         for k in set(range(cfg.agents)) - got:
             self.misses[k] += 1
         return actions
@@ -285,7 +303,7 @@ class World:
         while len(self.agent_stats) < self.cfg.agents and (left := deadline - time.monotonic()) > 0:
             self._pump(left)
 
-    def summary(self, b: dict, steps: int, elapsed: float, episodes: int, successes: int, reward_sum: float) -> dict:
+    def summary(self, b: dict | None, steps: int, elapsed: float, episodes: int, successes: int, reward_sum: float) -> dict:
         cfg = self.cfg
         frames = sum(s["messages"] for s in self.agent_stats.values())
         # a checkpoint's shape wins over the world's defaults for untrained policies
@@ -298,14 +316,15 @@ class World:
         desync = analyze(self.out, delta, run_seed, cfg.batch * msg_dim) if self.out and run_seed is not None else None
         return {
             "env": cfg.env, "agents": cfg.agents, "batch": cfg.batch, "steps": steps, "codec": cfg.codec,
-            "bytes_per_step": b["bytes_per_step"],
-            "float32_bytes_per_step": b["float32_bytes_per_step"],
+            # None: the broker went down with a killed `ddcl up` before the world could ask
+            "bytes_per_step": b and b["bytes_per_step"],
+            "float32_bytes_per_step": b and b["float32_bytes_per_step"],
             # one frame carries an agent's messages for all B instances
             "bits_per_message": bits / (frames * cfg.batch) if frames else None,
             "bits_per_frame": bits / frames if frames else None,
             "values_per_message": msg_dim,
             "delta": delta,
-            "messages": b["messages"],
+            "messages": b and b["messages"],
             "success_rate": successes / episodes if episodes else None,
             "episodes": episodes,
             "mean_reward": reward_sum / max(steps * cfg.batch, 1),
@@ -320,6 +339,6 @@ class World:
             "sync": cfg.sync, "clock": cfg.clock,
             "agents_reporting": sorted(self.agent_stats),
             "desync": desync,
-            "broker": {k: b[k] for k in ("by_kind_per_step", "other", "links", "steps")},
+            "broker": b and {k: b[k] for k in ("by_kind_per_step", "other", "refused", "links", "steps")},
             "config": asdict(cfg),
         }

@@ -30,11 +30,23 @@ from agents.cli import main
     (["bench", "net", "--agents", "2,1"], "argument --agents: 1 is below 2"),
     (["bench", "envs", "--batches", "0"], "argument --batches: 0 is below 1"),
     (["bench", "timeline", "--agents", "1"], "argument --agents: 1 is outside 2..255"),
+    (["broker", "fault", "skew", "agent-0", "1e30"], "argument value: '1e30' is not an integer"),
+    (["broker", "fault", "drift", "agent-0", "fast"], "argument value: 'fast' is not a number"),
+    (["broker", "fault", "skew"], "the following arguments are required: agent, value"),
 ])
 def test_bad_values_are_refused_by_the_parser(argv, message, capsys):
     with pytest.raises(SystemExit) as e:
         main(argv)
-    assert e.value.code == 2 and message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and message in err
+    assert len(err.strip().splitlines()) == 1 and "usage:" not in err  # one line, the reason
+
+
+@pytest.mark.parametrize("text, value", [("-1e7", -1e7), ("-5", -5.0), ("-.5", -0.5), ("-2.5E-3", -2.5e-3)])
+def test_negative_numbers_in_any_float_form_are_values_not_options(text, value):
+    from agents.cli import build_parser
+
+    assert build_parser().parse_args(["broker", "fault", "drift", "agent-0", text]).value == value
 
 
 def test_up_refuses_a_bad_faults_file_before_starting(tmp_path, capsys):
