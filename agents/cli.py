@@ -319,6 +319,8 @@ def _up(args) -> int:
 
         env = make(args.env, 1, 0, args.agents)
         checked(load_checkpoint, args.checkpoint, args.env, env.obs_dim, env.n_actions, args.agents)
+    if args.broker and (args.port or args.faults):
+        raise Refused("--broker uses a running broker: --port and --faults belong to the one it runs")
     if args.port and port_in_use(args.port):
         raise Refused(f"port {args.port} on 127.0.0.1 is in use; pick another --port or leave it out")
     out_folder(args.out)  # the last check: a refused run leaves no folder
@@ -441,6 +443,12 @@ def _bench_channel(args) -> int:
 def _bench_fuzz(args) -> int:
     from bench import fuzz
 
+    if args.target == "broker":
+        from bench import broker_fuzz
+
+        report = broker_fuzz.run(args.inputs, args.seed)
+        print(broker_fuzz.render(report))
+        return 0 if report["ok"] else 1
     print(f"fuzzing frame.unpack + codec decode with {args.inputs} inputs (seed {args.seed})")
     stats = fuzz.run(args.inputs, args.seed)
     print(f"inputs: {stats['inputs']}  accepted: {stats['accepted']}  rejected (typed error): "
@@ -532,6 +540,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_args(up)
     up.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
     up.add_argument("--port", type=int_in(0, 65535), default=0, help="broker TCP port on 127.0.0.1 (default: a free one)")
+    up.add_argument("--broker", help="endpoint of a running broker to use instead of starting one (e.g. tcp://host:5555)")
     up.add_argument("--device", type=device_name, default="auto", help="agent torch device: auto, cpu, cuda (default auto)")
     up.add_argument("--checkpoint", help="policy checkpoint for the agents (default: untrained, seeded)")
     up.add_argument("--faults", help="TOML file of faults triggered by step (see docs/running.md#faults)")
@@ -677,7 +686,10 @@ def build_parser() -> argparse.ArgumentParser:
     b = bsub.add_parser("channel", help="codec bits vs entropy, codec and noise throughput")
     b.add_argument("--budget", type=positive_float, default=0.2, help="seconds per timing (default 0.2)")
     b.set_defaults(func=_bench_channel)
-    b = bsub.add_parser("fuzz", help="random and mutated bytes into frame/codec parsers")
+    b = bsub.add_parser("fuzz", help="random and mutated input into the frame/codec parsers or a live broker")
+    b.add_argument("--target", choices=["parsers", "broker"], default="parsers",
+                   help="parsers: frame and codec decoders in-process; broker: a live broker over ZeroMQ and raw TCP, "
+                        "then a normal run against it (default parsers)")
     b.add_argument("--inputs", type=POSITIVE, default=100_000, help="inputs to try (default 100000)")
     b.add_argument("--seed", type=COUNT, default=0, help="random seed (default 0)")
     b.set_defaults(func=_bench_fuzz)

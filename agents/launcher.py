@@ -134,7 +134,7 @@ def port_in_use(port: int) -> bool:
 def up(args) -> int:
     out = Path(args.out)
     (out / "logs").mkdir(parents=True, exist_ok=True)
-    endpoint = f"tcp://127.0.0.1:{args.port or free_port()}"
+    endpoint = args.broker or f"tcp://127.0.0.1:{args.port or free_port()}"
     group = ProcessGroup(out / "logs")
 
     def on_term(_signum, _frame):
@@ -145,17 +145,19 @@ def up(args) -> int:
     old = {sig: signal.signal(sig, on_term) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         common = ["--bus", args.bus, "--run", args.run] + (["--keys", args.keys] if args.keys else [])
-        broker_cmd = ddcl("broker", "serve", "--bind", endpoint, "--log-dir", str(out), *common)
-        broker = group.start("broker", broker_cmd + (["--faults", args.faults] if args.faults else []))
-        # the others register at start-up, with a timeout: on a loaded machine the broker's
-        # imports alone can outlast it
-        try:
-            wait_port(int(endpoint.rsplit(":", 1)[1]), alive=lambda: broker.poll() is None)
-        except TimeoutError:
-            print(f"[up] the broker did not start{last_words(out / 'logs' / 'broker.log')}; see "
-                  f"{out / 'logs' / 'broker.log'}", file=sys.stderr)
-            return 2
-        sync = group.start("sync", ddcl("sync", "serve", "--broker", endpoint, "--seed", str(args.seed),
+        services = {}
+        if not args.broker:  # else a running broker serves this run (its figures reset at step 0)
+            broker_cmd = ddcl("broker", "serve", "--bind", endpoint, "--log-dir", str(out), *common)
+            broker = services["broker"] = group.start("broker", broker_cmd + (["--faults", args.faults] if args.faults else []))
+            # the others register at start-up, with a timeout: on a loaded machine the broker's
+            # imports alone can outlast it
+            try:
+                wait_port(int(endpoint.rsplit(":", 1)[1]), alive=lambda: broker.poll() is None)
+            except TimeoutError:
+                print(f"[up] the broker did not start{last_words(out / 'logs' / 'broker.log')}; see "
+                      f"{out / 'logs' / 'broker.log'}", file=sys.stderr)
+                return 2
+        services["sync"] = group.start("sync", ddcl("sync", "serve", "--broker", endpoint, "--seed", str(args.seed),
                                  "--beacon-every", str(args.beacon_every), "--epoch-steps", str(args.epoch_steps), *common))
         world_cmd = ddcl("world", "--broker", endpoint, "--env", args.env, "--agents", str(args.agents),
                          "--batch", str(args.batch), "--steps", str(args.steps), "--codec", args.codec,
@@ -173,7 +175,7 @@ def up(args) -> int:
             agents[f"agent-{k}"] = group.start(f"agent-{k}", cmd)
         print(f"[up] broker on {endpoint}; {args.agents} agents, B={args.batch}, {args.steps} steps; "
               f"logs in {out / 'logs'}", file=sys.stderr, flush=True)
-        rc = wait_world(world, {"broker": broker, "sync": sync}, agents, out / "logs")
+        rc = wait_world(world, services, agents, out / "logs")
     except KeyboardInterrupt:
         print("[up] stopping", file=sys.stderr)
         rc = 130
