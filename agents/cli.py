@@ -458,6 +458,16 @@ def _bench_fuzz(args) -> int:
     return 1 if stats["bugs"] else 0
 
 
+def _bench_soak(args) -> int:
+    from bench import soak
+
+    print(f"soak: goal, {args.agents} agents, B = {args.batch}, {args.steps} steps; run folder {args.out}")
+    report = soak.run(args.agents, args.steps, args.batch, out_folder(args.out), progress=lambda t: print(t, file=sys.stderr))
+    print(soak.render(report))
+    print(f"\nwrote {Path(args.out) / 'soak.json'} and {Path(args.out) / 'soak.png'}")
+    return 0 if report["identity"] and report["lost"] == 0 else 1
+
+
 def _losses(text: str) -> list[str]:
     names = [x for x in text.split(",") if x]
     bad = [x for x in names if x not in RATE_LOSSES]
@@ -693,6 +703,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--inputs", type=POSITIVE, default=100_000, help="inputs to try (default 100000)")
     b.add_argument("--seed", type=COUNT, default=0, help="random seed (default 0)")
     b.set_defaults(func=_bench_fuzz)
+    b = bsub.add_parser("soak", help="many agents for many steps: messages all accounted, RSS slope, step time")
+    b.add_argument("--agents", type=int_in(2, 254), default=16, help="agent processes (default 16)")
+    b.add_argument("--steps", type=POSITIVE, default=100_000, help="lockstep steps (default 100000)")
+    b.add_argument("--batch", type=POSITIVE, default=1, help="env instances B (default 1)")
+    b.add_argument("--out", default="runs/soak", help="run folder: logs, metrics, soak.json, soak.png (default runs/soak)")
+    b.set_defaults(func=_bench_soak)
     b = bsub.add_parser("train", help="goal toy: one training per rate loss, real bits of every codec")
     b.add_argument("--updates", type=POSITIVE, default=4000, help="updates per run (default 4000)")
     b.add_argument("--batch", type=POSITIVE, default=512, help="env instances (default 512)")
