@@ -160,12 +160,13 @@ def drained(endpoint: str, progress) -> dict:
     def handled(s: dict) -> float:  # bytes read, refused or not: they grow while it reads
         return sum(v["bytes"] for v in s["refused"].values()) + sum(k["total"] for k in s["totals"]["up"].values())
 
+    asked = 1 + 2  # bytes of the STATS request itself: one command byte, ZMTP's 2
     with Peer(endpoint, b"cli") as cli:
         last = handled(cli.stats(60))
         while True:
             time.sleep(1.0)
             s = cli.stats(60)
-            if handled(s) == last:
+            if handled(s) == last + asked:
                 return s
             progress(f"  the broker still reads its backlog ({(handled(s) - last) / 1e6:.1f} MB in the last second)")
             last = handled(s)

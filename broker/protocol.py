@@ -81,7 +81,13 @@ DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
 HEARTBEAT_S = 1.0
 LIVENESS = 3  # intervals of silence before a peer is dead
 MAX_MSG_BYTES = 1 << 22  # default largest message (all its frames): B = 4096 observations fit
-HWM = 100_000
+HWM = 100_000  # a peer's queues: its own traffic only
+# The broker's queues per connection, each way. libzmq counts messages, not bytes: a
+# connection can make the broker hold at most this many of its messages (each under
+# twice the size limit), and past it libzmq stops reading from that connection until the
+# broker catches up. A lockstep peer has a few messages in flight; a flood is slowed to
+# the broker's pace instead of piling up in its memory.
+BROKER_HWM = 1000
 
 # Bounds on what a connection can make the broker hold or say: everything read from the
 # network is hostile until checked.

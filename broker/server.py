@@ -73,8 +73,8 @@ class Broker:
             # one frame over twice the limit never reaches memory: libzmq reads its size and
             # closes the connection; between the two, the broker counts and drops it
             (zmq.MAXMSGSIZE, 2 * max_message),
-            (zmq.SNDHWM, P.HWM),
-            (zmq.RCVHWM, P.HWM),
+            (zmq.SNDHWM, P.BROKER_HWM),
+            (zmq.RCVHWM, P.BROKER_HWM),
         ):
             self.sock.setsockopt(opt, val)
         if curve:
