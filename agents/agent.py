@@ -182,8 +182,8 @@ class Agent:
             msg = self.peer.recv(0.2)
             if msg is None:
                 continue
-            if len(msg) == 1:
-                self._buffer(msg[0])
+            if P.is_channel_frame(msg[0]):  # peers' messages: one, or a step's bundle
+                self._buffer(msg)
             elif msg[0] == P.DELIVER and len(msg) == 3:
                 if not self._delivered(msg[1], msg[2]):
                     return
@@ -191,9 +191,10 @@ class Agent:
     def join(self) -> None:
         self.peer.send_to(P.WORLD_ID, P.pack({"op": L.JOIN}))
 
-    def _buffer(self, data: bytes) -> None:
-        if len(data) >= 2:
-            self.inbox[data[1]] = data  # byte 1 of a channel frame is its sender
+    def _buffer(self, frames: list[bytes]) -> None:
+        for data in frames:
+            if len(data) >= 2:
+                self.inbox[data[1]] = data  # byte 1 of a channel frame is its sender
 
     def _delivered(self, src: bytes, body: bytes) -> bool:
         """Handle one DELIVER; False when the run is over."""
@@ -267,8 +268,8 @@ class Agent:
             msg = self.peer.recv(left)
             if msg is None:
                 continue
-            if len(msg) == 1:
-                self._buffer(msg[0])
+            if P.is_channel_frame(msg[0]):  # peers' messages: one, or a step's bundle
+                self._buffer(msg)
             elif msg[0] == P.DELIVER and len(msg) == 3 and msg[1] != P.WORLD_ID:
                 self._delivered(msg[1], msg[2])  # a beacon or clock fault mid-step
         trace.mark("peers heard")

@@ -165,7 +165,8 @@ def _broker_serve(args) -> int:
     bus = None if args.bus == EMBEDDED else Publisher(args.bus, args.run, "broker")
     try:
         b = Broker(args.bind, heartbeat_s=args.heartbeat, log_dir=args.log_dir, bus=bus, run=args.run,
-                   curve=_curve(args), max_message=args.max_message)
+                   curve=_curve(args), max_message=args.max_message,
+                   bundle=args.bundle_wait / 1000 if args.bundle else None)
     except zmq.ZMQError as e:  # the endpoint is taken or malformed
         if bus:
             bus.close()
@@ -502,6 +503,13 @@ def _bench_net(args) -> int:
     return 0
 
 
+def _bench_scaling(args) -> int:
+    from bench import scaling
+
+    print(scaling.run(tuple(args.agents), tuple(args.batches), args.steps, args.device))
+    return 0
+
+
 def _bench_timeline(args) -> int:
     from agents.agent import pick_device
     from bench import timeline
@@ -550,6 +558,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_args(up)
     up.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
     up.add_argument("--port", type=int_in(0, 65535), default=0, help="broker TCP port on 127.0.0.1 (default: a free one)")
+    up.add_argument("--bundle", action=argparse.BooleanOptionalAction, default=True,
+                    help="the broker bundles a step's agent messages per recipient (default on)")
     up.add_argument("--broker", help="endpoint of a running broker to use instead of starting one (e.g. tcp://host:5555)")
     up.add_argument("--device", type=device_name, default="auto", help="agent torch device: auto, cpu, cuda (default auto)")
     up.add_argument("--checkpoint", help="policy checkpoint for the agents (default: untrained, seeded)")
@@ -591,6 +601,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--max-message", type=int_in(1024, 1 << 30), default=1 << 22,
                    help="largest message in bytes, all its frames; larger ones are counted as oversize and dropped "
                         "(default 4194304: B = 4096 observations fit)")
+    b.add_argument("--bundle", action=argparse.BooleanOptionalAction, default=True,
+                   help="deliver a step's agent messages as one message per recipient (default on; --no-bundle: "
+                        "each message on its own, N(N-1) sends a step)")
+    b.add_argument("--bundle-wait", type=positive_float, default=50.0,
+                   help="milliseconds a bundle waits for a step's last speaker before it goes out as it is (default 50)")
     _add_common(b)
     b.set_defaults(func=_broker_serve)
     b = bsub.add_parser("stats", help="live per-step byte figures of a running broker")
@@ -731,6 +746,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--repeat", type=POSITIVE, default=3, help="runs per configuration; the row is the median (default 3)")
     b.add_argument("--device", type=device_name, default="cpu", help="the agents' torch device (default cpu)")
     b.set_defaults(func=_bench_net)
+    b = bsub.add_parser("scaling", help="step time against the number of agents, bundled delivery and not")
+    b.add_argument("--agents", type=int_list(2), default="2,4,8,16,32", help="agent counts (default 2,4,8,16,32)")
+    b.add_argument("--batches", type=int_list(1), default="1,64", help="batch sizes (default 1,64)")
+    b.add_argument("--steps", type=POSITIVE, default=300, help="measured steps per run, after the warm-up (default 300)")
+    b.add_argument("--device", type=device_name, default="cpu", help="the agents' torch device (default cpu)")
+    b.set_defaults(func=_bench_scaling)
     b = bsub.add_parser("timeline", help="one lockstep step, event by event in every process (median offsets)")
     b.add_argument("--steps", type=POSITIVE, default=3000, help="traced steps (default 3000)")
     b.add_argument("--agents", type=int_in(2, 255), default=2, help="agent processes (default 2)")

@@ -7,6 +7,7 @@ since both reconstructions subtract their noise from the same integers m.
 
 from __future__ import annotations
 
+import bisect
 import functools
 import hashlib
 import json
@@ -75,94 +76,123 @@ def clear_oracle(run: Path) -> None:
         p.unlink()
 
 
-def read_oracle(run: Path) -> tuple[dict[int, list[dict]], int]:
-    """Each agent's oracle records, and how many lines were torn. An agent killed mid-run
-    leaves a partly written last line; restarted, it appends right after it."""
-    records, torn = {}, 0
-    for p in oracle_files(run):
-        recs = records[int(p.stem.rsplit("-", 1)[1])] = []
-        for line in p.read_text(errors="replace").splitlines():
+def _records(path: Path, torn: list[int]):
+    """One agent's oracle records, in file order; a torn line (an agent killed mid-write
+    leaves one, and appends right after it when restarted) adds one to torn[0]."""
+    with open(path, errors="replace") as f:
+        for line in f:
             try:
                 rec = json.loads(line)
                 tag, ns, seed = rec["sent"]
-                heard = [(sender, t, s, sd) for sender, t, s, sd in rec["heard"]]
-                recs.append({"step": rec["step"], "sent": (tag, ns, seed), "heard": heard})
+                heard = [(sender, t, st, sd) for sender, t, st, sd in rec["heard"]]
+                yield {"step": rec["step"], "sent": (tag, ns, seed), "heard": heard}
             except (ValueError, KeyError, TypeError):
-                torn += 1
-    return records, torn
+                torn[0] += 1
 
 
-def decodes(records: dict[int, list[dict]]):
-    """Every decode in the oracle records (`read_oracle`), matched to its send:
-    (world step, sender, receiver, (noise step, seed) sent with, (noise step, seed) used)."""
+def _agent(path: Path) -> int:
+    return int(path.stem.rsplit("-", 1)[1])
+
+
+def read_oracle(run: Path) -> tuple[dict[int, list[dict]], int]:
+    """Each agent's oracle records, and how many lines were torn."""
+    torn = [0]
+    records = {_agent(p): list(_records(p, torn)) for p in oracle_files(run)}
+    return records, torn[0]
+
+
+def decodes(run: Path, torn: list[int] | None = None):
+    """Every decode in a run's oracle logs, matched to its send: (world step, sender,
+    receiver, (noise step, seed) sent with, (noise step, seed) used). Streamed, in two
+    passes over the logs: a long run's logs (600 bytes an agent-step) outgrow memory."""
+    torn = torn if torn is not None else [0]
     sends = defaultdict(list)  # (sender, frame tag) -> [(world step, noise step, seed)]
-    for k, recs in records.items():
-        for rec in recs:
+    for p in oracle_files(run):
+        k = _agent(p)
+        for rec in _records(p, [0]):  # torn lines are counted once, in the second pass
             tag, ns, seed = rec["sent"]
             sends[(k, tag)].append((rec["step"], ns, seed))
-    for dst, recs in records.items():
-        for rec in recs:
+    steps = {}  # (sender, tag) -> its sends' world steps, ascending, for bisect
+    for key, cands in sends.items():
+        cands.sort()
+        steps[key] = [c[0] for c in cands]
+    for p in oracle_files(run):
+        dst = _agent(p)
+        for rec in _records(p, torn):
             for sender, tag, rx_step, rx_seed in rec["heard"]:
                 cands = sends.get((sender, tag))
-                if cands:  # a duplicated frame can match several sends: take the nearest step
-                    _, ns, seed = min(cands, key=lambda c: abs(c[0] - rec["step"]))
-                    yield rec["step"], sender, dst, (ns, seed), (rx_step, rx_seed)
+                if not cands:
+                    continue
+                # a tag repeats (a short message is often the same bytes): the send nearest
+                # in world step is this decode's
+                at = steps[(sender, tag)]
+                i = bisect.bisect_left(at, rec["step"])
+                if i == len(at) or (i > 0 and rec["step"] - at[i - 1] <= at[i] - rec["step"]):
+                    i -= 1
+                _, ns, seed = cands[i]
+                yield rec["step"], sender, dst, (ns, seed), (rx_step, rx_seed)
 
 
 def analyze(run: Path, delta: float, run_seed: int, values: int) -> dict:
-    """Per link and step: desynced or not, and the reconstruction error; then summaries."""
+    """Per link and step: desynced or not, and the reconstruction error; then summaries.
+    Aggregated as the decodes stream by: nothing per decode is kept but what fault
+    recovery needs (steps from the first cleared fault on)."""
     run = Path(run)
 
-    @functools.cache
+    @functools.lru_cache(maxsize=4096)
     def noise(sender: int, step: int, seed: int) -> np.ndarray:
         return uniform_numpy(values, NoiseKey(run_seed, seed, sender), step)
 
-    records, torn = read_oracle(run)
-    events = []  # (step, src, dst, desynced, error)
-    for step, sender, dst, tx, rx in decodes(records):
+    clears = cleared_faults(run)
+    watch_from = min((ev["step"] for ev in clears), default=None)
+    links = defaultdict(lambda: [0, 0, 0.0])
+    by_step = defaultdict(list)  # step -> [(src, dst, desynced)], from watch_from on
+    torn = [0]
+    total = wrong_total = 0
+    err_total = 0.0
+    for step, sender, dst, tx, rx in decodes(run, torn):
         wrong = tx != rx
         err = float(delta * np.abs(noise(sender, *tx) - noise(sender, *rx)).mean()) if wrong else 0.0
-        events.append((step, sender, dst, wrong, err))
-    links = defaultdict(lambda: [0, 0, 0.0])
-    for _, s, d, wrong, err in events:
-        row = links[f"agent-{s}>agent-{d}"]
+        row = links[f"agent-{sender}>agent-{dst}"]
         row[0] += 1
         row[1] += wrong
         row[2] += err
-    total = len(events)
+        total, wrong_total, err_total = total + 1, wrong_total + wrong, err_total + err
+        if watch_from is not None and step >= watch_from:
+            by_step[step].append((sender, dst, wrong))
     return {
         "messages": total,
-        "desynced_fraction": sum(e[3] for e in events) / total if total else None,
-        "mean_error": sum(e[4] for e in events) / total if total else None,
+        "desynced_fraction": wrong_total / total if total else None,
+        "mean_error": err_total / total if total else None,
         "links": {k: {"messages": n, "desynced_fraction": w / n, "mean_error": e / n} for k, (n, w, e) in sorted(links.items())},
-        "recovery_steps": recovery(run, events),
-        "torn_lines": torn,
+        "recovery_steps": recovery(clears, by_step),
+        "torn_lines": torn[0],
     }
 
 
 def desync_by_step(run: Path, agent: int) -> dict[int, float]:
     """World step -> fraction of desynced decodes on links into or out of `agent`."""
     out = defaultdict(lambda: [0, 0])
-    for step, sender, dst, tx, rx in decodes(read_oracle(run)[0]):
+    for step, sender, dst, tx, rx in decodes(run):
         if agent in (sender, dst):
             out[step][0] += 1
             out[step][1] += tx != rx
     return {s: w / n for s, (n, w) in sorted(out.items())}
 
 
-def recovery(run: Path, events) -> list[dict]:
-    """For each cleared fault: steps from the clear until its agent's links are in sync."""
-    path = run / "faults.jsonl"
+def cleared_faults(run: Path) -> list[dict]:
+    """The fault clears of a run (faults.jsonl), each with the step it happened at."""
+    path = Path(run) / "faults.jsonl"
     if not path.exists():
         return []
+    events = [json.loads(line) for line in path.read_text().splitlines()]
+    return [ev for ev in events if ev["action"] == "clear" and ev["step"] is not None]
+
+
+def recovery(clears: list[dict], by_step: dict) -> list[dict]:
+    """For each cleared fault: steps from the clear until its agent's links are in sync."""
     out = []
-    by_step = defaultdict(list)
-    for step, s, d, wrong, _ in events:
-        by_step[step].append((s, d, wrong))
-    for line in path.read_text().splitlines():
-        ev = json.loads(line)
-        if ev["action"] != "clear" or ev["step"] is None:
-            continue
+    for ev in clears:
         target = ev["fault"]["target"]
         k = int(target.split("-")[1]) if target.startswith("agent-") and ">" not in target else None
         synced_at = None

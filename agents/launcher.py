@@ -147,7 +147,8 @@ def up(args) -> int:
         common = ["--bus", args.bus, "--run", args.run] + (["--keys", args.keys] if args.keys else [])
         services = {}
         if not args.broker:  # else a running broker serves this run (its figures reset at step 0)
-            broker_cmd = ddcl("broker", "serve", "--bind", endpoint, "--log-dir", str(out), *common)
+            broker_cmd = ddcl("broker", "serve", "--bind", endpoint, "--log-dir", str(out),
+                              "--bundle" if args.bundle else "--no-bundle", *common)
             broker = services["broker"] = group.start("broker", broker_cmd + (["--faults", args.faults] if args.faults else []))
             # the others register at start-up, with a timeout: on a loaded machine the broker's
             # imports alone can outlast it

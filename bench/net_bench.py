@@ -161,11 +161,12 @@ def skeleton(agents: int, steps: int) -> float:
         s.close()
 
 
-def lockstep(agents: int, batch: int, steps: int, device: str = "cpu", peer_socket: str = "zmtp") -> dict:
+def lockstep(agents: int, batch: int, steps: int, device: str = "cpu", peer_socket: str = "zmtp",
+             bundle: bool = True) -> dict:
     """`steps` measured steps of a run that steps WARMUP_STEPS first."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run"
-        subprocess.run(up_command(agents, batch, WARMUP_STEPS + steps, out, device), check=True,
+        subprocess.run(up_command(agents, batch, WARMUP_STEPS + steps, out, device, bundle), check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600,
                        env=dict(os.environ, **{SOCKET_ENV: peer_socket}))
         summary = json.loads((out / "summary.json").read_text())

@@ -24,6 +24,7 @@ from channel import ChannelError, frame
 from . import protocol as P
 from . import trace
 from .accounting import Accounting
+from .bundle import WAIT_S, Bundler, Spoken
 from .bus import BusRefused, Hub, Publisher, topic_text
 from .faults import CLOCK_KINDS, FaultError, FaultTable
 from .linkline import LinkLine
@@ -62,7 +63,7 @@ class Remembered(OrderedDict):
 class Broker:
     def __init__(self, endpoint: str = P.DEFAULT_ENDPOINT, heartbeat_s: float = P.HEARTBEAT_S, ctx=None,
                  log_dir: Path | None = None, bus: Publisher | None = None, run: str = "default", curve=None,
-                 max_message: int = P.MAX_MSG_BYTES):
+                 max_message: int = P.MAX_MSG_BYTES, bundle: float | None = WAIT_S):
         self.ctx = ctx or zmq.Context.instance()
         self.sock = self.ctx.socket(zmq.ROUTER)
         self.max_message = max_message
@@ -94,6 +95,8 @@ class Broker:
         self.acct = Accounting()
         self.faults = FaultTable()
         self.line = LinkLine(self.faults.rng)
+        # bundle: how long a partial bundle waits (s); None: every message forwarded on its own
+        self.bundler = Bundler(bundle) if bundle is not None else None
         self.scheduled: list[tuple[int, dict]] = []  # (world step, fault request) from a faults file
         self.fault_log = open(Path(log_dir) / "faults.jsonl", "a") if log_dir else None
         self.relay_every = 1  # world steps relayed to the sync service (it may ask for fewer)
@@ -115,8 +118,9 @@ class Broker:
         try:
             while not should_stop():
                 wait = self.heartbeat_s / 4
-                if (due := self.line.next_due()) is not None:
-                    wait = max(0.0, min(wait, due - time.monotonic()))
+                for due in (self.line.next_due(), self.bundler and self.bundler.due()):
+                    if due is not None:
+                        wait = max(0.0, min(wait, due - time.monotonic()))
                 P.set_timeout(self.sock, int(wait * 1000))
                 flags = 0
                 for _ in range(10_000):  # wait for one, drain what is queued, then look at the clock
@@ -131,6 +135,8 @@ class Broker:
                     trace.mark("handled")
                     flags = P.NOBLOCK
                 self.release_due()
+                if self.bundler and (bundle := self.bundler.overdue()):
+                    self.send_bundle(bundle)
                 if time.monotonic() >= next_check:
                     self.expire_dead()
                     self.heartbeat_quiet()
@@ -297,7 +303,6 @@ class Broker:
         if sender.index is None:  # the world or a tool sent a bare channel frame
             self.break_rule(routing, "malformed", parts, b"agent messages come from registered agents")
             return
-        acct.messages["sent"] += 1
         try:
             f = frame.unpack(parts[0])
             if f.kind != frame.Kind.MESSAGE:
@@ -305,10 +310,18 @@ class Broker:
             if f.sender != sender.index:
                 raise ChannelError("frame sender does not match the registered id")
         except ChannelError:
+            acct.messages["sent"] += 1
             self.break_rule(routing, "malformed", parts, None, agent_message=True)
             return
         link = sender.link
         header = len(parts[0]) - len(f.payload)
+        if self.bundler is not None and not self.faults.faults:  # link faults act on each copy: none bundled then
+            acct.record("up", "message", link, parts, len(f.payload))
+            acct.record_float32("up", header, f.count)
+            for bundle in self.bundler.add(Spoken(sender.id, parts[0], len(f.payload), header, f.count)):
+                self.send_bundle(bundle)
+            return
+        acct.messages["sent"] += 1
         recipients = [p for p in self.agents() if p is not sender]
         ok = bool(recipients)
         for peer in recipients:
@@ -323,6 +336,27 @@ class Broker:
         acct.record("up", "message", link, parts, len(f.payload))
         acct.record_float32("up", header, f.count)
         acct.messages["delivered" if ok else "dropped"] += 1
+
+    def send_bundle(self, bundle: list[Spoken]) -> None:
+        """Each agent gets one message of the bundle's frames but its own; each frame is
+        accounted as the copy it is, and each message as delivered once every recipient
+        has its copy."""
+        acct = self.acct
+        failed: set[bytes] = set()
+        recipients = self.agents()
+        for peer in recipients:
+            mine = [s for s in bundle if s.sender != peer.id]
+            if not mine:
+                continue
+            if self.deliver(peer, [s.data for s in mine], "message", sum(s.payload for s in mine)):
+                for s in mine:
+                    acct.record_float32("down", s.header, s.count)
+            else:
+                failed.update(s.sender for s in mine)
+        for s in bundle:  # a held message counts as sent once it goes: the identity holds at every moment
+            heard = any(p.id != s.sender for p in recipients)
+            acct.messages["sent"] += 1
+            acct.messages["delivered" if heard and s.sender not in failed else "dropped"] += 1
 
     def agents(self) -> list[PeerInfo]:
         return [p for p in self.peers.values() if p.role == b"agent"]
@@ -396,6 +430,9 @@ class Broker:
         if step == 0:  # a new run: a broker outlives runs (compose), and each run's figures are its own
             self.acct = Accounting()
         self.acct.mark_step(step)
+        if self.bundler:
+            for bundle in self.bundler.new_step():
+                self.send_bundle(bundle)
         while self.scheduled and self.scheduled[0][0] <= step:
             _, req = self.scheduled.pop(0)
             reply = self.control(P.pack(req))
