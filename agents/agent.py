@@ -20,6 +20,7 @@ from __future__ import annotations
 import bisect
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -109,6 +110,9 @@ class Agent:
         self.oracle = None
         self.world_step = 0
         self.inbox: dict[int, bytes] = {}  # latest unconsumed message per peer sender
+        # the world's messages that came while this agent waited for its peers (the world
+        # moved on at its deadline): handled, in order, once the step is done
+        self.from_world: deque[list[bytes]] = deque()
 
     def _taken_back(self) -> None:
         """A broker took this agent back. A restarted one holds no clock faults (one that
@@ -179,7 +183,7 @@ class Agent:
                 self.join()  # until the world answers: it may not have registered yet
                 last_join = time.monotonic()
             self.peer.heartbeat_if_idle()
-            msg = self.peer.recv(0.2)
+            msg = self.from_world.popleft() if self.from_world else self.peer.recv(0.2)
             if msg is None:
                 continue
             if P.is_channel_frame(msg[0]):  # peers' messages: one, or a step's bundle
@@ -270,7 +274,9 @@ class Agent:
                 continue
             if P.is_channel_frame(msg[0]):  # peers' messages: one, or a step's bundle
                 self._buffer(msg)
-            elif msg[0] == P.DELIVER and len(msg) == 3 and msg[1] != P.WORLD_ID:
+            elif msg[0] == P.DELIVER and len(msg) == 3 and msg[1] == P.WORLD_ID:
+                self.from_world.append(msg)  # the next step's observations, or the end
+            elif msg[0] == P.DELIVER and len(msg) == 3:
                 self._delivered(msg[1], msg[2])  # a beacon or clock fault mid-step
         trace.mark("peers heard")
         heard, received, decoded = np.zeros((batch, len(peers), self.pcfg.msg_dim), dtype=np.float32), {}, []

@@ -604,8 +604,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--bundle", action=argparse.BooleanOptionalAction, default=True,
                    help="deliver a step's agent messages as one message per recipient (default on; --no-bundle: "
                         "each message on its own, N(N-1) sends a step)")
-    b.add_argument("--bundle-wait", type=positive_float, default=50.0,
-                   help="milliseconds a bundle waits for a step's last speaker before it goes out as it is (default 50)")
+    b.add_argument("--bundle-wait", type=positive_float, default=20.0,
+                   help="milliseconds a bundle waits for a step's last speaker before it goes out as it is (default 20)")
     _add_common(b)
     b.set_defaults(func=_broker_serve)
     b = bsub.add_parser("stats", help="live per-step byte figures of a running broker")

@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-WAIT_S = 0.05  # the longest the first message of a bundle waits for the step's last
+WAIT_S = 0.02  # the longest the first message of a bundle waits for the step's last
 
 
 @dataclass
