@@ -14,6 +14,7 @@ import json
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,6 +48,13 @@ class PeerInfo:
     def __post_init__(self):
         self.link = self.id.decode("ascii")
         self.index = P.agent_index(self.id) if self.role == b"agent" else None
+
+
+@dataclass(frozen=True)
+class Verb:
+    handle: Callable[[bytes, "PeerInfo | None", list[bytes]], None]  # (routing id, peer or None, parts)
+    parts: Callable[[int], bool]  # whether a message of this many parts is well formed
+    open: bool = False  # unregistered connections may use it (tools and bus subscribers register nothing)
 
 
 class Remembered(OrderedDict):
@@ -103,10 +111,15 @@ class Broker:
         self.bus = bus  # an MQTT publisher; None: the embedded hub below serves the bus
         self.hub = Hub(run)
         self.started = time.monotonic()
-        self.verbs = {
-            P.REGISTER: self.on_register, P.HEARTBEAT: self.on_heartbeat, P.SEND: self.on_send,
-            P.STATS: self.on_stats, P.CONTROL: self.on_control, P.PUBLISH: self.on_publish,
-            P.SUBSCRIBE: self.on_subscribe, P.BYE: self.on_bye,
+        self.verbs = {  # command -> its verb; every shape and rule checked in handle()
+            P.REGISTER: Verb(self.on_register, lambda n: n == 3, open=True),
+            P.HEARTBEAT: Verb(self.on_heartbeat, lambda n: n == 1),
+            P.SEND: Verb(self.on_send, lambda n: n >= 3 and n % 2 == 1),
+            P.STATS: Verb(self.on_stats, lambda n: n == 1, open=True),
+            P.CONTROL: Verb(self.on_control, lambda n: n == 2, open=True),
+            P.PUBLISH: Verb(self.on_publish, lambda n: n == 4),
+            P.SUBSCRIBE: Verb(self.on_subscribe, lambda n: n == 2, open=True),
+            P.BYE: Verb(self.on_bye, lambda n: n == 1),
         }
         trace.name("broker")
         self.publish_faults()  # none yet: a listing an earlier broker left retained on MQTT would say otherwise
@@ -169,10 +182,12 @@ class Broker:
             self.on_agent_message(routing, peer, parts)
             return
         verb = self.verbs.get(parts[0])
-        if verb is None:
+        if verb is not None and peer is None and not verb.open:
+            self.refuse_unknown(routing, parts)
+        elif verb is None or not verb.parts(len(parts)):
             self.break_rule(routing, "malformed", parts, b"malformed command")
-            return
-        verb(routing, peer, parts)
+        else:
+            verb.handle(routing, peer, parts)
 
     def break_rule(self, routing: bytes, why: str, parts: list[bytes], reply: bytes | None,
                    agent_message: bool = False) -> None:
@@ -223,9 +238,6 @@ class Broker:
     # -- registration -------------------------------------------------------------
 
     def on_register(self, routing: bytes, _peer, parts: list[bytes]) -> None:
-        if len(parts) != 3:
-            self.break_rule(routing, "malformed", parts, b"malformed command")
-            return
         _, role, wanted = parts
         pid, why = self._grant_id(role, wanted)
         if pid is None:
@@ -274,24 +286,14 @@ class Broker:
 
     # -- verbs of registered peers ---------------------------------------------------
 
-    def on_heartbeat(self, routing: bytes, peer: PeerInfo | None, parts: list[bytes]) -> None:
-        if peer is None:
-            self.refuse_unknown(routing, parts)
-        elif len(parts) != 1:
-            self.break_rule(routing, "malformed", parts, b"malformed command")
-        else:
-            self.acct.record("up", "control", peer.link, parts)
+    def on_heartbeat(self, _routing: bytes, peer: PeerInfo, parts: list[bytes]) -> None:
+        self.acct.record("up", "control", peer.link, parts)
 
-    def on_bye(self, routing: bytes, peer: PeerInfo | None, parts: list[bytes]) -> None:
-        if peer is None:
-            self.refuse_unknown(routing, parts)
-        elif len(parts) != 1:
-            self.break_rule(routing, "malformed", parts, b"malformed command")
-        else:
-            self.acct.record("up", "control", peer.link, parts)
-            self._forget(peer.id)
-            if peer.role != b"cli":
-                self.publish_status(peer.id, "offline")
+    def on_bye(self, _routing: bytes, peer: PeerInfo, parts: list[bytes]) -> None:
+        self.acct.record("up", "control", peer.link, parts)
+        self._forget(peer.id)
+        if peer.role != b"cli":
+            self.publish_status(peer.id, "offline")
 
     def on_agent_message(self, routing: bytes, sender: PeerInfo | None, parts: list[bytes]) -> None:
         """An agent's DDCL message, broadcast to its peer agents. Only a registered agent's
@@ -381,16 +383,10 @@ class Broker:
             if peer is None or not self._deliver_message(peer, held.parts, held.payload, held.header, held.count):
                 self.acct.other["dropped"] += 1
 
-    def on_send(self, routing: bytes, sender: PeerInfo | None, parts: list[bytes]) -> None:
+    def on_send(self, routing: bytes, sender: PeerInfo, parts: list[bytes]) -> None:
         """SEND: one or more (destination, body) pairs, each delivered as DELIVER from the
         sender; the world sends every agent its observations in one. Channel frames are
         checked, and a malformed one refuses the whole message."""
-        if sender is None:
-            self.refuse_unknown(routing, parts)
-            return
-        if len(parts) < 3 or len(parts) % 2 == 0:
-            self.break_rule(routing, "malformed", parts, b"malformed command")
-            return
         link = sender.link
         pairs = [(parts[i], parts[i + 1]) for i in range(1, len(parts), 2)]
         payloads = []
@@ -447,23 +443,14 @@ class Broker:
     # -- verbs open to every connection: tools and bus subscribers register nothing ----
 
     def on_stats(self, routing: bytes, peer: PeerInfo | None, parts: list[bytes]) -> None:
-        if len(parts) != 1:
-            self.break_rule(routing, "malformed", parts, b"malformed command")
-            return
         self.acct.record("up", "control", peer.link if peer else "?", parts)
         self.reply(routing, "?", [P.STATS_REPLY, P.pack(self.stats())])
 
     def on_control(self, routing: bytes, peer: PeerInfo | None, parts: list[bytes]) -> None:
-        if len(parts) != 2:
-            self.break_rule(routing, "malformed", parts, b"malformed command")
-            return
         self.acct.record("up", "control", peer.link if peer else "?", parts)
         self.reply(routing, "?", [P.CONTROL_REPLY, P.pack(self.control(parts[1]))])
 
     def on_subscribe(self, routing: bytes, peer: PeerInfo | None, parts: list[bytes]) -> None:
-        if len(parts) != 2:
-            self.break_rule(routing, "malformed", parts, b"malformed command")
-            return
         if routing not in self.hub.subs and self.hub.full():
             self.prune_subscribers()
         try:
@@ -485,11 +472,8 @@ class Broker:
                 continue
             self.acct.record("down", "control", "bus", [P.HEARTBEAT])
 
-    def on_publish(self, routing: bytes, peer: PeerInfo | None, parts: list[bytes]) -> None:
-        if peer is None:
-            self.refuse_unknown(routing, parts)
-            return
-        if len(parts) != 4 or parts[3] not in (b"0", b"1"):
+    def on_publish(self, routing: bytes, peer: PeerInfo, parts: list[bytes]) -> None:
+        if parts[3] not in (b"0", b"1"):
             self.break_rule(routing, "malformed", parts, b"malformed command")
             return
         try:
