@@ -749,7 +749,7 @@ def build_parser() -> argparse.ArgumentParser:
     b = bsub.add_parser("scaling", help="step time against the number of agents, bundled delivery and not")
     b.add_argument("--agents", type=int_list(2), default="2,4,8,16,32", help="agent counts (default 2,4,8,16,32)")
     b.add_argument("--batches", type=int_list(1), default="1,64", help="batch sizes (default 1,64)")
-    b.add_argument("--steps", type=POSITIVE, default=300, help="measured steps per run, after the warm-up (default 300)")
+    b.add_argument("--steps", type=POSITIVE, default=200, help="measured steps per run, after 100 warm-up (default 200)")
     b.add_argument("--device", type=device_name, default="cpu", help="the agents' torch device (default cpu)")
     b.set_defaults(func=_bench_scaling)
     b = bsub.add_parser("timeline", help="one lockstep step, event by event in every process (median offsets)")

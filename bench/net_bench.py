@@ -162,16 +162,16 @@ def skeleton(agents: int, steps: int) -> float:
 
 
 def lockstep(agents: int, batch: int, steps: int, device: str = "cpu", peer_socket: str = "zmtp",
-             bundle: bool = True) -> dict:
-    """`steps` measured steps of a run that steps WARMUP_STEPS first."""
+             bundle: bool = True, warmup: int = WARMUP_STEPS) -> dict:
+    """`steps` measured steps of a run that steps `warmup` steps first."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run"
-        subprocess.run(up_command(agents, batch, WARMUP_STEPS + steps, out, device, bundle), check=True,
+        subprocess.run(up_command(agents, batch, warmup + steps, out, device, bundle), check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600,
                        env=dict(os.environ, **{SOCKET_ENV: peer_socket}))
         summary = json.loads((out / "summary.json").read_text())
         lat = [json.loads(x)["latency_s"] for x in (out / "metrics.jsonl").read_text().splitlines()]
-    lat = lat[WARMUP_STEPS:]
+    lat = lat[warmup:]
     return {"steps_per_s": summary["steps_per_second"], "p50": statistics.median(lat),
             "p90": sorted(lat)[int(0.9 * len(lat))], "header_framing": per_message_overhead(summary)}
 

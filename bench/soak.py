@@ -5,7 +5,7 @@ sampled from outside every few seconds: each process's RSS and the steps done. A
 end it checks the broker's message identity (sent = delivered + dropped + rejected,
 nothing dropped or rejected, one message per agent per step), fits each process's RSS
 after the warm-up to a line (the slope, MB per 10^4 steps), and plots the step time and
-the RSS over the run.
+the RSS over the run (samples in rss.jsonl as they come).
 """
 
 from __future__ import annotations
@@ -81,6 +81,7 @@ def run(agents: int = 16, steps: int = 100_000, batch: int = 1, out: Path = Path
     up = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     samples: dict[str, list[tuple[int, float]]] = {}
     start = time.monotonic()
+    log = open(out / "rss.jsonl", "w")  # the samples as they come: a stopped soak keeps them
     try:
         while up.poll() is None:
             time.sleep(SAMPLE_S)
@@ -88,9 +89,12 @@ def run(agents: int = 16, steps: int = 100_000, batch: int = 1, out: Path = Path
             for pid, role in children(up.pid).items():
                 if (mb := rss_mb(pid)) is not None and step:
                     samples.setdefault(role, []).append((step, mb))
+                    log.write(json.dumps({"step": step, "role": role, "rss_mb": mb}) + "\n")
+            log.flush()
             progress(f"  step {step}/{steps}, {time.monotonic() - start:.0f} s, broker "
                      f"{samples.get('broker', [(0, 0)])[-1][1]:.0f} MB")
     finally:
+        log.close()
         if up.poll() is None:
             up.terminate()
             up.wait(30)
