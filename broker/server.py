@@ -165,7 +165,7 @@ class Broker:
             self.acct.refuse("ignored", parts)
             return
         if not parts or len(parts) > P.MAX_PARTS:
-            self.break_rule(routing, "malformed", parts, b"too many parts")
+            self.break_rule(routing, "malformed", parts, b"no parts, or too many")
             return
         size = 0
         for part in parts:
