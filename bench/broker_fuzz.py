@@ -32,6 +32,7 @@ from channel import codecs, frame
 
 MAX_MESSAGE = 1 << 16  # the fuzzed broker's --max-message: oversize input is cheap to make
 RSS_BOUND_MB = 64  # the most the fuzz may grow the broker's resident memory
+SEND_TIMEOUT_S = 120
 CHECK_RUN = ["--steps", "200", "--batch", "4", "--seed", "3", "--device", "cpu"]
 
 COMMANDS = [P.REGISTER, P.HEARTBEAT, P.SEND, P.STATS, P.CONTROL, P.PUBLISH, P.SUBSCRIBE, P.BYE, b"\x3f", b"\x00"]
@@ -109,7 +110,10 @@ def drive_dealers(endpoint: str, inputs: Inputs, count: int, connections: int, p
     def fresh() -> zmq.Socket:
         s = ctx.socket(zmq.DEALER)
         s.setsockopt(zmq.LINGER, 0)
-        s.setsockopt(zmq.SNDTIMEO, 10_000)  # a broker that stops reading fails the run, not hangs it
+        # a broker that stops reading fails the run rather than hang it; a slow one (the
+        # fuzz keeps 32 connections x 1000 messages queued at it, on a loaded machine) is
+        # given its time
+        s.setsockopt(zmq.SNDTIMEO, SEND_TIMEOUT_S * 1000)
         s.setsockopt(zmq.RCVHWM, 1000)  # replies past it are dropped by libzmq, unread
         s.connect(endpoint)
         return s
@@ -122,7 +126,7 @@ def drive_dealers(endpoint: str, inputs: Inputs, count: int, connections: int, p
         try:
             socks[k].send_multipart(parts)
         except zmq.Again:
-            raise RuntimeError(f"the broker stopped reading: a send waited 10 s at input {i}") from None
+            raise RuntimeError(f"the broker stopped reading: a send waited {SEND_TIMEOUT_S} s at input {i}") from None
         sent[kind] = sent.get(kind, 0) + 1
         if inputs.rng.random() < 0.002:  # a new connection: a new routing id, a fresh strike count
             socks[k].close(0)
