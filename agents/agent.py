@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+import re
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -72,6 +73,19 @@ class Epochs:
 
     def seed_for(self, step: int) -> int:
         return self.seeds[self.starts[max(bisect.bisect_right(self.starts, step) - 1, 0)]]
+
+
+# A Kubernetes StatefulSet names its pods NAME-0, NAME-1, ... (DNS labels): the ordinal is the
+# pod's stable index, which a restarted pod keeps, so it is the agent's K.
+POD_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?-(0|[1-9][0-9]*)")
+
+
+def wanted_agent_id(value: str) -> bytes:
+    """The id to claim from `--id` / DDCL_AGENT_ID: agent-K as given, a StatefulSet pod name
+    such as ddcl-agent-2 (deploy/k8s sets DDCL_AGENT_ID from metadata.name) as agent-2, empty
+    for an id the broker assigns. Anything else goes to the broker as given, which refuses it."""
+    m = POD_NAME.fullmatch(value)
+    return P.agent_id(int(m.group(2))) if m else value.encode()
 
 
 def pick_device(name: str) -> torch.device:

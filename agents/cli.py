@@ -283,10 +283,10 @@ def _world(args) -> int:
 
 
 def _agent(args) -> int:
-    from agents.agent import Agent
+    from agents.agent import Agent, wanted_agent_id
     from agents.policy import CheckpointError
 
-    agent = checked(Agent, args.broker, args.id.encode(), args.device, args.checkpoint, record=bool(args.record),
+    agent = checked(Agent, args.broker, wanted_agent_id(args.id), args.device, args.checkpoint, record=bool(args.record),
                     curve=_curve(args), bus_url=args.bus, run=args.run)
     try:
         stats = agent.run(stop_flag())
@@ -699,7 +699,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     a = sub.add_parser("agent", help="run one agent process")
     a.add_argument("--broker", default=DEFAULT_BROKER, help="broker endpoint (env DDCL_BROKER)")
-    a.add_argument("--id", default=os.environ.get("DDCL_AGENT_ID", ""), help="agent-K to claim (default: the broker assigns one)")
+    a.add_argument("--id", default=os.environ.get("DDCL_AGENT_ID", ""), help="agent-K to claim, or a StatefulSet pod name NAME-K for agent-K "
+                        "(env DDCL_AGENT_ID; default: the broker assigns one)")
     a.add_argument("--device", type=device_name, default="auto", help="torch device: auto, cpu, cuda (default auto)")
     a.add_argument("--checkpoint", help="policy checkpoint (default: untrained, seeded from the world's config)")
     a.add_argument("--record", help="pickle every step's z_hat, received z_hat and actions here (for tests)")

@@ -6,7 +6,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import matplotlib
+try:
+    import matplotlib
+except ImportError as e:  # an extra: the roles (and their container image) go without it
+    raise ImportError("ddcl report draws with matplotlib: pip install 'ddcl-sim[plots]'") from e
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402

@@ -47,7 +47,10 @@ def sweep_skew(args) -> int:
 
 
 def plot(rows: list[dict], modes: list[str], path: Path) -> None:
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError as e:  # an extra: the roles (and their container image) go without it
+        raise ImportError("the sweep's plot needs matplotlib: pip install 'ddcl-sim[plots]'") from e
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -1,5 +1,6 @@
 """deploy/compose.yaml without a Docker engine: its structure, then the same service
-commands run as local processes with service names mapped to loopback (Mosquitto too)."""
+commands run as local processes with service names mapped to loopback (Mosquitto too).
+The file on a real engine: tests/test_compose_e2e.py (scripts/compose-e2e)."""
 
 from __future__ import annotations
 
@@ -19,21 +20,66 @@ COMPOSE = ROOT / "deploy" / "compose.yaml"
 DDCL_SERVICES = ("broker", "sync", "world", "agent", "agent-gpu")
 
 
+VAR = re.compile(r"\$\{(\w+)(:?-)([^}]*)\}")
+
+
+def interpolate(value, env: dict):
+    """Compose's ${VAR:-default} (unset or empty: default) and ${VAR-default} (unset only),
+    as `docker compose config` resolves them; $$ is a literal $."""
+    if isinstance(value, dict):
+        return {k: interpolate(v, env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [interpolate(v, env) for v in value]
+    if not isinstance(value, str):
+        return value
+
+    def one(m):
+        name, op, default = m.groups()
+        if name not in env or (op == ":-" and env[name] == ""):
+            return default
+        return env[name]
+
+    return VAR.sub(one, value).replace("$$", "$")
+
+
 @pytest.fixture(scope="module")
 def compose() -> dict:
-    return yaml.safe_load(COMPOSE.read_text())
+    """The file as compose runs it with no knob set (the defaults)."""
+    return interpolate(yaml.safe_load(COMPOSE.read_text()), {})
+
+
+def image_command(svc: dict) -> list[str]:
+    """What a container of this service executes: the image's ENTRYPOINT, then the command.
+    (The entrypoint plus a command that repeats `ddcl` ran `ddcl ddcl ...` in every container.)"""
+    dockerfile = (ROOT / "deploy" / "Dockerfile").read_text()
+    entry = re.findall(r"^ENTRYPOINT\s+(.+)$", dockerfile, re.M)
+    return (json.loads(entry[-1]) if entry else []) + svc["command"]
 
 
 def env_of(svc: dict) -> dict:
     return {k: str(v) for k, v in (svc.get("environment") or {}).items()}
 
 
-def test_every_service_command_is_a_valid_ddcl_invocation(compose):
+def test_every_service_runs_one_valid_ddcl_command(compose):
     parser = build_parser()
     for name in DDCL_SERVICES:
-        cmd = compose["services"][name]["command"]
-        assert cmd[0] == "ddcl", name
-        parser.parse_args(cmd[1:])  # argparse exits (SystemExit) on anything invalid
+        argv = image_command(compose["services"][name])
+        assert argv[0] == "ddcl" and argv[1] != "ddcl", f"{name} runs {argv[:3]}"
+        parser.parse_args(argv[1:])  # argparse exits (SystemExit) on anything invalid
+
+
+def test_knobs_reach_the_commands():
+    """DDCL_AGENTS sets the replicas and the world's --agents together; an empty
+    DDCL_CHECKPOINT means untrained policies (which fit any number of agents)."""
+    env = {"DDCL_AGENTS": "4", "DDCL_CHECKPOINT": "", "DDCL_STEPS": "9", "DDCL_PUBLISH": "127.0.0.1:0"}
+    s = interpolate(yaml.safe_load(COMPOSE.read_text()), env)["services"]
+    world = s["world"]["command"]
+    assert world[world.index("--agents") + 1] == "4" and world[world.index("--steps") + 1] == "9"
+    assert int(s["agent"]["deploy"]["replicas"]) == 4
+    agent = s["agent"]["command"]
+    assert agent[agent.index("--checkpoint") + 1] == ""
+    assert s["broker"]["ports"] == ["127.0.0.1:0:5555"]
+    build_parser().parse_args(agent[1:])
 
 
 def test_ports_environment_and_health_agree(compose):
@@ -54,14 +100,14 @@ def test_ports_environment_and_health_agree(compose):
     for name in ("sync", "world", "agent", "agent-gpu"):
         assert s[name]["depends_on"]["broker"]["condition"] == "service_healthy", name
     for name, svc in s.items():
-        if (svc.get("deploy") or {}).get("replicas", 1) > 1:
+        if int((svc.get("deploy") or {}).get("replicas", 1)) > 1:
             assert "container_name" not in svc, f"{name} is scaled: a fixed container name breaks it"
             assert "--id" not in svc["command"], f"{name} is scaled: the broker must assign ids"
     gpu = s["agent-gpu"]
     assert gpu["profiles"] == ["gpu"]
     assert gpu["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
     world_agents = int(s["world"]["command"][s["world"]["command"].index("--agents") + 1])
-    assert world_agents == s["agent"]["deploy"]["replicas"]
+    assert world_agents == int(s["agent"]["deploy"]["replicas"])
     ck = next(a for a in s["agent"]["command"] if a.endswith(".pt"))
     assert (ROOT / "deploy" / "checkpoint" / Path(ck).name).exists(), "the shipped checkpoint is missing"
 
@@ -92,7 +138,7 @@ async def test_compose_services_run_end_to_end_as_local_processes(compose, procs
     async with BusClient(mosquitto, "compose") as bus:
         await bus.subscribe("#")
         start("sync")
-        for k in range(s["agent"]["deploy"]["replicas"]):
+        for k in range(int(s["agent"]["deploy"]["replicas"])):
             start("agent", f"agent-replica-{k}")
         world = start("world")
         assert await asyncio.to_thread(world.wait, 180) == 0, procs.log("world")
@@ -110,16 +156,29 @@ async def test_compose_services_run_end_to_end_as_local_processes(compose, procs
     assert {"ddcl/compose/metrics", "ddcl/compose/epoch", "ddcl/compose/status/world"} <= topics
 
 
-def test_every_ddcl_service_builds_one_image_from_files_that_exist(compose):
-    for name in DDCL_SERVICES:
-        svc = compose["services"][name]
-        assert svc["image"] == "ddcl-sim:latest", name
-        context = (COMPOSE.parent / svc["build"]["context"]).resolve()
-        assert context == ROOT and (context / svc["build"]["dockerfile"]).exists(), name
+def test_one_service_builds_the_image_the_others_name(compose):
+    """Four services with a build each built four untagged copies: only the broker builds
+    ddcl-sim:latest, the others run it by name; the GPU profile builds its own image."""
+    s = compose["services"]
+    builders = [n for n in ("broker", "sync", "world", "agent") if "build" in s[n]]
+    assert builders == ["broker"]
+    for name in ("broker", "sync", "world", "agent"):
+        assert s[name]["image"] == "ddcl-sim:latest", name
+    assert s["agent-gpu"]["image"] == "ddcl-sim:gpu"
+    for name in ("broker", "agent-gpu"):
+        build = s[name]["build"]
+        context = (COMPOSE.parent / build["context"]).resolve()
+        assert context == ROOT and (context / build["dockerfile"]).exists(), name
+        assert set(build["args"]) == {"BASE", "TORCH_INDEX"}, name
+    assert "cuda" in s["agent-gpu"]["build"]["args"]["BASE"]
+    assert s["broker"]["build"]["args"]["TORCH_INDEX"].endswith("/cpu")
     dockerfile = (ROOT / "deploy" / "Dockerfile").read_text()
     sources = re.findall(r"^COPY (.+) \S+$", dockerfile, re.M)
     assert sources
     for line in sources:
         for src in line.split():
             assert (ROOT / src).exists(), f"Dockerfile copies {src}, which is not in the repo"
-    assert re.search(r"pip install .*torch==2\.13\.0", dockerfile)
+    assert re.search(r"^ARG TORCH_VERSION=2\.13\.0$", dockerfile, re.M)
+    assert re.search(r"pip install .*torch==\$\{TORCH_VERSION\}", dockerfile)
+    # Debian's and Ubuntu's system pythons refuse pip (PEP 668): everything goes into a venv
+    assert "python3 -m venv /opt/venv" in dockerfile and "PATH=/opt/venv/bin:" in dockerfile
