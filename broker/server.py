@@ -459,8 +459,9 @@ class Broker:
             self.break_rule(routing, "malformed", parts, str(e).encode())
             return
         self.acct.record("up", "control", peer.link if peer else "?", parts)
-        for msg in replies:
-            self.reply(routing, "bus", msg)
+        for msg in replies:  # up to MAX_RETAINED: none more once the subscriber's queue is full
+            if not self.reply(routing, "bus", msg):
+                break
 
     def prune_subscribers(self) -> None:
         """Forget subscribers whose connection is gone: a send to one fails at once."""
@@ -494,12 +495,14 @@ class Broker:
         self.acct.record("down", kind, peer.link, parts, payload)
         return True
 
-    def reply(self, routing: bytes, link: str, parts: list[bytes]) -> None:
+    def reply(self, routing: bytes, link: str, parts: list[bytes]) -> bool:
+        """Whether it went: a connection that is gone or reads nothing gets none."""
         try:
             P.send_parts(self.sock, [routing, *parts], P.NOBLOCK)
         except zmq.ZMQError:
-            return
+            return False
         self.acct.record("down", "control", link, parts)
+        return True
 
     # -- faults and control ---------------------------------------------------------
 
