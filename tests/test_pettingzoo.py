@@ -91,3 +91,4 @@ def test_the_goal_parallel_env_is_the_batched_goal_env():
     assert par.agents == [] and ref_done[0]
     if term["listener_0"]:  # on the goal: the listener sees what the speaker sees
         assert np.array_equal(obs["listener_0"], obs["speaker_0"])
+
