@@ -211,3 +211,16 @@ def test_the_layer_imports_no_sockets_and_nothing_outside_channel():
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('zmq', 'broker', 'agents', 'aiomqtt', 'pettingzoo')))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert r.stdout.strip() == "[]"
+
+
+def test_the_docs_snippet_runs(capsys):
+    """docs/layer.md's dozen lines run as printed, and the bits they print are real."""
+    import re
+
+    from tests.conftest import ROOT
+
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "docs" / "layer.md").read_text(), re.S)
+    exec(compile(blocks[0], "docs/layer.md", "exec"), {})
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == ["0", "1", "2"]
+    assert all(0 < float(line.split()[-1]) < 32 * 4 for line in lines)

@@ -92,3 +92,15 @@ def test_the_goal_parallel_env_is_the_batched_goal_env():
     if term["listener_0"]:  # on the goal: the listener sees what the speaker sees
         assert np.array_equal(obs["listener_0"], obs["speaker_0"])
 
+
+
+def test_the_docs_wrapper_snippet_runs():
+    import re
+
+    from tests.conftest import ROOT
+
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "docs" / "layer.md").read_text(), re.S)
+    scope: dict = {}
+    exec(compile(blocks[1], "docs/layer.md", "exec"), scope)
+    assert scope["obs"]["listener_0"]["heard"].shape == (1, 4)
+    assert 0 < scope["infos"]["speaker_0"]["message_bits"] < 128
