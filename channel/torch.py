@@ -329,7 +329,7 @@ class DDCL(nn.Module):
             _check_int(sender, "sender", 0, MAX_SENDER)
             return None
         senders = tuple(_check_int(s, "sender", 0, MAX_SENDER) for s in sender)
-        if z.ndim < 2 or z.shape[-2] != len(senders):
+        if not senders or z.ndim < 2 or z.shape[-2] != len(senders):
             raise ShapeError(f"{len(senders)} senders need messages shaped (..., {len(senders)}, {self.dim}), "
                              f"got {tuple(z.shape)}")
         return senders

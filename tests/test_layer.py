@@ -91,6 +91,8 @@ def test_several_senders_in_one_tensor_draw_each_senders_own_noise():
     assert [per_message[b, 1] for b in range(5)] == [codec.encode_bits(m[b])[1] for b in range(5)]
     with pytest.raises(ShapeError, match="3 senders"):
         layer(z, 11, [1, 2, 3])
+    with pytest.raises(ShapeError, match="0 senders"):
+        layer(z, 11, [])
 
 
 @pytest.mark.parametrize("loss", RATE_LOSSES)

@@ -33,8 +33,19 @@ def get(name: str, **options) -> Codec:
 
 
 def stream_bits(codec: Codec, values) -> int:
-    """Real bits of `values` (any shape, flattened) encoded as bitstreams of at most
-    MAX_COUNT values each: one stream where they fit, as one frame would carry them."""
+    """Real bits of integer values encoded as bitstreams of at most MAX_COUNT values each:
+    one stream where they fit, as one frame would carry them.
+
+    Args:
+        codec: The codec that writes the streams.
+        values: Integer message values, any shape (flattened in C order).
+
+    Returns:
+        The streams' lengths in bits, summed.
+
+    Raises:
+        CodecError: the codec cannot write these values.
+    """
     flat = np.asarray(values).reshape(-1)
     return sum(codec.encode_bits(flat[i:i + MAX_COUNT])[1] for i in range(0, flat.size, MAX_COUNT))
 
