@@ -82,7 +82,7 @@ class DDCL(nn.Module):
     Raises:
         ShapeError: dim is not a positive integer, or delta has the wrong length.
         DeltaError: delta is not finite and positive.
-        LayerError: an unknown rate loss, or seeds outside their bits.
+        LayerError: an unknown rate loss, seeds outside their bits, a radius below 1.
         CodecError: an unknown codec name.
     """
 
@@ -101,7 +101,12 @@ class DDCL(nn.Module):
         self.register_buffer("_delta_t", torch.tensor(self.delta, dtype=torch.float32).reshape(-1), persistent=False)
         self._delta_np = np.asarray(self.delta, dtype=np.float32)
         self.rate_name = rate_loss
-        NoiseKey(run_seed, epoch_seed, 0)  # refuses seeds outside their bits now, not at the first call
+        try:  # seeds outside their bits are refused now, not at the first call
+            NoiseKey(run_seed, epoch_seed, 0)
+        except (TypeError, ValueError) as e:
+            raise LayerError(f"bad noise seeds: {e}") from None
+        if isinstance(prior_radius, bool) or not isinstance(prior_radius, int) or prior_radius < 1:
+            raise LayerError(f"prior_radius must be a positive integer, got {prior_radius!r}")
         self.run_seed, self.epoch_seed = run_seed, epoch_seed
         self.check = check
         self.prior = FactorizedPrior(dim, prior_radius) if rate_loss in PRIOR_LOSSES else None
