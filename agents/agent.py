@@ -159,7 +159,7 @@ class Agent:
                 self.oracle.close()
                 self.oracle = None
         coders = coders or [codecs.get(cfg["codec"], **cfg.get("codec_options", {}))] * n
-        self.channel = MessageChannel(coders, pcfg.delta, self.run_seed, SyncMode.parse(cfg["sync"]))
+        self.channel = MessageChannel.build(coders, pcfg.msg_dim, pcfg.delta, self.run_seed, SyncMode.parse(cfg["sync"]))
         self.clock.mode, self.clock.tick_s, self.clock.t0 = cfg["clock"], cfg["tick_s"], cfg.get("t0") or 0.0
         if cfg.get("oracle_dir") and self.oracle is None:
             try:

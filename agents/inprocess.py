@@ -22,7 +22,7 @@ def run_inprocess(cfg: WorldConfig, run_seed: int, epoch_seed: int, device: str 
     env = make(cfg.env, cfg.batch, cfg.seed, cfg.agents)
     pcfg = PolicyConfig(env.obs_dim, env.n_actions, cfg.msg_dim, delta=cfg.delta, core=cfg.core, aggregate=cfg.aggregate)
     policies = [p.to(device).eval() for p in init_policies(pcfg, cfg.agents, cfg.seed)]
-    channel = MessageChannel([codecs.get(cfg.codec)] * cfg.agents, pcfg.delta, run_seed)
+    channel = MessageChannel.build([codecs.get(cfg.codec)] * cfg.agents, pcfg.msg_dim, pcfg.delta, run_seed)
     shape = (cfg.batch, pcfg.msg_dim)
     records: list[list[dict]] = [[] for _ in range(cfg.agents)]
     obs = env.reset().numpy()

@@ -15,9 +15,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from channel import ChannelError, NoiseKey, dequantize_numpy, frame, quantize_numpy, uniform_numpy
+from channel import ChannelError, frame
 from channel.codecs import Codec
 from channel.frame import StampMode, resolve_low_stamp
+from channel.torch import DDCL
 
 
 @dataclass(frozen=True)
@@ -41,35 +42,36 @@ class SyncMode:
 
 @dataclass
 class MessageChannel:
-    codecs: list[Codec]  # per sender: what each agent encodes with
-    delta: float
-    run_seed: int
+    """The frames around each sender's DDCL layer: the layer quantizes and encodes (the
+    same layer the trainer backpropagates through), the frame carries what the sync
+    mode lets a receiver know of the sender's step."""
+
+    layers: list[DDCL]  # per sender: its step, codec and noise stream
     sync: SyncMode = SyncMode()
 
-    def key(self, sender: int, seed: int) -> NoiseKey:
-        return NoiseKey(self.run_seed, seed, sender)
+    @classmethod
+    def build(cls, codecs: list[Codec], dim: int, delta: float, run_seed: int, sync: SyncMode = SyncMode()):
+        """One layer per sender, each with its own codec (a checkpoint's per-agent range models)."""
+        return cls([DDCL(dim, delta=delta, codec=c, run_seed=run_seed) for c in codecs], sync)
 
     def speak(self, z: torch.Tensor, sender: int, step: int, seed: int) -> tuple[np.ndarray, bytes, int]:
         """Quantize and encode one message batch (B, D) -> (z_hat on the CPU, frame, payload bits)."""
-        # numpy, whatever z's device: m goes to the codec on the CPU anyway, and a message
-        # is a few values, where each torch op costs more than its arithmetic. The float32
-        # arithmetic is torch's quantize, bit for bit (tests/test_quantizer.py).
-        z_np = z.detach().cpu().numpy()
-        u = uniform_numpy(z_np.size, self.key(sender, seed), step).reshape(z_np.shape)
-        z_hat, m = quantize_numpy(z_np, self.delta, u)
-        codec = self.codecs[sender]
-        payload, nbits = codec.encode_bits(m.reshape(-1))
-        data = frame.pack(kind=frame.Kind.MESSAGE, sender=sender, codec=codec.wire_id, count=m.size,
+        # the layer's numpy path, whatever z's device: m goes to the codec on the CPU anyway,
+        # and a message is a few values, where each torch op costs more than its arithmetic.
+        # It is the layer's forward, bit for bit (tests/test_layer.py).
+        layer = self.layers[sender]
+        z_hat, m, payload, nbits = layer.encode(z, step, sender, seed)
+        data = frame.pack(kind=frame.Kind.MESSAGE, sender=sender, codec=layer.codec.wire_id, count=m.size,
                           payload=payload, stamp_mode=self.sync.stamp, stamp=step, stamp_bits=self.sync.bits)
         return z_hat, data, nbits
 
     def hear(self, data: bytes, own_step: int, seed_for: Callable[[int], int], shape):
         """Decode a peer's frame with noise regenerated here -> (sender, z_hat, (step, seed) used)."""
         f = frame.unpack(data)
-        if f.kind != frame.Kind.MESSAGE or f.sender >= len(self.codecs) or f.count != shape[0] * shape[1]:
+        if f.kind != frame.Kind.MESSAGE or f.sender >= len(self.layers) or f.count != shape[0] * shape[1]:
             raise ChannelError(f"unexpected message: kind {f.kind}, sender {f.sender}, count {f.count}")
-        codec = self.codecs[f.sender]
-        if f.codec != codec.wire_id or f.stamp_mode != self.sync.stamp:
+        layer = self.layers[f.sender]
+        if f.codec != layer.codec.wire_id or f.stamp_mode != self.sync.stamp:
             raise ChannelError(f"message from {f.sender} has codec {f.codec}, stamp {f.stamp_mode}")
         if f.stamp_mode == StampMode.FULL:
             step = f.stamp
@@ -77,7 +79,5 @@ class MessageChannel:
             step = resolve_low_stamp(f.stamp, f.stamp_bits, own_step)
         else:
             step = own_step
-        m = codec.decode(f.payload, f.count).reshape(shape)
         seed = seed_for(step)
-        u = uniform_numpy(f.count, self.key(f.sender, seed), step).reshape(shape)
-        return f.sender, dequantize_numpy(m, self.delta, u), (step, seed)
+        return f.sender, layer.decode(f.payload, shape, step, f.sender, seed), (step, seed)

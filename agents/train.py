@@ -23,10 +23,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from channel import NoiseKey, codecs, quantize, uniform_torch
-from channel.codecs import CategoricalModel
-from channel.frame import MAX_COUNT
-from channel.rate import PRIOR_LOSSES, FactorizedPrior, rate_bits, surrogate_bits
+from channel import codecs
+from channel.codecs import CategoricalModel, stream_bits
+from channel.rate import surrogate_bits
+from channel.torch import DDCL
 
 from .agent import pick_device
 from .envs import make
@@ -51,21 +51,27 @@ class Critic(nn.Module):
         return self.net(obs.flatten(1))  # (B, n_values)
 
 
-def communicate(policies, priors, obs, states, cfg, codec, step, device, silence: bool = False, rate: bool = True):
-    """One round: every agent speaks through the channel and acts on what it heard
+def channel_layers(cfg: TrainConfig, device) -> list[DDCL]:
+    """Agent k's channel: the public DDCL layer, keyed by the run seed and EPOCH_SEED as
+    the networked agents key theirs, with its own prior for the entropy/expected losses."""
+    return [DDCL(cfg.msg_dim, delta=cfg.delta, codec=cfg.codec, rate_loss=cfg.rate_loss, run_seed=cfg.seed,
+                 epoch_seed=EPOCH_SEED, prior_radius=cfg.prior_radius).to(device) for _ in range(cfg.agents)]
+
+
+def communicate(policies, layers, obs, states, cfg, step, silence: bool = False, rate: bool = True):
+    """One round: every agent speaks through its DDCL layer and acts on what it heard
     (nothing, with `silence`: the no-communication ablation). Returns the next states;
-    the rate loss (None without `rate`: evaluation has no prior to price it with)."""
+    the rate loss (None without `rate`: evaluation does not price it)."""
     hs, z_hats, ms, rates, surrogates, nexts = [], [], [], [], [], []
-    for k, p in enumerate(policies):
+    for k, (p, layer) in enumerate(zip(policies, layers)):
         h, z, state = p.speak(obs[:, k], states[k])
-        u = uniform_torch(z.numel(), NoiseKey(cfg.seed, EPOCH_SEED, k), step, device=device).view_as(z)
-        z_hat, m = quantize(z, cfg.delta, u)
+        z_hat = layer(z, step, k)
         hs.append(h)
         z_hats.append(z_hat)
-        ms.append(m)
+        ms.append(layer.symbols())
         nexts.append(state)
         if rate:
-            rates.append(rate_bits(cfg.rate_loss, z, z_hat, cfg.delta, codec, priors[k] if priors else None))
+            rates.append(layer.rate_loss("none"))
         surrogates.append(surrogate_bits(z.detach(), cfg.delta))
     n = len(policies)
     logits = []
@@ -79,12 +85,11 @@ def communicate(policies, priors, obs, states, cfg, codec, step, device, silence
 
 
 @torch.no_grad()
-def evaluate(policies, priors, cfg: TrainConfig, seed: int, models: list[CategoricalModel] | None = None,
+def evaluate(policies, layers, cfg: TrainConfig, seed: int, models: list[CategoricalModel] | None = None,
              silence: bool = False) -> dict:
     """Greedy episodes on cfg.batch fresh instances; real bits of every codec per agent."""
     device = next(policies[0].parameters()).device
     env = make(cfg.env, cfg.batch, seed, cfg.agents, device)
-    codec = codecs.get(cfg.codec)
     obs = env.reset()
     states = initial_states(policies, cfg.batch, device)
     active = np.ones(cfg.batch, dtype=bool)
@@ -97,8 +102,7 @@ def evaluate(policies, priors, cfg: TrainConfig, seed: int, models: list[Categor
     surrogate = np.zeros(cfg.agents)
     count = 0
     for step in range(env.max_steps):
-        logits, m, _, sur, states = communicate(policies, priors, obs, states, cfg, codec, 10**9 + step, device, silence,
-                                                rate=False)
+        logits, m, _, sur, states = communicate(policies, layers, obs, states, cfg, 10**9 + step, silence, rate=False)
         m = m.cpu().numpy().astype(np.int64)
         for k in range(cfg.agents):
             sent[k].append(m[active, k])
@@ -115,7 +119,8 @@ def evaluate(policies, priors, cfg: TrainConfig, seed: int, models: list[Categor
         if not active.any():
             break
     if models is None:
-        models = [p.export() for p in priors] if priors else calibrate(policies, cfg, seed + 7919)
+        models = ([layer.export_model() for layer in layers] if layers[0].prior is not None else
+                  calibrate(policies, cfg, seed + 7919))
     result = {"success_rate": float(success.mean()), "episode_steps": float(length.mean()), "messages": count,
               "agents": [],
               "success_by_goal": {int(g): float(success[first_goal == g].mean()) for g in np.unique(first_goal)}}
@@ -135,29 +140,21 @@ def evaluate(policies, priors, cfg: TrainConfig, seed: int, models: list[Categor
     return result
 
 
-def stream_bits(coder, messages: np.ndarray) -> int:
-    """Real bits of the messages (rows) as bitstreams of at most MAX_COUNT values each:
-    one stream where they fit, as a frame would carry them."""
-    flat = messages.reshape(-1)
-    return sum(coder.encode_bits(flat[i:i + MAX_COUNT])[1] for i in range(0, flat.size, MAX_COUNT))
-
-
 @torch.no_grad()
-def calibrate(policies, cfg: TrainConfig, seed: int, priors=None) -> list[CategoricalModel]:
+def calibrate(policies, cfg: TrainConfig, seed: int) -> list[CategoricalModel]:
     """The range codec's shared model, fit to the policies as they are: per-agent,
     per-dimension value frequencies from a calibration rollout (its own seed). A learned
     prior lags the policy it trains beside; the final model is refit this way."""
     device = next(policies[0].parameters()).device
     env = make(cfg.env, cfg.batch, seed, cfg.agents, device)
-    codec = codecs.get(cfg.codec)
+    layers = channel_layers(cfg, device)
     r = cfg.prior_radius
     # a small pseudo-count keeps every symbol codable without taxing each of many quiet dimensions
     counts = np.full((cfg.agents, cfg.msg_dim, 2 * r + 2), CALIBRATION_PSEUDO_COUNT)  # escape last
     obs = env.reset()
     states = initial_states(policies, cfg.batch, device)
     for step in range(env.max_steps):
-        logits, m, _, _, states = communicate(policies, priors, obs, states, cfg, codec, 2 * 10**9 + step, device,
-                                              rate=False)
+        logits, m, _, _, states = communicate(policies, layers, obs, states, cfg, 2 * 10**9 + step, rate=False)
         m = m.cpu().numpy().astype(np.int64)
         idx = np.where(np.abs(m) <= r, m + r, 2 * r + 1)
         for k in range(cfg.agents):
@@ -168,13 +165,14 @@ def calibrate(policies, cfg: TrainConfig, seed: int, priors=None) -> list[Catego
     return [CategoricalModel(-r, counts[k]) for k in range(cfg.agents)]
 
 
-def held_out(policies, cfg: TrainConfig, seed: int, priors=None) -> tuple[dict, dict]:
+def held_out(policies, cfg: TrainConfig, seed: int) -> tuple[dict, dict]:
     """The final evaluation, on instances no update saw: the range model refit on a
     calibration rollout (seed + 7919), then cfg.batch greedy episodes (seed + 15485863)
     with messages and with them silenced. `ddcl evaluate` reruns it on a checkpoint."""
-    models = calibrate(policies, cfg, seed + 7919, priors)
-    final = evaluate(policies, priors, cfg, seed + 15485863, models=models)
-    silent = evaluate(policies, priors, cfg, seed + 15485863, models=[CategoricalModel(0, [1, 1])] * cfg.agents,
+    layers = channel_layers(cfg, next(policies[0].parameters()).device)
+    models = calibrate(policies, cfg, seed + 7919)
+    final = evaluate(policies, layers, cfg, seed + 15485863, models=models)
+    silent = evaluate(policies, layers, cfg, seed + 15485863, models=[CategoricalModel(0, [1, 1])] * cfg.agents,
                       silence=True)
     return final, silent
 
@@ -231,11 +229,9 @@ def train(cfg: TrainConfig, out: Path | None = None, progress=True, should_stop=
                                        init_policies(pcfg, cfg.agents, cfg.seed, cfg.share))]
     per_agent = getattr(env, "reward_per_agent", False) and not cfg.team_reward
     critic = Critic(cfg.agents * env.obs_dim, cfg.hidden, cfg.agents if per_agent else 1).to(device)
-    priors = [FactorizedPrior(cfg.msg_dim, cfg.prior_radius).to(device) for _ in range(cfg.agents)] \
-        if cfg.rate_loss in PRIOR_LOSSES else None
-    codec = codecs.get(cfg.codec)
+    layers = channel_layers(cfg, device)
     params = list({id(q): q for m in [*policies, critic] for q in m.parameters()}.values())  # shared: once
-    prior_params = [q for m in priors or [] for q in m.parameters()]
+    prior_params = [q for layer in layers for q in layer.parameters()]  # the entropy/expected priors
     opt = torch.optim.Adam([{"params": params}, {"params": prior_params, "lr": cfg.prior_lr}], lr=cfg.lr)
     log = open(out / "train.jsonl", "w") if out else None
     board = tensorboard_writer(out)
@@ -249,7 +245,7 @@ def train(cfg: TrainConfig, out: Path | None = None, progress=True, should_stop=
         logps, values, ents, rewards, dones, rates = [], [], [], [], [], []
         states = [s.detach() if s is not None else None for s in states]  # backprop through this rollout only
         for _ in range(cfg.rollout):
-            logits, _, rate, _, states = communicate(policies, priors, obs, states, cfg, codec, step, device)
+            logits, _, rate, _, states = communicate(policies, layers, obs, states, cfg, step)
             dist = torch.distributions.Categorical(logits=logits)
             actions = dist.sample()
             values.append(critic(obs))
@@ -291,7 +287,7 @@ def train(cfg: TrainConfig, out: Path | None = None, progress=True, should_stop=
                   file=sys.stderr, flush=True)
             last_line = time.monotonic()
         if update % cfg.eval_every == 0 or update == cfg.updates:
-            ev = evaluate([p.eval() for p in policies], priors, cfg, cfg.seed + 104729)
+            ev = evaluate([p.eval() for p in policies], layers, cfg, cfg.seed + 104729)
             for p in policies:
                 p.train()
             row = {"update": update, "env_steps": step * cfg.batch, "wall_s": time.monotonic() - start,
@@ -325,7 +321,7 @@ def train(cfg: TrainConfig, out: Path | None = None, progress=True, should_stop=
     if log:
         log.close()
         board.close()
-    final, silent = held_out([p.eval() for p in policies], cfg, cfg.seed, priors)
+    final, silent = held_out([p.eval() for p in policies], cfg, cfg.seed)
     summary = {"config": asdict(cfg), "final": final, "history": history, "updates_done": update,
                "no_communication_success": silent["success_rate"],
                "wall_s": time.monotonic() - start, "env_steps": step * cfg.batch,

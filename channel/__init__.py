@@ -1,5 +1,12 @@
 """The DDCL channel: quantizer, synchronized noise, codecs and frames. No sockets here.
 
+Public surface, version 1 (`API_VERSION`): the names in `__all__` below, and
+`channel.torch.DDCL` (the layer: `from channel.torch import DDCL`, also `channel.DDCL`),
+`channel.codecs` (`get`, `NAMES`, `Codec`, `CategoricalModel`, `stream_bits`),
+`channel.rate` (`RATE_LOSSES`, `FactorizedPrior`, `rate_bits`, `surrogate_bits`) and
+`channel.frame` (`pack`, `unpack`). Everything else, and every name starting with an
+underscore, is private and may change without notice. docs/layer.md is the guide.
+
 The names below load on first use. The broker parses frames (`channel.frame`) and so
 imports this package, but needs none of torch, numba and the codecs that the quantizer
 and noise bring: importing them would cost its start a second, and a restarted broker
@@ -11,13 +18,16 @@ from importlib import import_module
 # name -> the module that holds it
 _HOMES = {
     "ChannelError": "errors", "CodecError": "errors", "FrameError": "errors", "QuantizerError": "errors",
+    "LayerError": "errors", "ShapeError": "errors", "DtypeError": "errors", "DeltaError": "errors",
+    "DDCL": "torch", "Encoded": "torch",
     "DOMAIN_MESSAGE": "noise", "NoiseKey": "noise", "uniform_numpy": "noise", "uniform_torch": "noise",
     "philox4x32_10": "philox",
     "dequantize_numpy": "quantizer", "quantize": "quantizer", "quantize_numpy": "quantizer",
 }
-_SUBMODULES = ("codecs", "frame")
+_SUBMODULES = ("codecs", "frame", "rate", "torch")
+API_VERSION = 1  # raised when a public name changes meaning or goes away
 
-__all__ = sorted([*_HOMES, *_SUBMODULES, "load_kernels"])
+__all__ = sorted([*_HOMES, *_SUBMODULES, "API_VERSION", "load_kernels"])
 
 
 def __getattr__(name: str):

@@ -54,11 +54,15 @@ class GoalEnv:
     n_actions = 5
     max_steps = MAX_STEPS
 
-    def __init__(self, batch: int, seed: int, agents: int = 2, device="cpu", numpy_views: bool | None = None):
+    def __init__(self, batch: int, seed: int, agents: int = 2, device="cpu", numpy_views: bool | None = None,
+                 auto_reset: bool = True):
         if agents < 2:
             raise ValueError("the goal env needs a speaker and at least one listener (agents >= 2)")
         self.batch = batch
         self.n_agents = agents
+        # False: a finished instance keeps its last state until reset() (a PettingZoo env's
+        # final observation); the batched runs restart instances in place
+        self.auto_reset = auto_reset
         self.device = torch.device(device)
         self.rng = torch.Generator(self.device).manual_seed(seed)
         self.goal_p = torch.as_tensor(GOAL_P, device=self.device)
@@ -108,5 +112,6 @@ class GoalEnv:
         success = (a.cells[:, 1:] == a.cells[:, :1]).all(1)
         done = success | (a.t >= MAX_STEPS)
         reward = a.rewards[success * 1]
-        self._reset(done)
+        if self.auto_reset:
+            self._reset(done)
         return tuple(map(self._tensor, (a.one_hot[a.cells], reward, done, success)))

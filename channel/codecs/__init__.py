@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from ..errors import CodecError
+from ..frame import MAX_COUNT
 from .base import Codec
 from .categorical import CategoricalModel
 from .expgolomb import ExpGolombCodec
@@ -29,4 +32,22 @@ def get(name: str, **options) -> Codec:
         raise CodecError(f"bad options for codec {name!r}: {e}") from None
 
 
-__all__ = ["Codec", "CategoricalModel", "DEFAULT_MODEL", "NAMES", "get", "REGISTRY", "BY_WIRE_ID"]
+def stream_bits(codec: Codec, values) -> int:
+    """Real bits of integer values encoded as bitstreams of at most MAX_COUNT values each:
+    one stream where they fit, as one frame would carry them.
+
+    Args:
+        codec: The codec that writes the streams.
+        values: Integer message values, any shape (flattened in C order).
+
+    Returns:
+        The streams' lengths in bits, summed.
+
+    Raises:
+        CodecError: the codec cannot write these values.
+    """
+    flat = np.asarray(values).reshape(-1)
+    return sum(codec.encode_bits(flat[i:i + MAX_COUNT])[1] for i in range(0, flat.size, MAX_COUNT))
+
+
+__all__ = ["Codec", "CategoricalModel", "DEFAULT_MODEL", "NAMES", "get", "REGISTRY", "BY_WIRE_ID", "stream_bits"]

@@ -54,6 +54,11 @@ class RangeCodec(Codec):
     def options(self):
         return {"model": self.model.to_dict()}
 
+    def __reduce__(self):
+        # constriction's models do not pickle: copies (copy.deepcopy, torch.save of a
+        # module holding this codec) carry the model and rebuild them
+        return type(self), (self.model,)
+
     def encode_bits(self, values):
         m = B.as_values(values)
         k = self.model.size
