@@ -503,6 +503,16 @@ def _bench_net(args) -> int:
     return 0
 
 
+def _bench_layer(args) -> int:
+    import torch
+
+    from bench import layer_bench
+
+    torch.set_num_threads(args.threads)
+    print(layer_bench.run(args.budget, args.rounds))
+    return 0
+
+
 def _bench_scaling(args) -> int:
     from bench import scaling
 
@@ -747,6 +757,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--repeat", type=POSITIVE, default=3, help="runs per configuration; the row is the median (default 3)")
     b.add_argument("--device", type=device_name, default="cpu", help="the agents' torch device (default cpu)")
     b.set_defaults(func=_bench_net)
+    b = bsub.add_parser("layer", help="the DDCL torch layer's forward and bits cost against a bare linear layer")
+    b.add_argument("--budget", type=positive_float, default=0.1, help="seconds per variant per round (default 0.1)")
+    b.add_argument("--rounds", type=POSITIVE, default=5, help="alternating rounds; the median is shown (default 5)")
+    b.add_argument("--threads", type=POSITIVE, default=1, help="torch threads (default 1: as an agent process runs)")
+    b.set_defaults(func=_bench_layer)
     b = bsub.add_parser("scaling", help="step time against the number of agents, bundled delivery and not")
     b.add_argument("--agents", type=int_list(2), default="2,4,8,16,32", help="agent counts (default 2,4,8,16,32)")
     b.add_argument("--batches", type=int_list(1), default="1,64", help="batch sizes (default 1,64)")

@@ -10,7 +10,6 @@ all of them alike.
 
 from __future__ import annotations
 
-import argparse
 import platform
 import statistics
 
@@ -76,13 +75,3 @@ def run(budget_s: float = 0.1, rounds: int = 5, devices=None) -> str:
             f"alternating rounds; {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}")
     return head + "\n" + table(["device", "B x dim", "codec / rate loss", "linear us", "forward us",
                                 "+rate_loss us", "+bits us", "forward/linear", "(forward+bits)/linear"], rows)
-
-
-if __name__ == "__main__":
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--budget", type=float, default=0.1, help="seconds per variant per round")
-    p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--threads", type=int, default=1, help="torch threads (1: as an agent process runs)")
-    a = p.parse_args()
-    torch.set_num_threads(a.threads)
-    print(run(a.budget, a.rounds))
