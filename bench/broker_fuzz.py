@@ -32,7 +32,7 @@ from channel import codecs, frame
 
 MAX_MESSAGE = 1 << 16  # the fuzzed broker's --max-message: oversize input is cheap to make
 RSS_BOUND_MB = 64  # the most the fuzz may grow the broker's resident memory
-SEND_TIMEOUT_S = 120
+SEND_TIMEOUT_S = 600  # a send that waits this long means the broker stopped reading
 CHECK_RUN = ["--steps", "200", "--batch", "4", "--seed", "3", "--device", "cpu"]
 
 COMMANDS = [P.REGISTER, P.HEARTBEAT, P.SEND, P.STATS, P.CONTROL, P.PUBLISH, P.SUBSCRIBE, P.BYE, b"\x3f", b"\x00"]
@@ -100,9 +100,10 @@ class Inputs:
         return "subscribe", [P.SUBSCRIBE, self.rng.choice([b"#", b"ddcl/#", b"a/#/b", b"+", self.rng.randbytes(8)])]
 
 
-def drive_dealers(endpoint: str, inputs: Inputs, count: int, connections: int, progress) -> dict:
+def drive_dealers(endpoint: str, inputs: Inputs, count: int, connections: int, progress) -> tuple[dict, float]:
     """`count` messages over `connections` DEALERs, reconnected now and then; replies are
-    drained and dropped. Returns the inputs sent, by kind."""
+    drained and dropped. Returns the inputs sent, by kind, and the longest a send waited
+    for the broker to catch up."""
     ctx = zmq.Context.instance()
     sent: dict[str, int] = {}
     socks: list[zmq.Socket] = []
@@ -119,14 +120,18 @@ def drive_dealers(endpoint: str, inputs: Inputs, count: int, connections: int, p
         return s
 
     socks = [fresh() for _ in range(connections)]
+    longest = 0.0
     start = last = time.monotonic()
     for i in range(count):
         k = inputs.rng.randrange(connections)
         kind, parts = inputs.message()
+        before = time.monotonic()
         try:
             socks[k].send_multipart(parts)
         except zmq.Again:
             raise RuntimeError(f"the broker stopped reading: a send waited {SEND_TIMEOUT_S} s at input {i}") from None
+        # a full queue makes a send wait for the broker: how long is how far behind it fell
+        longest = max(longest, time.monotonic() - before)
         sent[kind] = sent.get(kind, 0) + 1
         if inputs.rng.random() < 0.002:  # a new connection: a new routing id, a fresh strike count
             socks[k].close(0)
@@ -140,7 +145,7 @@ def drive_dealers(endpoint: str, inputs: Inputs, count: int, connections: int, p
             progress(f"  {i + 1}/{count} inputs, {(i + 1) / (last - start):.0f}/s")
     for s in socks:
         s.close(0)
-    return sent
+    return sent, longest
 
 
 def drive_raw_tcp(port: int, inputs: Inputs, connections: int) -> int:
@@ -199,7 +204,7 @@ def run(inputs: int = 100_000, seed: int = 0, connections: int = 32, raw: int = 
         rng = Inputs(seed)
         progress(f"fuzzing a live broker ({endpoint}): {inputs} messages over {connections} connections, "
                  f"{raw} raw TCP connections")
-        report["sent"] = drive_dealers(endpoint, rng, inputs, connections, progress)
+        report["sent"], report["longest_send_wait_s"] = drive_dealers(endpoint, rng, inputs, connections, progress)
         report["raw_tcp"] = drive_raw_tcp(port, rng, raw)
         report["alive_after_fuzz"] = broker.poll() is None
         if not report["alive_after_fuzz"]:
@@ -231,7 +236,8 @@ def render(r: dict) -> str:
              "",
              f"refused by the broker: {', '.join(f'{k} {v}' for k, v in r['refused'].items())}; "
              f"connections ignored past their strikes: {r['ignored_connections']}",
-             f"broker alive after the fuzz: {r['alive_after_fuzz']}, at the end: {r['alive_at_end']}",
+             f"broker alive after the fuzz: {r['alive_after_fuzz']}, at the end: {r['alive_at_end']}; the longest a "
+             f"send waited for it to catch up: {r['longest_send_wait_s']:.1f} s",
              f"broker RSS: {r['rss_before_mb']:.1f} MB before, {r['rss_after_mb']:.1f} MB after "
              f"(bound: +{RSS_BOUND_MB} MB)",
              f"agent-message bytes per step, same run: {r['bytes_per_step_after_fuzz']:.2f} after the fuzz, "
