@@ -265,9 +265,10 @@ def _world(args) -> int:
                       clock=args.clock, tick_s=args.tick, run=args.run, core=args.core, aggregate=args.aggregate,
                       broker_timeout_s=args.broker_timeout)
     out = out_folder(args.out) if args.out else None
+    stopped = stop_flag()  # before registering: a SIGTERM once the broker lists the world is a clean stop
     world = checked(World, args.broker, cfg, out, bus_url=args.bus, curve=_curve(args))
     try:
-        summary = world.run(stop_flag())
+        summary = world.run(stopped)
     except TimeoutError as e:  # agents that never joined
         raise Refused(str(e)) from None
     except BrokerLost as e:

@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from broker.protocol import HEARTBEAT_S, LIVENESS
+from broker.protocol import FINISH_WAIT_S, HEARTBEAT_S, LIVENESS
 
 
 def free_port() -> int:
@@ -182,8 +182,11 @@ def up(args) -> int:
         rc = 130
     finally:
         # the world first: it ends its step, collects the agents' figures and the broker's
-        # byte counts, and writes the summary of the steps it ran
-        group.stop(first=("world",))
+        # byte counts, and writes the summary of the steps it ran. That takes up to a step's
+        # deadline plus its wait for the agents' reports (FINISH_WAIT_S, all of it when an
+        # agent is dead) before the writing: the grace covers both, else a loaded machine
+        # killed the world before its summary
+        group.stop(first=("world",), grace_s=5.0 + args.deadline + FINISH_WAIT_S)
         for sig, handler in old.items():
             signal.signal(sig, handler)
     summary_path = out / "summary.json"  # the world removes an earlier run's at its start

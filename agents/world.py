@@ -299,7 +299,7 @@ class World:
     def finish_agents(self) -> None:
         end = P.pack({"op": L.END})
         self.peer.send_each((agent, end) for agent in self.agent_ids)
-        deadline = time.monotonic() + 3.0
+        deadline = time.monotonic() + P.FINISH_WAIT_S
         while len(self.agent_stats) < self.cfg.agents and (left := deadline - time.monotonic()) > 0:
             self._pump(left)
 

@@ -80,6 +80,7 @@ CLOCK, EPOCH, BEACON = "clock", "epoch", "beacon"
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
 HEARTBEAT_S = 1.0
 LIVENESS = 3  # intervals of silence before a peer is dead
+FINISH_WAIT_S = 3.0  # the longest a world waits for its agents' reports after END
 MAX_MSG_BYTES = 1 << 22  # default largest message (all its frames): B = 4096 observations fit
 HWM = 100_000  # a peer's queues: its own traffic only
 # The broker's queues per connection, each way. libzmq counts messages, not bytes: a

@@ -34,13 +34,21 @@ def stats(endpoint: str) -> dict:
         return p.stats()
 
 
-def ddcl(*args: str, timeout: float = 30) -> subprocess.CompletedProcess:
-    """One `ddcl` command run to its end, output captured."""
+# How long a wait on something that will happen (a process starting, a run stepping, a
+# message arriving) may take before the test fails saying what never came. Generous: on a
+# quiet machine each takes a second or two, but beside other test workers and CPU hogs on
+# two cores, five processes importing torch took minutes. A wait that succeeds returns at
+# once, so only a test that fails pays the whole of it.
+SLOW_S = 240
+
+
+def ddcl(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """One `ddcl` command run to its end, output captured (`timeout` only guards a hang)."""
     return subprocess.run([sys.executable, "-m", "agents.cli", *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=timeout, env=dict(os.environ, PYTHONPATH=str(ROOT)))
 
 
-def wait_registered(endpoint: str, peer: str, proc: subprocess.Popen, timeout_s: float = 60) -> None:
+def wait_registered(endpoint: str, peer: str, proc: subprocess.Popen, timeout_s: float = SLOW_S) -> None:
     """Until `peer` has registered with the broker (`proc` must stay alive meanwhile)."""
     deadline = time.monotonic() + timeout_s
     while peer not in stats(endpoint)["peers"]:
@@ -53,18 +61,51 @@ def steps_done(run: Path) -> int:
     return len(path.read_text().splitlines()) if path.exists() else 0
 
 
-def wait_steps(run: Path, n: int, proc: subprocess.Popen, timeout_s: float = 60, log=lambda: "") -> None:
+def wait_steps(run: Path, n: int, proc: subprocess.Popen, timeout_s: float = SLOW_S, log=lambda: "") -> None:
     """Until the run in folder `run` has n steps in its metrics; a run that died fails at
-    once. A run's first wait also covers its processes' start-up, which beside many other
-    test workers on two cores took over a minute (pytest -n 14), so callers give that one
-    longer where a loaded machine outran it."""
-    deadline = time.monotonic() + timeout_s
-    while steps_done(run) < n:
+    once, and so does one that made no step for `timeout_s` (its processes' start-up
+    included: beside other test workers on two cores that took minutes)."""
+    last, deadline = -1, 0.0
+    while (done := steps_done(run)) < n:
         if proc.poll() is not None:  # its last metrics may have landed since the check above
             assert steps_done(run) >= n, f"the run exited ({proc.returncode}) at {steps_done(run)} steps\n{log()}"
             return
-        assert time.monotonic() < deadline, f"run stuck at {steps_done(run)} steps\n{log()}"
+        if done != last:
+            last, deadline = done, time.monotonic() + timeout_s
+        assert time.monotonic() < deadline, f"run stuck at {done} steps for {timeout_s:.0f} s\n{log()}"
         time.sleep(0.05)
+
+
+def metrics_rows(run: Path) -> list[dict]:
+    import json
+
+    path = run / "metrics.jsonl"
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+
+def wait_row(run: Path, ready, proc: subprocess.Popen, what: str, timeout_s: float = SLOW_S, log=lambda: "") -> dict:
+    """The first metrics row of the run in `run` for which ready(row) holds, once written;
+    fails saying `what` never happened if the run ends or `timeout_s` passes first."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        row = next((r for r in metrics_rows(run) if ready(r)), None)
+        if row is not None:
+            return row
+        rows = metrics_rows(run)
+        assert proc.poll() is None, f"the run exited ({proc.returncode}) before {what}\n{log()}"
+        assert time.monotonic() < deadline, (f"{what} never happened in {timeout_s:.0f} s; last row: "
+                                             f"{rows[-1] if rows else None}\n{log()}")
+        time.sleep(0.05)
+
+
+def until(ep: str, ready, timeout_s: float = SLOW_S) -> dict:
+    """The broker's stats once ready(stats) holds: another connection's messages may
+    still be on their way when a test asks, and a loaded broker may be slow to act."""
+    deadline = time.monotonic() + timeout_s
+    while not ready(s := stats(ep)):
+        assert time.monotonic() < deadline, f"the broker never got there in {timeout_s:.0f} s; its stats: {s}"
+        time.sleep(0.05)
+    return s
 
 
 class Procs:
@@ -81,6 +122,15 @@ class Procs:
 
     def log(self, name: str) -> str:
         return (self.tmp / f"{name}.log").read_text()
+
+    def wait_log(self, name: str, text: str, timeout_s: float = SLOW_S) -> None:
+        """Until process `name` has logged `text`."""
+        deadline = time.monotonic() + timeout_s
+        while text not in self.log(name):
+            assert self.procs[name].poll() is None or text in self.log(name), \
+                f"{name} exited ({self.procs[name].returncode}) without logging {text!r}:\n{self.log(name)}"
+            assert time.monotonic() < deadline, f"{name} never logged {text!r} in {timeout_s:.0f} s:\n{self.log(name)}"
+            time.sleep(0.05)
 
     def broker(self, port: int | None = None) -> str:
         port = port or free_port()

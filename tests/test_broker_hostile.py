@@ -4,14 +4,12 @@ it, skews its per-step figures, or costs a good peer a message."""
 
 from __future__ import annotations
 
-import time
-
 import zmq
 
 from broker import protocol as P
 from broker.peer import Peer
 from channel import codecs, frame
-from tests.conftest import free_port, stats, wait_port
+from tests.conftest import free_port, stats, until, wait_port
 
 RICE = codecs.get("rice")
 
@@ -48,16 +46,6 @@ def broker(procs, *extra: str) -> str:
     procs.start("broker", "broker", "serve", "--bind", f"tcp://127.0.0.1:{port}", *extra)
     wait_port(port)
     return f"tcp://127.0.0.1:{port}"
-
-
-def until(ep: str, ready, timeout_s: float = 60.0) -> dict:
-    """The broker's stats once ready(stats) holds: another connection's messages may
-    still be on their way when a test asks."""
-    deadline = time.monotonic() + timeout_s
-    while not ready(s := stats(ep)):
-        assert time.monotonic() < deadline, f"the broker never got there; its stats: {s}"
-        time.sleep(0.05)
-    return s
 
 
 def alive_and_serving(procs, ep: str) -> None:

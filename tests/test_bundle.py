@@ -4,13 +4,14 @@ and the bytes counted are the bytes a per-message delivery counts."""
 
 from __future__ import annotations
 
-import time
+from types import SimpleNamespace
 
 from broker import protocol as P
+from broker import bundle
 from broker.bundle import Bundler, Spoken
 from broker.peer import Peer
 from channel import codecs, frame
-from tests.conftest import free_port, stats, wait_port
+from tests.conftest import SLOW_S, free_port, stats, wait_port
 
 RICE = codecs.get("rice")
 
@@ -32,13 +33,17 @@ def test_a_bundle_goes_out_once_every_expected_speaker_spoke_this_step():
     assert b.add(spoken(b"b")) == [] and senders(b.new_step()) == [[b"b"]]  # a step boundary sends what is held
 
 
-def test_a_silent_speaker_costs_one_wait_and_is_expected_no_more():
+def test_a_silent_speaker_costs_one_wait_and_is_expected_no_more(monkeypatch):
+    # a clock the test moves: on a loaded machine more than the 50 ms wait could pass
+    # between two lines, and a bundle "not yet overdue" would be
+    now = [1000.0]
+    monkeypatch.setattr(bundle, "time", SimpleNamespace(monotonic=lambda: now[0]))
     b = Bundler(wait_s=0.05)
     for who in (b"a", b"b", b"a", b"b"):
         b.add(spoken(who))  # a and b expected
     assert b.add(spoken(b"a")) == []  # b silent: a waits
     assert b.overdue() is None
-    time.sleep(0.06)
+    now[0] += 0.06
     assert senders([b.overdue()]) == [[b"a"]]
     assert b.expected == {b"a"} and b.due() is None
     assert senders(b.add(spoken(b"a"))) == [[b"a"]]  # the next step: a alone, at once
@@ -64,12 +69,16 @@ def exchange(procs, bundle: bool, name: str) -> tuple[list, dict]:
                 peer.broadcast_frame(message(k, [r, k]))
             heard = []
             while len(heard) < 2:
-                heard += a0.recv(5)
+                msg = a0.recv(SLOW_S)
+                assert msg is not None, f"agent-0 heard {len(heard)} of round {r}'s 2 messages in {SLOW_S} s"
+                heard += msg
                 got.append(len(heard))
             for peer in (a1, a2):  # the others' copies too, so nothing is left queued
                 n = 0
                 while n < 2:
-                    n += len(peer.recv(5))
+                    msg = peer.recv(SLOW_S)
+                    assert msg is not None, f"{peer.id.decode()} heard {n} of round {r}'s 2 messages in {SLOW_S} s"
+                    n += len(msg)
         s = stats(ep)
     return got, s
 

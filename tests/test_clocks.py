@@ -12,6 +12,10 @@ from agents.clock import Clock
 from agents.desync import analyze, desync_by_step
 
 FAKETIME_LIB = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
+# Wall mode reads the step off the clock when an observation arrives, so a tick must be
+# longer than any delay of a loaded machine: at 0.1 s a clean run beside other test
+# workers read 8 % of its steps one tick late. The shifts below are 3 ticks.
+TICK_S = 0.5
 
 
 def test_logical_clock_skew_drift_and_beacon_correction():
@@ -28,7 +32,7 @@ def test_logical_clock_skew_drift_and_beacon_correction():
 
 
 def wall_run(procs, tmp_path: Path, name: str, agent1_env=None, faults: str = "") -> Path:
-    from tests.conftest import free_port, wait_port
+    from tests.conftest import SLOW_S, free_port, wait_port
 
     port = free_port()
     ep = f"tcp://127.0.0.1:{port}"
@@ -41,11 +45,11 @@ def wall_run(procs, tmp_path: Path, name: str, agent1_env=None, faults: str = ""
     procs.start(f"{name}-sync", "sync", "serve", "--broker", ep, "--beacon-every", "0")
     procs.start(f"{name}-agent-0", "agent", "--broker", ep, "--id", "agent-0", "--device", "cpu")
     procs.start(f"{name}-agent-1", "agent", "--broker", ep, "--id", "agent-1", "--device", "cpu", env_extra=agent1_env)
-    world = procs.start(f"{name}-world", "world", "--broker", ep, "--steps", "40", "--clock", "wall", "--tick", "0.1",
-                        "--out", str(run))
-    assert world.wait(120) == 0, procs.log(f"{name}-world")
+    world = procs.start(f"{name}-world", "world", "--broker", ep, "--steps", "40", "--clock", "wall", "--tick", str(TICK_S),
+                        "--deadline", "30", "--out", str(run))
+    assert world.wait(SLOW_S) == 0, procs.log(f"{name}-world")
     for k in range(2):
-        assert procs.procs[f"{name}-agent-{k}"].wait(30) == 0
+        assert procs.procs[f"{name}-agent-{k}"].wait(SLOW_S) == 0
     return run
 
 
@@ -53,8 +57,9 @@ def wall_run(procs, tmp_path: Path, name: str, agent1_env=None, faults: str = ""
 def test_faketime_shift_equals_injected_skew_in_wall_mode(procs, tmp_path):
     clean = wall_run(procs, tmp_path, "clean")
     faked = wall_run(procs, tmp_path, "faked", agent1_env={
-        "LD_PRELOAD": str(FAKETIME_LIB), "FAKETIME": "+0.3", "FAKETIME_DONT_FAKE_MONOTONIC": "1"})
-    skewed = wall_run(procs, tmp_path, "skewed", faults='[[fault]]\nstep = 0\nkind = "skew"\ntarget = "agent-1"\nvalue = 300\n')
+        "LD_PRELOAD": str(FAKETIME_LIB), "FAKETIME": f"+{3 * TICK_S}", "FAKETIME_DONT_FAKE_MONOTONIC": "1"})
+    skewed = wall_run(procs, tmp_path, "skewed",
+                      faults=f'[[fault]]\nstep = 0\nkind = "skew"\ntarget = "agent-1"\nvalue = {3 * TICK_S * 1000:g}\n')
     summary = lambda run: json.loads((run / "summary.json").read_text())  # noqa: E731
     assert summary(clean)["clock"] == "wall"
     result = {}

@@ -16,8 +16,10 @@ def test_a_traced_run_marks_every_role_in_causal_order(tmp_path):
     process is marked before it, in every step kept."""
     folder = tmp_path / "trace"
     folder.mkdir()
-    r = subprocess.run([sys.executable, "-m", "agents.cli", "up", "--steps", "150", "--out", str(tmp_path / "run")],
-                       cwd=ROOT, capture_output=True, text=True, timeout=180,
+    # a deadline no loaded machine misses: an agent that missed its peer's message acts
+    # without it, and the step it ends is not a causal chain
+    r = subprocess.run([sys.executable, "-m", "agents.cli", "up", "--steps", "150", "--deadline", "30",
+                        "--out", str(tmp_path / "run")], cwd=ROOT, capture_output=True, text=True, timeout=600,
                        env=dict(os.environ, PYTHONPATH=str(ROOT), **{trace.ENV: str(folder)}))
     assert r.returncode == 0, r.stdout + r.stderr
     traces = read_traces(folder)
