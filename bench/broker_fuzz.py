@@ -195,8 +195,10 @@ def checked_run(endpoint: str | None, folder: Path) -> dict:
 def run(inputs: int = 100_000, seed: int = 0, connections: int = 32, raw: int = 1000, progress=print) -> dict:
     port = free_port()
     endpoint = f"tcp://127.0.0.1:{port}"
+    # its log to a file: a pipe nobody reads fills, and the broker's next log line blocks it
+    log = tempfile.TemporaryFile()
     broker = subprocess.Popen([sys.executable, "-m", "agents.cli", "broker", "serve", "--bind", endpoint,
-                               "--max-message", str(MAX_MESSAGE)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                               "--max-message", str(MAX_MESSAGE)], stdout=subprocess.DEVNULL, stderr=log)
     try:
         wait_port(port, alive=lambda: broker.poll() is None)
         time.sleep(0.5)  # past its imports: the RSS before is the serving broker's
@@ -208,7 +210,8 @@ def run(inputs: int = 100_000, seed: int = 0, connections: int = 32, raw: int = 
         report["raw_tcp"] = drive_raw_tcp(port, rng, raw)
         report["alive_after_fuzz"] = broker.poll() is None
         if not report["alive_after_fuzz"]:
-            raise RuntimeError(f"the broker exited ({broker.returncode}): {broker.stderr.read()[-2000:]!r}")
+            log.seek(0)
+            raise RuntimeError(f"the broker exited ({broker.returncode}): {log.read()[-2000:]!r}")
         s = drained(endpoint, progress)
         report["refused"] = {k: v["messages"] for k, v in s["refused"].items()}
         report["ignored_connections"] = s["ignored_connections"]
@@ -226,6 +229,7 @@ def run(inputs: int = 100_000, seed: int = 0, connections: int = 32, raw: int = 
         if broker.poll() is None:
             broker.terminate()
         wait_or_kill([broker], 10)
+        log.close()
     report["ok"] = (report.get("alive_at_end", False) and report.get("same_bytes", False)
                     and report["rss_after_mb"] - report["rss_before_mb"] <= RSS_BOUND_MB)
     return report
