@@ -569,8 +569,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_args(up)
     up.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
     up.add_argument("--port", type=int_in(0, 65535), default=0, help="broker TCP port on 127.0.0.1 (default: a free one)")
-    up.add_argument("--bundle", action=argparse.BooleanOptionalAction, default=True,
-                    help="the broker bundles a step's agent messages per recipient (default on)")
+    up.add_argument("--bundle", action=argparse.BooleanOptionalAction, default=False,
+                    help="the broker bundles a step's agent messages per recipient (default off)")
     up.add_argument("--broker", help="endpoint of a running broker to use instead of starting one (e.g. tcp://host:5555)")
     up.add_argument("--device", type=device_name, default="auto", help="agent torch device: auto, cpu, cuda (default auto)")
     up.add_argument("--checkpoint", help="policy checkpoint for the agents (default: untrained, seeded)")
@@ -612,9 +612,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--max-message", type=int_in(1024, 1 << 30), default=1 << 22,
                    help="largest message in bytes, all its frames; larger ones are counted as oversize and dropped "
                         "(default 4194304: B = 4096 observations fit)")
-    b.add_argument("--bundle", action=argparse.BooleanOptionalAction, default=True,
-                   help="deliver a step's agent messages as one message per recipient (default on; --no-bundle: "
-                        "each message on its own, N(N-1) sends a step)")
+    b.add_argument("--bundle", action=argparse.BooleanOptionalAction, default=False,
+                   help="deliver a step's agent messages as one message per recipient, N sends a step instead of "
+                        "N(N-1) (default off: no faster on 2 to 16 agents here; see docs/performance.md)")
     b.add_argument("--bundle-wait", type=positive_float, default=20.0,
                    help="milliseconds a bundle waits for a step's last speaker before it goes out as it is (default 20)")
     _add_common(b)

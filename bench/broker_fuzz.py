@@ -112,7 +112,7 @@ def drive_dealers(endpoint: str, inputs: Inputs, count: int, connections: int, p
         s = ctx.socket(zmq.DEALER)
         s.setsockopt(zmq.LINGER, 0)
         # a broker that stops reading fails the run rather than hang it; a slow one (the
-        # fuzz keeps 32 connections x 1000 messages queued at it, on a loaded machine) is
+        # fuzz keeps 32 connections x 100 messages queued at it, on a loaded machine) is
         # given its time
         s.setsockopt(zmq.SNDTIMEO, SEND_TIMEOUT_S * 1000)
         s.setsockopt(zmq.RCVHWM, 1000)  # replies past it are dropped by libzmq, unread
@@ -217,6 +217,8 @@ def run(inputs: int = 100_000, seed: int = 0, connections: int = 32, raw: int = 
         report["ignored_connections"] = s["ignored_connections"]
         time.sleep(1.0)
         report["rss_after_mb"] = rss_mb(broker.pid)
+        with Peer(endpoint, b"cli") as cli:  # faults the fuzz added are its input, not the check run's
+            cli.request([P.CONTROL, P.pack({"op": P.FAULT_CLEAR, "id": None})], P.CONTROL_REPLY, 60)
         with tempfile.TemporaryDirectory() as tmp:
             progress("a normal run against the fuzzed broker, then the same run with a fresh one")
             after = checked_run(endpoint, Path(tmp) / "after-fuzz")

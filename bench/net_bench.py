@@ -162,7 +162,7 @@ def skeleton(agents: int, steps: int) -> float:
 
 
 def lockstep(agents: int, batch: int, steps: int, device: str = "cpu", peer_socket: str = "zmtp",
-             bundle: bool = True, warmup: int = WARMUP_STEPS) -> dict:
+             bundle: bool = False, warmup: int = WARMUP_STEPS) -> dict:
     """`steps` measured steps of a run that steps `warmup` steps first."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run"

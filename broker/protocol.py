@@ -88,7 +88,7 @@ HWM = 100_000  # a peer's queues: its own traffic only
 # twice the size limit), and past it libzmq stops reading from that connection until the
 # broker catches up. A lockstep peer has a few messages in flight; a flood is slowed to
 # the broker's pace instead of piling up in its memory.
-BROKER_HWM = 1000
+BROKER_HWM = 100
 
 # Bounds on what a connection can make the broker hold or say: everything read from the
 # network is hostile until checked.

@@ -25,7 +25,7 @@ from channel import ChannelError, frame
 from . import protocol as P
 from . import trace
 from .accounting import Accounting
-from .bundle import WAIT_S, Bundler, Spoken
+from .bundle import Bundler, Spoken
 from .bus import BusRefused, Hub, Publisher, topic_text
 from .faults import CLOCK_KINDS, FaultError, FaultTable
 from .linkline import LinkLine
@@ -71,7 +71,7 @@ class Remembered(OrderedDict):
 class Broker:
     def __init__(self, endpoint: str = P.DEFAULT_ENDPOINT, heartbeat_s: float = P.HEARTBEAT_S, ctx=None,
                  log_dir: Path | None = None, bus: Publisher | None = None, run: str = "default", curve=None,
-                 max_message: int = P.MAX_MSG_BYTES, bundle: float | None = WAIT_S):
+                 max_message: int = P.MAX_MSG_BYTES, bundle: float | None = None):
         self.ctx = ctx or zmq.Context.instance()
         self.sock = self.ctx.socket(zmq.ROUTER)
         self.max_message = max_message
