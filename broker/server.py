@@ -466,12 +466,7 @@ class Broker:
     def prune_subscribers(self) -> None:
         """Forget subscribers whose connection is gone: a send to one fails at once."""
         for routing in list(self.hub.subs):
-            try:
-                P.send_parts(self.sock, [routing, P.HEARTBEAT], P.NOBLOCK)
-            except zmq.ZMQError:
-                self.hub.drop(routing)
-                continue
-            self.acct.record("down", "control", "bus", [P.HEARTBEAT])
+            self.to_subscriber(routing, [P.HEARTBEAT])
 
     def on_publish(self, routing: bytes, peer: PeerInfo, parts: list[bytes]) -> None:
         if parts[3] not in (b"0", b"1"):
@@ -572,12 +567,12 @@ class Broker:
                              payload, retain=retain)
             return
         for routing, parts in self.hub.publish(topic, payload, retain, publisher):
-            try:
-                P.send_parts(self.sock, [routing, *parts], P.NOBLOCK)
-            except zmq.ZMQError:  # a subscriber that went away
-                self.hub.drop(routing)
-                continue
-            self.acct.record("down", "control", "bus", parts)
+            self.to_subscriber(routing, parts)
+
+    def to_subscriber(self, routing: bytes, parts: list[bytes]) -> None:
+        """A send to a bus subscriber; one that is gone or reads nothing is forgotten."""
+        if not self.reply(routing, "bus", parts):
+            self.hub.drop(routing)
 
     def publish_faults(self) -> None:
         self.publish("faults", json.dumps(self.faults.listing()).encode(), retain=True)
