@@ -30,6 +30,8 @@ import zmq.asyncio
 from . import protocol as P
 
 EMBEDDED = "embedded"
+# a clean exit sends what it queued: on a loaded machine the MQTT thread may need seconds
+BUS_FLUSH_S = 15.0
 
 
 class BusError(RuntimeError):
@@ -195,7 +197,7 @@ class Publisher:
         self.publish(f"status/{self.identifier}", b"offline", retain=True)
         if self._q is not None:
             self._q.put(None)
-            self._thread.join(5)
+            self._thread.join(BUS_FLUSH_S)
 
     def _run_mqtt(self) -> None:
         asyncio.run(self._mqtt_main())
