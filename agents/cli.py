@@ -156,9 +156,11 @@ def _curve(args):
 def _broker_serve(args) -> int:
     from broker.bus import EMBEDDED, Publisher
     from broker.faults_file import load_faults
+    from broker.limits import cap_open_files
     from broker.server import Broker
     import zmq
 
+    cap_open_files()
     schedule = load_faults(args.faults) if args.faults else []
     if args.log_dir:
         out_folder(args.log_dir, "--log-dir")

@@ -94,6 +94,11 @@ BROKER_HWM = 100
 # network is hostile until checked.
 MAX_AGENTS = WORLD_SENDER  # agent-0 .. agent-254: a channel frame's sender is one byte, 0xFF the world's
 MAX_PEERS = MAX_AGENTS + 64  # registered connections of every role
+# Open files of a `ddcl broker serve` process, connections included. Each TCP connection
+# costs libzmq about 12 KB before it says a word; the kernel's limit (often 2**20) would
+# let a flood of idle connections grow the broker without bound. At this cap libzmq
+# stops accepting and keeps serving the connections it has.
+MAX_OPEN_FILES = 1024
 MAX_ID_BYTES = 20  # the longest id any role's grammar allows ("cli-" + 16)
 MAX_PARTS = 2 * MAX_AGENTS + 3  # a SEND to every agent: command + (destination, body) pairs
 MAX_TOPIC_BYTES = 256

@@ -4,6 +4,9 @@ it, skews its per-step figures, or costs a good peer a message."""
 
 from __future__ import annotations
 
+import os
+import socket
+
 import zmq
 
 from broker import protocol as P
@@ -12,6 +15,8 @@ from channel import codecs, frame
 from tests.conftest import free_port, stats, until, wait_port
 
 RICE = codecs.get("rice")
+# a ZMTP 3.0 greeting offering NULL: a connection that got past TCP and says no more
+ZMTP_NULL_GREETING = b"\xff" + bytes(8) + b"\x7f\x03\x00" + b"NULL".ljust(20, b"\0") + bytes(32)
 
 
 def message(sender: int, values) -> bytes:
@@ -179,3 +184,30 @@ def test_a_connection_past_its_strikes_is_ignored_and_the_rest_served(procs):
     assert s["ignored_connections"] == 1
     assert s["refused"]["ignored"]["messages"] == 50 - 1
     assert s["messages"]["delivered"] == 1
+
+
+def test_a_flood_of_idle_connections_stops_at_the_open_file_cap(procs):
+    """Past the cap libzmq accepts no more; the broker holds no more than the cap and
+    serves the peers it has, and new ones once the flood ends."""
+    ep = broker(procs)
+    pid = procs.procs["broker"].pid
+    host, port = ep[len("tcp://"):].rsplit(":", 1)
+    with Peer(ep, b"agent") as a0, Peer(ep, b"agent") as a1:
+        flood = []
+        try:
+            # past the cap, within libzmq's listen backlog (100): more would wait in connect()
+            for _ in range(P.MAX_OPEN_FILES + 50):
+                s = socket.create_connection((host, int(port)), timeout=10)
+                s.sendall(ZMTP_NULL_GREETING)
+                flood.append(s)
+                for peer in (a0, a1):  # a flood takes seconds: the broker must not give them up
+                    peer.heartbeat_if_idle()
+            good = message(P.agent_index(a0.id), [3, 1])
+            a0.broadcast_frame(good)
+            assert a1.recv(5) == [good]
+            assert procs.procs["broker"].poll() is None, procs.log("broker")
+            assert len(os.listdir(f"/proc/{pid}/fd")) <= P.MAX_OPEN_FILES
+        finally:
+            for s in flood:
+                s.close()
+    alive_and_serving(procs, ep)
