@@ -2,21 +2,32 @@
 
 Clock faults (skew, drift) are sent to the target agent's clock object; sync faults
 (beacon-loss, stale-seed) filter the sync service's beacons on their way to the agent;
-link faults (delay, drop, duplicate, reorder) act on agent messages in the broker's
-delivery path, on one link ("agent-0>agent-1"), every link into or out of one agent
-("agent-1"), or all ("*"). Modelled on Toxiproxy's named, removable "toxics".
+link faults act on agent messages in the broker's delivery path, on one link
+("agent-0>agent-1"), every link into or out of one agent ("agent-1"), or all ("*").
+Modelled on Toxiproxy's named, removable "toxics" and on tc-netem's link models:
+
+    delay V        every copy V ms late           jitter V     +-V ms more, uniform
+    drop P         lost with probability P        duplicate P  one copy more with probability P
+    reorder W      W copies shuffled in a burst   partition    every copy lost, until cleared
+    bandwidth V    V bits/s on the link: a copy waits its turn, and is lost if that
+                   would take over MAX_QUEUE_S (the limited channel, made real)
+    burst-loss P   Gilbert-Elliott: good -> bad with probability P a copy, bad -> good
+                   with `r`; lost with `loss_bad` (default 1) in bad, `loss_good` (0) in good
+    corrupt P      one payload bit flipped with probability P
 """
 
 from __future__ import annotations
 
 import random
+import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from .protocol import clip, shown
 
 CLOCK_KINDS = ("skew", "drift")
 SYNC_KINDS = ("beacon-loss", "stale-seed")
-LINK_KINDS = ("delay", "drop", "duplicate", "reorder")
+LINK_KINDS = ("delay", "jitter", "drop", "duplicate", "reorder", "partition", "bandwidth", "burst-loss", "corrupt")
 KINDS = CLOCK_KINDS + SYNC_KINDS + LINK_KINDS
 
 MAX_SKEW = 10**6  # steps (logical clocks) or milliseconds (wall clocks)
@@ -25,6 +36,12 @@ MAX_DELAY_MS = 60_000
 MAX_REORDER = 1000
 MAX_BEACONS = 10**6
 MAX_FAULTS = 256  # active at once: the table is walked for every agent-message copy
+MIN_BANDWIDTH, MAX_BANDWIDTH = 8.0, 1e10  # bits/s: a byte a second up to 10 Gbit/s
+# a copy that would wait longer for its link is lost: a lockstep peer gave up on it long
+# before (its wait is half the step deadline), and an unbounded queue is unbounded memory
+MAX_QUEUE_S = 1.0
+PROBABILITY_KINDS = ("drop", "duplicate", "burst-loss", "corrupt")
+BURST_PARAMS = {"r": None, "loss_bad": 1.0, "loss_good": 0.0}  # name: default (None: required)
 
 
 class FaultError(ValueError):
@@ -36,9 +53,10 @@ class Fault:
     id: int
     kind: str
     target: str  # agent-K, a link "agent-J>agent-K", or "*"
-    value: float = 0.0  # steps/ms, ppm, ms, probability, window or beacon count
+    value: float = 0.0  # steps/ms, ppm, ms, probability, window, bits/s or beacon count
     step: int | None = None  # world step when applied
     remaining: int | None = None  # beacon-loss: beacons still to drop
+    params: dict[str, float] | None = None  # burst-loss: r, loss_bad, loss_good
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -57,11 +75,43 @@ def _number(req: dict, name: str) -> float:
     return float(v)
 
 
+def _probability(req: dict, name: str, kind: str) -> float:
+    v = _number(req, name)
+    if not 0 <= v <= 1:
+        raise FaultError(f"{kind} {name} must be a probability within 0..1, got {v}")
+    return v
+
+
+def _burst_params(req: dict) -> dict[str, float]:
+    params = {}
+    for name, default in BURST_PARAMS.items():
+        if req.get(name) is None and default is not None:
+            params[name] = default
+        elif req.get(name) is None:
+            raise FaultError(f"burst-loss needs {name}, the bad -> good probability a copy")
+        else:
+            params[name] = _probability(req, name, "burst-loss")
+    return params
+
+
+@dataclass(frozen=True)
+class LinkPlan:
+    """What happens to one agent-message copy on its link."""
+
+    copies: int = 1  # 0: lost
+    delay: float = 0.0  # seconds held before it goes
+    flip: int | None = None  # corrupt: the payload bit to flip
+
+
 @dataclass
 class FaultTable:
     faults: dict[int, Fault] = field(default_factory=dict)
     next_id: int = 1
     rng: random.Random = field(default_factory=lambda: random.Random(0))
+    # per (fault id, src, dst): bandwidth's time the link is busy until; burst-loss's state
+    busy_until: dict[tuple[int, str, str], float] = field(default_factory=dict)
+    bad_state: dict[tuple[int, str, str], bool] = field(default_factory=dict)
+    clock: Callable[[], float] = time.monotonic  # the broker's delivery clock
 
     def validate(self, req: dict, agents: set[str]) -> Fault:
         """A Fault for this request (not yet added), or FaultError saying what is wrong."""
@@ -78,7 +128,7 @@ class FaultTable:
             ends = target.split(">")
             if len(ends) > 2 or any(e not in agents for e in ends):
                 raise FaultError(f"unknown agent or link {shown(target)}; use agent-K, agent-J>agent-K or *")
-        value, remaining = 0.0, None
+        value, remaining, params = 0.0, None, None
         if kind == "skew":
             value = _number(req, "value")
             if abs(value) > MAX_SKEW or value != int(value):
@@ -92,19 +142,23 @@ class FaultTable:
             if not 1 <= value <= MAX_BEACONS or value != int(value):
                 raise FaultError(f"beacon count must be a whole number in 1..{MAX_BEACONS}")
             remaining = int(value)
-        elif kind == "delay":
+        elif kind in ("delay", "jitter"):
             value = _number(req, "value")
             if not 0 <= value <= MAX_DELAY_MS:
-                raise FaultError(f"delay must be 0..{MAX_DELAY_MS} ms")
-        elif kind in ("drop", "duplicate"):
+                raise FaultError(f"{kind} must be 0..{MAX_DELAY_MS} ms")
+        elif kind in PROBABILITY_KINDS:
+            value = _probability(req, "value", kind)
+            if kind == "burst-loss":
+                params = _burst_params(req)
+        elif kind == "bandwidth":
             value = _number(req, "value")
-            if not 0 <= value <= 1:
-                raise FaultError(f"{kind} probability must be within 0..1, got {value}")
+            if not MIN_BANDWIDTH <= value <= MAX_BANDWIDTH:
+                raise FaultError(f"bandwidth must be {MIN_BANDWIDTH:g}..{MAX_BANDWIDTH:g} bits/s, got {value:g}")
         elif kind == "reorder":
             value = _number(req, "value")
             if not 2 <= value <= MAX_REORDER or value != int(value):
                 raise FaultError(f"reorder window must be a whole number in 2..{MAX_REORDER}")
-        return Fault(self.next_id, kind, target, value, remaining=remaining)
+        return Fault(self.next_id, kind, target, value, remaining=remaining, params=params)
 
     def add(self, fault: Fault, step: int | None) -> Fault:
         if len(self.faults) >= MAX_FAULTS:
@@ -119,10 +173,14 @@ class FaultTable:
         if fault_id is None:
             gone = list(self.faults.values())
             self.faults.clear()
-            return gone
-        if fault_id not in self.faults:
+        elif fault_id not in self.faults:
             raise FaultError(f"no fault with id {fault_id}; active: {sorted(self.faults) or 'none'}")
-        return [self.faults.pop(fault_id)]
+        else:
+            gone = [self.faults.pop(fault_id)]
+        for state in (self.busy_until, self.bad_state):  # a link state dies with its fault
+            for key in [k for k in state if k[0] not in self.faults]:
+                del state[key]
+        return gone
 
     def of_kind(self, *kinds: str):
         return [f for f in self.faults.values() if f.kind in kinds]
@@ -147,21 +205,53 @@ class FaultTable:
                 return True
         return False
 
-    def link_plan(self, src: str, dst: str) -> tuple[int, float]:
-        """(copies, delay in seconds) for one agent message on src>dst; 0 copies: dropped."""
-        copies, delay = 1, 0.0
+    def link_plan(self, src: str, dst: str, wire_bytes: int = 0, payload_bytes: int = 0) -> LinkPlan:
+        """What happens to one agent message of `wire_bytes` on src>dst."""
         if not self.faults:  # the common case, on every message copy
-            return copies, delay
+            return LinkPlan()
+        copies, delay, flip = 1, 0.0, None
         for f in self.of_kind(*LINK_KINDS):
             if not f.matches_link(src, dst):
                 continue
-            if f.kind == "drop" and self.rng.random() < f.value:
-                return 0, 0.0
+            if f.kind == "partition" or (f.kind == "drop" and self.rng.random() < f.value):
+                return LinkPlan(0)
+            if f.kind == "burst-loss" and self._burst_lost(f, src, dst):
+                return LinkPlan(0)
             if f.kind == "duplicate" and self.rng.random() < f.value:
                 copies += 1
             if f.kind == "delay":
                 delay += f.value / 1000
-        return copies, delay
+            if f.kind == "jitter":
+                delay += self.rng.uniform(-f.value, f.value) / 1000
+            if f.kind == "corrupt" and payload_bytes and self.rng.random() < f.value:
+                flip = self.rng.randrange(8 * payload_bytes)
+        delay = max(delay, 0.0)
+        for f in self.of_kind("bandwidth"):  # last: the copies that survived take their turn
+            if f.matches_link(src, dst):
+                wait = self._queued(f, src, dst, copies * wire_bytes)
+                if wait is None:
+                    return LinkPlan(0)
+                delay += wait
+        return LinkPlan(copies, delay, flip)
+
+    def _burst_lost(self, f: Fault, src: str, dst: str) -> bool:
+        """Gilbert-Elliott: move the link's state a copy on, then lose at its rate."""
+        key = (f.id, src, dst)
+        bad = self.bad_state.get(key, False)
+        bad = self.rng.random() >= f.params["r"] if bad else self.rng.random() < f.value
+        self.bad_state[key] = bad
+        return self.rng.random() < f.params["loss_bad" if bad else "loss_good"]
+
+    def _queued(self, f: Fault, src: str, dst: str, nbytes: int) -> float | None:
+        """Seconds until the copy has gone out on a link of f.value bits/s behind what
+        waits before it; None (lost) when that is over MAX_QUEUE_S."""
+        key, now = (f.id, src, dst), self.clock()
+        start = max(now, self.busy_until.get(key, now))
+        done = start + 8 * nbytes / f.value
+        if done - now > MAX_QUEUE_S:
+            return None
+        self.busy_until[key] = done
+        return done - now
 
     def reorder_window(self, src: str, dst: str) -> int:
         if not self.faults:

@@ -4,7 +4,7 @@
     step = 100
     kind = "skew"        # any `ddcl broker fault` kind
     target = "agent-1"   # agent-K, agent-J>agent-K, or "*" (link faults)
-    value = 3
+    value = 3            # burst-loss also takes r, loss_bad, loss_good
 
     [[clear]]            # removes fault `id` (ids count from 1 in file order) or all
     step = 200
@@ -16,7 +16,7 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
-from .faults import KINDS, FaultError
+from .faults import BURST_PARAMS, KINDS, FaultError
 
 
 def load_faults(path) -> list[tuple[int, dict]]:
@@ -29,8 +29,9 @@ def load_faults(path) -> list[tuple[int, dict]]:
     for i, f in enumerate(doc.get("fault", []), 1):
         if not isinstance(f.get("step"), int) or f["step"] < 0 or f.get("kind") not in KINDS:
             raise FaultError(f"{path}: fault #{i} needs a step >= 0 and a kind in {', '.join(KINDS)}")
+        extra = {name: f[name] for name in BURST_PARAMS if name in f}  # burst-loss's own
         out.append((f["step"], {"op": "fault-add", "kind": f["kind"], "target": f.get("target", "*"),
-                                "value": f.get("value")}))
+                                "value": f.get("value"), **extra}))
     for i, c in enumerate(doc.get("clear", []), 1):
         if not isinstance(c.get("step"), int) or c["step"] < 0 or (c.get("all") is not True and not isinstance(c.get("id"), int)):
             raise FaultError(f"{path}: clear #{i} needs a step >= 0 and an id or all = true")

@@ -68,6 +68,13 @@ class Remembered(OrderedDict):
             self.popitem(last=False)
 
 
+def flipped(data: bytes, bit: int) -> bytes:
+    """`data` with one bit flipped: a corrupt link fault's copy."""
+    out = bytearray(data)
+    out[bit // 8] ^= 0x80 >> (bit % 8)
+    return bytes(out)
+
+
 class Broker:
     def __init__(self, endpoint: str = P.DEFAULT_ENDPOINT, heartbeat_s: float = P.HEARTBEAT_S, ctx=None,
                  log_dir: Path | None = None, bus: Publisher | None = None, run: str = "default", curve=None,
@@ -327,12 +334,13 @@ class Broker:
         recipients = [p for p in self.agents() if p is not sender]
         ok = bool(recipients)
         for peer in recipients:
-            copies, delay = self.faults.link_plan(link, peer.link)
-            if copies == 0:
+            plan = self.faults.link_plan(link, peer.link, len(parts[0]), len(f.payload))
+            if plan.copies == 0:
                 ok = False
                 acct.other["fault_dropped"] = acct.other.get("fault_dropped", 0) + 1
-            for _ in range(copies):
-                if not self.route(peer, parts, len(f.payload), header, f.count, delay, link):
+            sent = parts if plan.flip is None else [flipped(parts[0], 8 * header + plan.flip)]
+            for _ in range(plan.copies):
+                if not self.route(peer, sent, len(f.payload), header, f.count, plan.delay, link):
                     ok = False
         # counted once it is on its way: the copies are the step's critical path, the count is not
         acct.record("up", "message", link, parts, len(f.payload))

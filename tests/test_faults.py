@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agents.desync import analyze, desync_by_step
-from broker.faults import FaultError, FaultTable
+from broker.faults import LINK_KINDS, MAX_DELAY_MS, MAX_QUEUE_S, FaultError, FaultTable, LinkPlan
 from broker.faults_file import load_faults
 from tests.conftest import SLOW_S, ddcl, free_port, steps_done, wait_steps
 
@@ -35,10 +37,10 @@ def test_link_plans_follow_the_faults():
     table = FaultTable()
     table.add(table.validate({"kind": "drop", "target": "agent-0>agent-1", "value": 1.0}, AGENTS), 0)
     table.add(table.validate({"kind": "delay", "target": "agent-1", "value": 30}, AGENTS), 0)
-    assert table.link_plan("agent-0", "agent-1") == (0, 0.0)
-    assert table.link_plan("agent-1", "agent-0") == (1, 0.03)
+    assert table.link_plan("agent-0", "agent-1") == LinkPlan(0, 0.0)
+    assert table.link_plan("agent-1", "agent-0") == LinkPlan(1, 0.03)
     table.add(table.validate({"kind": "duplicate", "value": 1.0}, AGENTS), 0)
-    assert table.link_plan("agent-1", "agent-0")[0] == 2
+    assert table.link_plan("agent-1", "agent-0").copies == 2
     table.add(table.validate({"kind": "beacon-loss", "target": "agent-1", "value": 2}, AGENTS), 0)
     assert [table.blocks_beacon("agent-1") for _ in range(3)] == [True, True, False]
     assert table.clear(None) and table.faults == {}
@@ -159,3 +161,99 @@ def test_epochs_rotate_in_step_and_a_stale_seed_desyncs_until_cleared(tmp_path):
     assert all(by_step[s] == 0 for s in range(66, 100))  # cleared at 60, beacon at 65
     rec = json.loads((run / "summary.json").read_text())["desync"]["recovery_steps"]
     assert rec and rec[0]["steps_to_recover"] <= 5
+
+
+def table_with(*reqs: dict) -> FaultTable:
+    table = FaultTable()
+    for req in reqs:
+        table.add(table.validate(req, AGENTS), 0)
+    return table
+
+
+@pytest.mark.parametrize("req, message", [
+    ({"kind": "burst-loss", "value": 0.1}, "needs r"),
+    ({"kind": "burst-loss", "value": 0.1, "r": 1.5}, "probability"),
+    ({"kind": "bandwidth", "value": 1}, "bits/s"),
+    ({"kind": "bandwidth", "value": 1e11}, "bits/s"),
+    ({"kind": "jitter", "value": -1}, "ms"),
+    ({"kind": "corrupt", "value": 2}, "probability"),
+    ({"kind": "partition", "target": "agent-0>agent-7"}, "unknown agent or link"),
+])
+def test_bad_link_fault_requests_are_refused(req, message):
+    with pytest.raises(FaultError, match=message):
+        FaultTable().validate(req, AGENTS)
+
+
+def test_jitter_spreads_delays_around_the_delay_and_never_below_zero():
+    table = table_with({"kind": "delay", "value": 20}, {"kind": "jitter", "value": 10})
+    delays = [table.link_plan("agent-0", "agent-1").delay for _ in range(2000)]
+    assert 0.010 <= min(delays) < 0.012 and 0.028 < max(delays) <= 0.030
+    wide = table_with({"kind": "jitter", "value": 50})
+    assert min(wide.link_plan("agent-0", "agent-1").delay for _ in range(2000)) == 0.0
+
+
+def test_a_partition_cuts_its_links_until_cleared():
+    table = table_with({"kind": "partition", "target": "agent-0>agent-1"})
+    assert table.link_plan("agent-0", "agent-1").copies == 0
+    assert table.link_plan("agent-1", "agent-0").copies == 1  # one way only
+    table.clear(1)
+    assert table.link_plan("agent-0", "agent-1").copies == 1
+
+
+def test_bandwidth_queues_copies_then_loses_what_would_wait_too_long():
+    table = table_with({"kind": "bandwidth", "value": 8000})  # 100 bytes take 0.1 s
+    table.clock = lambda: 5.0
+    delays = [table.link_plan("agent-0", "agent-1", wire_bytes=100).delay for _ in range(10)]
+    assert delays == pytest.approx([0.1 * (i + 1) for i in range(10)])
+    assert table.link_plan("agent-0", "agent-1", wire_bytes=100).copies == 0  # 1.1 s: over MAX_QUEUE_S
+    assert table.link_plan("agent-1", "agent-0", wire_bytes=100).delay == pytest.approx(0.1)  # its own budget
+    table.clock = lambda: 6.0  # the queue drained
+    assert table.link_plan("agent-0", "agent-1", wire_bytes=100).delay == pytest.approx(0.1)
+
+
+def test_burst_loss_loses_in_bursts_at_the_gilbert_rate():
+    def runs(lost: list[bool]) -> float:
+        n = sum(1 for i, x in enumerate(lost) if x and (i == 0 or not lost[i - 1]))
+        return sum(lost) / n
+
+    burst = table_with({"kind": "burst-loss", "value": 0.1, "r": 0.3})
+    lost = [burst.link_plan("agent-0", "agent-1").copies == 0 for _ in range(100_000)]
+    assert sum(lost) / len(lost) == pytest.approx(0.1 / (0.1 + 0.3), abs=0.01)  # p / (p + r)
+    assert runs(lost) == pytest.approx(1 / 0.3, abs=0.2)  # a bad spell lasts 1/r copies
+    iid = table_with({"kind": "drop", "value": 0.25})
+    assert runs([iid.link_plan("agent-0", "agent-1").copies == 0 for _ in range(100_000)]) < 1.5
+
+
+def test_corrupt_flips_one_payload_bit():
+    from broker.server import flipped
+
+    table = table_with({"kind": "corrupt", "value": 1.0})
+    flips = {table.link_plan("agent-0", "agent-1", wire_bytes=9, payload_bytes=3).flip for _ in range(500)}
+    assert flips == set(range(24))
+    assert table.link_plan("agent-0", "agent-1", wire_bytes=6, payload_bytes=0).flip is None
+    data = bytes(range(9))
+    for bit in range(72):
+        out = flipped(data, bit)
+        assert sum(bin(a ^ b).count("1") for a, b in zip(out, data)) == 1 and flipped(out, bit) == data
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.fixed_dictionaries(
+    {"kind": st.sampled_from(LINK_KINDS),
+     "target": st.sampled_from(["*", "agent-0", "agent-1", "agent-0>agent-1", "agent-1>agent-0"]),
+     "value": st.one_of(st.none(), st.floats(allow_nan=True), st.integers(-10, 10**11))},
+    optional={"r": st.one_of(st.floats(), st.text(max_size=3)), "loss_bad": st.floats(-1, 2)}), max_size=6),
+    st.lists(st.tuples(st.booleans(), st.integers(0, 10**6), st.integers(0, 10**5)), min_size=1, max_size=30))
+def test_any_link_faults_give_plans_within_bounds(reqs, copies):
+    table = FaultTable()
+    for req in reqs:
+        try:
+            table.add(table.validate(req, AGENTS), 0)
+        except FaultError:
+            pass
+    for forward, wire, payload in copies:
+        src, dst = ("agent-0", "agent-1") if forward else ("agent-1", "agent-0")
+        plan = table.link_plan(src, dst, wire, payload)
+        assert plan.copies >= 0 and plan.delay >= 0
+        assert plan.flip is None or 0 <= plan.flip < 8 * payload
+        assert plan.delay <= len(table.faults) * (MAX_DELAY_MS / 1000 + MAX_QUEUE_S)
