@@ -94,6 +94,14 @@ def _burst_params(req: dict) -> dict[str, float]:
     return params
 
 
+def flipped(data: bytes, bit: int) -> bytes:
+    """`data` with one bit flipped (counted from the first byte's high bit): a corrupt
+    link fault's copy."""
+    out = bytearray(data)
+    out[bit // 8] ^= 0x80 >> (bit % 8)
+    return bytes(out)
+
+
 @dataclass(frozen=True)
 class LinkPlan:
     """What happens to one agent-message copy on its link."""

@@ -27,7 +27,7 @@ from . import trace
 from .accounting import Accounting
 from .bundle import Bundler, Spoken
 from .bus import BusRefused, Hub, Publisher, topic_text
-from .faults import CLOCK_KINDS, FaultError, FaultTable
+from .faults import CLOCK_KINDS, FaultError, FaultTable, flipped
 from .linkline import LinkLine
 
 log = logging.getLogger("ddcl.broker")
@@ -66,13 +66,6 @@ class Remembered(OrderedDict):
         self.move_to_end(key)
         while len(self) > MAX_REMEMBERED:
             self.popitem(last=False)
-
-
-def flipped(data: bytes, bit: int) -> bytes:
-    """`data` with one bit flipped: a corrupt link fault's copy."""
-    out = bytearray(data)
-    out[bit // 8] ^= 0x80 >> (bit % 8)
-    return bytes(out)
 
 
 class Broker:

@@ -153,3 +153,22 @@ def test_compiled_kernels_stay_in_bounds_on_hostile_bytes(tmp_path):
                        env=env, capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "untyped failures: 0" in r.stdout
+
+
+@pytest.mark.parametrize("name", codecs.NAMES)
+@settings(max_examples=150, deadline=None)
+@given(values=st.one_of(small_ints, mixed_ints), where=st.floats(0, 1, exclude_max=True))
+def test_a_flipped_bit_decodes_to_values_or_a_codec_error(name, values, where):
+    """A corrupt link fault's copy: the receiver gets as many values as the header says,
+    or a CodecError it counts as a bad frame; nothing else escapes."""
+    from broker.faults import flipped
+
+    codec = codecs.get(name)
+    data = codec.encode(values)
+    if not data:
+        return
+    try:
+        out = codec.decode(flipped(data, int(where * 8 * len(data))), len(values))
+    except CodecError:
+        return
+    assert len(out) == len(values)

@@ -225,7 +225,7 @@ def test_burst_loss_loses_in_bursts_at_the_gilbert_rate():
 
 
 def test_corrupt_flips_one_payload_bit():
-    from broker.server import flipped
+    from broker.faults import flipped
 
     table = table_with({"kind": "corrupt", "value": 1.0})
     flips = {table.link_plan("agent-0", "agent-1", wire_bytes=9, payload_bytes=3).flip for _ in range(500)}
