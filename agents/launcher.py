@@ -42,16 +42,24 @@ PR_SET_PDEATHSIG = 1
 _prctl = getattr(ctypes.CDLL(None, use_errno=True), "prctl", None) if sys.platform == "linux" else None
 
 
-def _child_setup(parent: int):
-    """Runs in each child before exec. Its own process group: a terminal's Ctrl-C reaches
-    only `ddcl up`, which stops the world first so that it can still write its summary.
-    On Linux, SIGTERM when `ddcl up` dies, however it dies: no child outlives it."""
+def dies_with(parent: int):
+    """A child's preexec_fn (`parent`: the starting process's pid, taken before the fork):
+    on Linux, SIGTERM when that process dies, however it dies."""
     def setup() -> None:
-        os.setpgid(0, 0)
         if _prctl is not None:
             _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
             if os.getppid() != parent:  # it died before the line above
                 os.kill(os.getpid(), signal.SIGTERM)
+    return setup
+
+
+def _child_setup(parent: int):
+    """Runs in each role before exec. Its own process group: a terminal's Ctrl-C reaches
+    only `ddcl up`, which stops the world first so that it can still write its summary.
+    No role outlives `ddcl up`."""
+    def setup() -> None:
+        os.setpgid(0, 0)
+        dies_with(parent)()
     return setup
 
 

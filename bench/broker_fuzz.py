@@ -14,6 +14,7 @@ messages, floods of retained publishes, registered and not) and by raw TCP conne
 from __future__ import annotations
 
 import json
+import os
 import random
 import socket
 import subprocess
@@ -24,7 +25,7 @@ from pathlib import Path
 
 import zmq
 
-from agents.launcher import free_port, wait_or_kill, wait_port
+from agents.launcher import dies_with, free_port, wait_or_kill, wait_port
 from bench.common import table
 from broker import protocol as P
 from broker.peer import Peer
@@ -186,7 +187,7 @@ def checked_run(endpoint: str | None, folder: Path) -> dict:
     cmd = [sys.executable, "-m", "agents.cli", "up", *CHECK_RUN, "--out", str(folder)]
     if endpoint:
         cmd += ["--broker", endpoint]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, preexec_fn=dies_with(os.getpid()))
     if done.returncode != 0:
         raise RuntimeError(f"the check run failed ({done.returncode}): {done.stderr[-2000:]}")
     return json.loads((folder / "summary.json").read_text())
@@ -198,7 +199,8 @@ def run(inputs: int = 100_000, seed: int = 0, connections: int = 32, raw: int = 
     # its log to a file: a pipe nobody reads fills, and the broker's next log line blocks it
     log = tempfile.TemporaryFile()
     broker = subprocess.Popen([sys.executable, "-m", "agents.cli", "broker", "serve", "--bind", endpoint,
-                               "--max-message", str(MAX_MESSAGE)], stdout=subprocess.DEVNULL, stderr=log)
+                               "--max-message", str(MAX_MESSAGE)], stdout=subprocess.DEVNULL, stderr=log,
+                              preexec_fn=dies_with(os.getpid()))
     try:
         wait_port(port, alive=lambda: broker.poll() is None)
         time.sleep(0.5)  # past its imports: the RSS before is the serving broker's

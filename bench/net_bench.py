@@ -25,6 +25,7 @@ from pathlib import Path
 
 import zmq
 
+from agents.launcher import dies_with
 from broker.peer import SOCKET_ENV, dealer
 
 from .common import table, up_command
@@ -50,7 +51,7 @@ while True:
 
 def _helper(script: str, *args: str, stdout=None) -> subprocess.Popen:
     """A helper process running `script`, which may import the project."""
-    return subprocess.Popen([sys.executable, "-c", script, *args], stdout=stdout, text=True,
+    return subprocess.Popen([sys.executable, "-c", script, *args], stdout=stdout, text=True, preexec_fn=dies_with(os.getpid()),
                             env=dict(os.environ, PYTHONPATH=str(ROOT)))
 
 
@@ -167,7 +168,7 @@ def lockstep(agents: int, batch: int, steps: int, device: str = "cpu", peer_sock
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run"
         subprocess.run(up_command(agents, batch, warmup + steps, out, device, bundle), check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600, preexec_fn=dies_with(os.getpid()),
                        env=dict(os.environ, **{SOCKET_ENV: peer_socket}))
         summary = json.loads((out / "summary.json").read_text())
         lat = [json.loads(x)["latency_s"] for x in (out / "metrics.jsonl").read_text().splitlines()]

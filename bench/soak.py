@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+from agents.launcher import dies_with
 from bench.common import table
 
 WARMUP = 0.1  # the share of the run before the RSS fit starts: imports, caches, first episodes
@@ -78,7 +79,8 @@ def run(agents: int = 16, steps: int = 100_000, batch: int = 1, out: Path = Path
     out = Path(out)
     cmd = [sys.executable, "-m", "agents.cli", "up", "--env", "goal", "--agents", str(agents), "--batch", str(batch),
            "--steps", str(steps), "--deadline", "10", "--device", "cpu", "--out", str(out)]
-    up = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    up = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                          preexec_fn=dies_with(os.getpid()))
     samples: dict[str, list[tuple[int, float]]] = {}
     start = time.monotonic()
     log = open(out / "rss.jsonl", "w")  # the samples as they come: a stopped soak keeps them

@@ -23,6 +23,7 @@ import tempfile
 from collections import Counter, defaultdict
 from pathlib import Path
 
+from agents.launcher import dies_with
 from broker import trace
 
 from .common import table, up_command
@@ -88,6 +89,7 @@ def run(agents: int = 2, batch: int = 1, steps: int = 3000, device: str = "cpu")
         cmd = up_command(agents, batch, steps, Path(tmp) / "run", device)
         print(f"[bench timeline] {agents} agents, B={batch}: {steps} traced steps", file=sys.stderr, flush=True)
         r = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=900,
+                           preexec_fn=dies_with(os.getpid()),
                            env={**os.environ, trace.ENV: str(folder)})
         if r.returncode:
             raise RuntimeError(f"the traced run failed (ddcl up, exit status {r.returncode}): "

@@ -407,3 +407,20 @@ def test_ddcl_up_refuses_a_checkpoint_for_another_env_before_starting(tmp_path):
     assert r.returncode == 2
     assert "is for env 'tj-easy', not 'goal'" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "run").exists()  # nothing started
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_benchmarks_children_die_with_it():
+    """What benchmarks start (their `ddcl up`) goes when the benchmark is killed."""
+    code = ("import os, subprocess, sys, time; from agents.launcher import dies_with; "
+            "p = subprocess.Popen(['sleep', '600'], preexec_fn=dies_with(os.getpid())); "
+            "print(p.pid, flush=True); time.sleep(600)")
+    parent = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, text=True,
+                              env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    child = int(parent.stdout.readline())
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + SLOW_S
+    while os.path.exists(f"/proc/{child}") and open(f"/proc/{child}/stat").read().split()[2] != "Z":
+        assert time.monotonic() < deadline, "the child outlived its killed parent"
+        time.sleep(0.05)
