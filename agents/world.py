@@ -334,6 +334,8 @@ class World:
             # a restarted broker counts from zero: its figures then cover the steps since
             "reregistrations": self.peer.reregistrations,
             "silent_peers": sum(s["silent_peers"] for s in self.agent_stats.values()),
+            # frames a receiver could not decode (a corrupt link, a codec mismatch): heard as silence
+            "bad_frames": sum(s.get("bad_frames", 0) for s in self.agent_stats.values()),
             "beacons_received": sum(s.get("beacons", 0) for s in self.agent_stats.values()),
             "bad_beacons": sum(s.get("bad_beacons", 0) for s in self.agent_stats.values()),
             "sync": cfg.sync, "clock": cfg.clock,
