@@ -26,11 +26,12 @@ from .launcher import ProcessGroup, ddcl, exit_reason, free_port, last_words, wa
 from .train_config import TrainConfig
 
 GRAD_CODECS = ("float32", "float16")  # learn_wire.GRAD_CODECS (torch-free here: the CLI imports this)
-STOP_GRACE_S = 300.0
-# A learning step loses nothing it can do without: a peer the broker gives up for dead
-# misses messages, and the run stalls. Setting up, a first CUDA call or a large backward
+STOP_GRACE_S = 300.0  # a stopped world ends its update, evaluates on held-out instances and writes OUT
+# A learning step can do without none of its messages: a peer the broker gives up for
+# dead misses some, and the run stalls. Setting up, a first CUDA call or a large backward
 # pass keeps a process from heartbeating for seconds, so the broker waits longer for one.
-BROKER_HEARTBEAT_S = 10.0  # a stopped world ends its update, evaluates on held-out instances and writes OUT
+BROKER_HEARTBEAT_S = 10.0
+UP_DEFAULTS = {"batch": 1, "codec": "rice"}  # `ddcl up`'s defaults where `ddcl train`'s differ
 
 
 def role(*args: str) -> list[str]:
@@ -82,6 +83,16 @@ def train_up(cfg: TrainConfig, out: Path, grad_codec: str = "float32", device: s
     return rc if (out / "summary.json").exists() or rc != 0 else 1
 
 
+def read_summary(out: Path) -> dict | None:
+    """OUT/summary.json as `train` returns it (JSON made its goal keys text), or None."""
+    path = Path(out) / "summary.json"
+    if not path.exists():
+        return None
+    s = json.loads(path.read_text())
+    s["final"]["success_by_goal"] = {int(k): v for k, v in s["final"]["success_by_goal"].items()}
+    return s
+
+
 def render(s: dict) -> str:
     """The networked figures beside `ddcl train`'s: pace, and bytes per update by kind."""
     net = s["networked"]
@@ -108,12 +119,16 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
                            help=f"--train: TrainConfig.{f.name} (default {f.default})")
 
 
-def config_from(args, defaults: dict) -> TrainConfig:
-    """TrainConfig from `ddcl up --train`'s flags: a flag left at `ddcl up`'s own default
-    (`defaults`) takes `ddcl train`'s."""
+def config_from(args) -> TrainConfig:
+    """TrainConfig from `ddcl up --train`'s flags (ValueError for a bad one): --batch and
+    --codec left at `ddcl up`'s defaults take `ddcl train`'s."""
     given = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
-             if getattr(args, f.name, None) is not None and getattr(args, f.name) != defaults.get(f.name)}
-    return TrainConfig(**given)
+             if getattr(args, f.name, None) is not None and getattr(args, f.name) != UP_DEFAULTS.get(f.name)}
+    cfg = TrainConfig(**given)
+    if cfg.share:
+        raise ValueError("--share needs every agent's gradient in one place: train it with `ddcl train`")
+    cfg.validate()
+    return cfg
 
 
 def main(argv=None) -> int:
@@ -134,6 +149,9 @@ def main(argv=None) -> int:
     a.add_argument("--device", default="auto")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # the broker heartbeats every BROKER_HEARTBEAT_S here, past the peers' 3 s of patience:
+    # a quiet broker is the norm, and a lost one ends the run with its own error (WAIT_S)
+    logging.getLogger("ddcl.peer").setLevel(logging.ERROR)
     from .cli import stop_flag
 
     if args.role == "learner":
