@@ -71,7 +71,7 @@ def unpack_gradient(data: bytes, update: int, shape: tuple[int, ...], codec: str
     return f.sender, values.reshape(shape)
 
 
-def _field(req, name: str, kind):
+def field(req, name: str, kind):
     if not isinstance(req, dict):
         raise WireError(f"a learning message is a map, got {type(req).__name__}")
     value = req.get(name)
@@ -87,9 +87,9 @@ def parse(body: bytes, op: str, update: int | None = None) -> dict:
         req = P.unpack(body)
     except Exception as e:  # msgpack raises a zoo of types on bad input
         raise WireError(f"not a msgpack map: {type(e).__name__}") from None
-    if _field(req, "op", str) != op:
+    if field(req, "op", str) != op:
         raise WireError(f"expected {op!r}, got {P.clip(str(req.get('op')))!r}")
-    if update is not None and _field(req, "update", int) != update:
+    if update is not None and field(req, "update", int) != update:
         raise WireError(f"{op!r} for update {req['update']}, expected {update}")
     return req
 
@@ -132,10 +132,10 @@ def pack_norms(update: int, norms: list[torch.Tensor], rate_bits: float, wire_bi
 
 def unpack_norms(body: bytes, update: int, count: int) -> tuple[list[float], float, float]:
     req = parse(body, NORMS, update)
-    norms = _field(req, "norms", list)
+    norms = field(req, "norms", list)
     if len(norms) != count or not all(isinstance(n, float) and math.isfinite(n) and n >= 0 for n in norms):
         raise WireError(f"gradient norms: expected {count} finite non-negative floats")
-    return norms, _field(req, "rate_bits", float), _field(req, "wire_bits", float)
+    return norms, field(req, "rate_bits", float), field(req, "wire_bits", float)
 
 
 def pack_clip(update: int, total_norm: float) -> bytes:
@@ -144,7 +144,7 @@ def pack_clip(update: int, total_norm: float) -> bytes:
 
 def unpack_clip(body: bytes, update: int) -> float:
     """The global gradient norm every party clips by (torch.nn.utils.clip_grads_with_norm_)."""
-    total = _field(parse(body, CLIP, update), "total_norm", float)
+    total = field(parse(body, CLIP, update), "total_norm", float)
     if not (math.isfinite(total) and total >= 0):
         raise WireError(f"total gradient norm must be finite and non-negative, got {total!r}")
     return total
@@ -160,7 +160,7 @@ def pack_tensors(op: str, tensors: dict[str, torch.Tensor], **fields) -> bytes:
 def unpack_tensors(req: dict, like: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The tensors of a parsed `pack_tensors` map, which must have exactly the names and
     shapes of `like` (this side's own copy): nothing is allocated from the sender's word."""
-    got = _field(req, "tensors", dict)
+    got = field(req, "tensors", dict)
     if len(got) > MAX_TENSORS or set(got) != set(like):
         raise WireError(f"tensors {sorted(map(str, got))[:MAX_TENSORS]} do not match {sorted(like)}")
     out = {}

@@ -151,10 +151,10 @@ class Learner:
     def _join(self) -> None:
         self.peer.send_to(P.WORLD_ID, P.pack({"op": L.JOIN}))
         req = W.parse(self._world("the world's config"), W.CONFIG)
-        cfg = TrainConfig(**{k: v for k, v in W._field(req, "config", dict).items()
+        cfg = TrainConfig(**{k: v for k, v in W.field(req, "config", dict).items()
                              if k in TrainConfig.__dataclass_fields__})
         cfg.device = str(self.device)
-        self.grad_codec = W._field(req, "grad_codec", str)
+        self.grad_codec = W.field(req, "grad_codec", str)
         if self.grad_codec not in W.GRAD_CODECS:
             raise W.WireError(f"unknown gradient codec {self.grad_codec!r}")
         s = setup(cfg)  # every agent's policy and layer, as the in-process trainer builds them
@@ -239,7 +239,7 @@ class Learner:
         wire_bits = r["bits"] / (cfg.rollout * cfg.batch)
         self.peer.send_to(P.WORLD_ID, W.pack_norms(update, norms, float(rate.mean().detach()), wire_bits))
         total = W.unpack_clip(self._world("the gradient norm"), update)
-        torch.nn.utils.clip_grads_with_norm_(params, 1.0, torch.tensor(total, dtype=torch.float32))
+        torch.nn.utils.clip_grads_with_norm_(params, 1.0, torch.tensor(total, dtype=torch.float32, device=self.device))
         self.opt.step()
         if self.layer.prior is not None and cfg.codec == "range":  # the range coder's model both ends use
             prior = W.pack_tensors(W.PRIOR, self.layer.prior.state_dict(), update=update)

@@ -1,8 +1,7 @@
 """Every byte the broker moves, split by direction, kind and link, and per lockstep step.
 
 Kinds: `message` (agent DDCL messages from registered agents), `env` (observations and
-actions), `gradient` (learners' gradient frames), `control` (everything else the broker
-accepted). What it refused is counted on
+actions), `control` (everything else the broker accepted). What it refused is counted on
 lines of its own (REFUSED: from unregistered connections, over the size limit, malformed,
 from ignored connections) and never in the kinds, so the per-step figures describe the
 agents only. Agent messages keep the identity sent = delivered + dropped + rejected. Bytes are split into payload (codec bytes), header (channel header
@@ -19,7 +18,7 @@ from dataclasses import asdict, dataclass
 from .protocol import zmtp_framing
 
 DIRECTIONS = ("up", "down")  # up: peer -> broker, down: broker -> peer
-KINDS = ("message", "env", "control", "gradient")
+KINDS = ("message", "env", "control", "gradient")  # gradient: learners' frames (agents/learn_wire.py)
 REFUSED = ("unregistered", "oversize", "malformed", "ignored")
 
 
