@@ -309,6 +309,16 @@ def _up(args) -> int:
     from broker.bus import parse_url
 
     args.agents = args.agents or default_agents(args.env)
+    if args.train:  # networked training: agents/learn.py
+        from agents.learn import config_from, read_summary, render, train_up
+
+        cfg = checked(config_from, args)
+        checked(pick_device, cfg.device)
+        rc = train_up(cfg, out_folder(args.out), args.grad_codec, cfg.device)
+        if rc in (0, 130) and (s := read_summary(args.out)):
+            _print_final(s)
+            print(render(s) + f"\nwrote {args.out}/checkpoint.pt")
+        return rc
     checked(SyncMode.parse, args.sync)
     checked(pick_device, args.device)
     parse_url(args.bus)  # a BusError here, not from every process after the start
@@ -579,6 +589,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--faults", help="TOML file of faults triggered by step (see docs/running.md#faults)")
     up.add_argument("--beacon-every", type=COUNT, default=10, help="sync beacon period in steps, 0 = none (default 10)")
     up.add_argument("--epoch-steps", type=COUNT, default=0, help="rotate the epoch seed every E steps, 0 = never (default 0)")
+    from agents.learn import add_train_flags
+
+    add_train_flags(up)  # --train and TrainConfig's options
     up.set_defaults(func=_up)
 
     tr = sub.add_parser("train", help="train DDCL policies in-process (A2C); write a checkpoint")

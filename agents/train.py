@@ -18,6 +18,7 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -32,6 +33,7 @@ from .agent import pick_device
 from .envs import make
 from .policy import (CheckpointError, PolicyConfig, forget, init_policies, initial_states, load_checkpoint,
                      save_checkpoint)
+from .sampling import generators, sample
 from .train_config import TrainConfig
 
 CALIBRATION_PSEUDO_COUNT = 0.01  # per symbol, added to the counted frequencies
@@ -217,10 +219,21 @@ def starting_policies(cfg: TrainConfig, pcfg: PolicyConfig) -> list:
     return [policies[0]] * cfg.agents if cfg.share else policies
 
 
-def train(cfg: TrainConfig, out: Path | None = None, progress=True, should_stop=lambda: False) -> dict:
-    """Trains, evaluates on held-out instances, writes OUT. Stopped (`should_stop`, polled
-    once per update), it ends the current update and still evaluates and writes what it has."""
-    cfg.validate()
+
+class Setup(NamedTuple):
+    device: torch.device
+    env: object  # cfg.batch instances of cfg.env, seeded with cfg.seed
+    pcfg: PolicyConfig
+    policies: list  # agent k's policy at index k (one module at every index with cfg.share)
+    critic: Critic
+    layers: list[DDCL]  # agent k's channel at index k
+    per_agent: bool  # a value and an advantage per agent (else one for the team)
+
+
+def setup(cfg: TrainConfig) -> Setup:
+    """Everything a run starts from, a function of cfg alone: the networked world and
+    each learner process call this too, so every party starts from the same parameters
+    (the critic's initialization follows the policies' on the global torch RNG)."""
     torch.manual_seed(cfg.seed)
     device = pick_device(cfg.device)
     env = make(cfg.env, cfg.batch, cfg.seed, cfg.agents, device)
@@ -229,10 +242,60 @@ def train(cfg: TrainConfig, out: Path | None = None, progress=True, should_stop=
                                        init_policies(pcfg, cfg.agents, cfg.seed, cfg.share))]
     per_agent = getattr(env, "reward_per_agent", False) and not cfg.team_reward
     critic = Critic(cfg.agents * env.obs_dim, cfg.hidden, cfg.agents if per_agent else 1).to(device)
-    layers = channel_layers(cfg, device)
+    return Setup(device, env, pcfg, policies, critic, channel_layers(cfg, device), per_agent)
+
+
+def step_reward(reward: torch.Tensor, per_agent: bool, batch: int) -> torch.Tensor:
+    """One step's rewards as the critic values them: (B, N) per agent, or (B, 1) for the team."""
+    if reward.ndim == 2 and not per_agent:
+        reward = reward.sum(dim=1)
+    return reward.reshape(batch, -1)
+
+
+def advantages(critic, last_obs, rewards, dones, values, cfg: TrainConfig):
+    """Discounted returns bootstrapped from the critic's value of the observation after
+    the rollout, and the advantages (scaled to unit std over every agent's, with
+    adv_norm) -> (returns, values, adv), each (T, B, 1 or N)."""
+    with torch.no_grad():
+        ret = critic(last_obs)
+    returns = []
+    for r, d in zip(reversed(rewards), reversed(dones)):
+        ret = r + cfg.gamma * ret * (1 - d)
+        returns.append(ret)
+    returns = torch.stack(returns[::-1])
+    values = torch.stack(values)
+    adv = (returns - values).detach()
+    if cfg.adv_norm:  # else the entropy bonus is nothing beside advantages of tens
+        adv = adv / (adv.std() + 1e-8)
+    return returns, values, adv
+
+
+def adv_column(adv: torch.Tensor, k: int) -> torch.Tensor:
+    """Agent k's advantages, (T, B): its own, or the team's when there is one column."""
+    return adv[..., k if adv.shape[-1] > 1 else 0]
+
+
+def lam_at(cfg: TrainConfig, update: int) -> float:
+    """The rate weight at `update`: learn to talk, then to be brief."""
+    return cfg.lam * min(1.0, update / max(cfg.lam_warmup * cfg.updates, 1))
+
+
+def agent_loss(logp, adv, ent, rate, lam: float, cfg: TrainConfig) -> torch.Tensor:
+    """Agent k's share of the loss from its (T, B) log-probabilities, advantages, action
+    entropies and rate bits: its log-probability weighs its own advantage (the team's,
+    when shared); the rate is the mean over all N agents' messages, 1/N of it each."""
+    return -(logp * adv).mean() - cfg.entropy_coef * ent.mean() + lam * rate.mean() / cfg.agents
+
+
+def train(cfg: TrainConfig, out: Path | None = None, progress=True, should_stop=lambda: False) -> dict:
+    """Trains, evaluates on held-out instances, writes OUT. Stopped (`should_stop`, polled
+    once per update), it ends the current update and still evaluates and writes what it has."""
+    cfg.validate()
+    device, env, pcfg, policies, critic, layers, per_agent = setup(cfg)
     params = list({id(q): q for m in [*policies, critic] for q in m.parameters()}.values())  # shared: once
     prior_params = [q for layer in layers for q in layer.parameters()]  # the entropy/expected priors
     opt = torch.optim.Adam([{"params": params}, {"params": prior_params, "lr": cfg.prior_lr}], lr=cfg.lr)
+    gens = generators(cfg.seed, range(cfg.agents), device)
     log = open(out / "train.jsonl", "w") if out else None
     board = tensorboard_writer(out)
     obs = env.reset()
@@ -246,37 +309,27 @@ def train(cfg: TrainConfig, out: Path | None = None, progress=True, should_stop=
         states = [s.detach() if s is not None else None for s in states]  # backprop through this rollout only
         for _ in range(cfg.rollout):
             logits, _, rate, _, states = communicate(policies, layers, obs, states, cfg, step)
-            dist = torch.distributions.Categorical(logits=logits)
-            actions = dist.sample()
+            drawn = [sample(logits[:, k], gen) for k, gen in enumerate(gens)]
+            actions, logp, ent = (torch.stack(x, 1) for x in zip(*drawn))  # (B, N) each
             values.append(critic(obs))
             obs, reward, done, success = env.step(actions)
             states = [forget(s, done) for s in states]
-            logps.append(dist.log_prob(actions))
-            ents.append(dist.entropy().sum(-1))
-            if reward.ndim == 2 and not per_agent:
-                reward = reward.sum(dim=1)
-            rewards.append(reward.reshape(cfg.batch, -1))  # (B, 1 or N)
+            logps.append(logp)
+            ents.append(ent)
+            rewards.append(step_reward(reward, per_agent, cfg.batch))
             dones.append(done.float()[:, None])
             rates.append(rate)
             episodes += done.sum()  # tensors: no device sync per step
             successes += success.sum()
             step += 1
-        with torch.no_grad():
-            ret = critic(obs)
-        returns = []
-        for r, d in zip(reversed(rewards), reversed(dones)):
-            ret = r + cfg.gamma * ret * (1 - d)
-            returns.append(ret)
-        returns = torch.stack(returns[::-1])
-        values = torch.stack(values)
-        adv = (returns - values).detach()
-        if cfg.adv_norm:  # else the entropy bonus is nothing beside advantages of tens
-            adv = adv / (adv.std() + 1e-8)
-        rate_mean = torch.stack(rates).mean()
-        lam = cfg.lam * min(1.0, update / max(cfg.lam_warmup * cfg.updates, 1))  # learn to talk, then to be brief
-        # each agent's log-probability weighs its own advantage (the team's, when shared)
-        loss = (-(torch.stack(logps) * adv).sum(-1).mean() + cfg.value_coef * (returns - values).pow(2).mean()
-                - cfg.entropy_coef * torch.stack(ents).mean() + lam * rate_mean)
+        returns, values, adv = advantages(critic, obs, rewards, dones, values, cfg)
+        logps, ents, rates = torch.stack(logps), torch.stack(ents), torch.stack(rates)  # (T, B, N)
+        rate_mean = rates.mean()
+        lam = lam_at(cfg, update)
+        # the sum of each agent's own loss: what a networked learner computes alone
+        loss = cfg.value_coef * (returns - values).pow(2).mean() + sum(
+            agent_loss(logps[..., k], adv_column(adv, k), ents[..., k], rates[..., k], lam, cfg)
+            for k in range(cfg.agents))
         opt.zero_grad()
         loss.backward()
         nn.utils.clip_grad_norm_(params, 1.0)
@@ -287,30 +340,10 @@ def train(cfg: TrainConfig, out: Path | None = None, progress=True, should_stop=
                   file=sys.stderr, flush=True)
             last_line = time.monotonic()
         if update % cfg.eval_every == 0 or update == cfg.updates:
-            ev = evaluate([p.eval() for p in policies], layers, cfg, cfg.seed + 104729)
-            for p in policies:
-                p.train()
-            row = {"update": update, "env_steps": step * cfg.batch, "wall_s": time.monotonic() - start,
-                   "train_success": int(successes) / max(int(episodes), 1), "rate_loss_bits": float(rate_mean.detach()),
-                   "eval_success": ev["success_rate"], "eval_episode_steps": ev["episode_steps"],
-                   "bits": [a["bits_per_message"][cfg.codec] for a in ev["agents"]],
-                   "surrogate": [a["surrogate_bits"] for a in ev["agents"]]}
+            row = eval_row(policies, layers, cfg, update, step * cfg.batch, time.monotonic() - start,
+                           int(successes) / max(int(episodes), 1), float(rate_mean.detach()))
             history.append(row)
-            if log:
-                log.write(json.dumps(row) + "\n")
-                log.flush()
-                board.add_scalar("success/train", row["train_success"], row["env_steps"])
-                board.add_scalar("success/eval", row["eval_success"], row["env_steps"])
-                board.add_scalar("rate_loss_bits", row["rate_loss_bits"], row["env_steps"])
-                for k, (bits, sur) in enumerate(zip(row["bits"], row["surrogate"])):
-                    board.add_scalar(f"bits_per_message/{cfg.codec}/agent{k}", bits, row["env_steps"])
-                    board.add_scalar(f"bits_per_message/surrogate/agent{k}", sur, row["env_steps"])
-                board.flush()
-            if progress:
-                print(f"[train] update {update}/{cfg.updates}  {row['env_steps'] / row['wall_s']:.0f} env steps/s  "
-                      f"train success {row['train_success']:.3f}  eval success {row['eval_success']:.3f}  "
-                      f"{cfg.codec} bits/msg {['%.2f' % b for b in row['bits']]}  "
-                      f"surrogate {['%.2f' % b for b in row['surrogate']]}", file=sys.stderr, flush=True)
+            log_row(row, cfg, log, board, progress)
             episodes = successes = 0
             last_line = time.monotonic()
         if should_stop():
@@ -321,22 +354,66 @@ def train(cfg: TrainConfig, out: Path | None = None, progress=True, should_stop=
     if log:
         log.close()
         board.close()
+    summary = final_summary(policies, cfg, history, update, time.monotonic() - start, step * cfg.batch, device)
+    if out:
+        write_run(out, cfg, pcfg, policies, critic, summary)
+    return summary
+
+
+def final_summary(policies, cfg: TrainConfig, history: list, updates_done: int, wall_s: float, env_steps: int,
+                  device) -> dict:
+    """The held-out evaluation and the run's figures: summary.json."""
     final, silent = held_out([p.eval() for p in policies], cfg, cfg.seed)
-    summary = {"config": asdict(cfg), "final": final, "history": history, "updates_done": update,
-               "no_communication_success": silent["success_rate"],
-               "wall_s": time.monotonic() - start, "env_steps": step * cfg.batch,
-               "env_steps_per_s": step * cfg.batch / (time.monotonic() - start), "device": str(device)}
+    summary = {"config": asdict(cfg), "final": final, "history": history, "updates_done": updates_done,
+               "no_communication_success": silent["success_rate"], "wall_s": wall_s, "env_steps": env_steps,
+               "env_steps_per_s": env_steps / wall_s, "device": str(device)}
     if cfg.env == "goal":
         summary["goal_frequency_fit"] = goal_fit(final, cfg.codec)
-    if out:
-        models = final["models"]
-        codec_spec = {"name": cfg.codec, "options": {"model": models[0]} if cfg.codec == "range" else {},
-                      "models": models if cfg.codec == "range" else None}
-        save_checkpoint(out / "checkpoint.pt", cfg.env, pcfg, [p.cpu() for p in policies], codec_spec,
-                        extra={"train_config": asdict(cfg)})
-        (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
-        (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def eval_row(policies, layers, cfg: TrainConfig, update: int, env_steps: int, wall_s: float, train_success: float,
+             rate_bits: float) -> dict:
+    """A training-time evaluation (greedy, seed + 104729) as a train.jsonl row."""
+    ev = evaluate([p.eval() for p in policies], layers, cfg, cfg.seed + 104729)
+    for p in policies:
+        p.train()
+    return {"update": update, "env_steps": env_steps, "wall_s": wall_s, "train_success": train_success,
+            "rate_loss_bits": rate_bits, "eval_success": ev["success_rate"], "eval_episode_steps": ev["episode_steps"],
+            "bits": [a["bits_per_message"][cfg.codec] for a in ev["agents"]],
+            "surrogate": [a["surrogate_bits"] for a in ev["agents"]]}
+
+
+def log_row(row: dict, cfg: TrainConfig, log, board, progress: bool) -> None:
+    """An evaluation row to train.jsonl and TensorBoard (where open) and the terminal."""
+    if log:
+        log.write(json.dumps(row) + "\n")
+        log.flush()
+        board.add_scalar("success/train", row["train_success"], row["env_steps"])
+        board.add_scalar("success/eval", row["eval_success"], row["env_steps"])
+        board.add_scalar("rate_loss_bits", row["rate_loss_bits"], row["env_steps"])
+        for k, (bits, sur) in enumerate(zip(row["bits"], row["surrogate"])):
+            board.add_scalar(f"bits_per_message/{cfg.codec}/agent{k}", bits, row["env_steps"])
+            board.add_scalar(f"bits_per_message/surrogate/agent{k}", sur, row["env_steps"])
+        board.flush()
+    if progress:
+        print(f"[train] update {row['update']}/{cfg.updates}  {row['env_steps'] / row['wall_s']:.0f} env steps/s  "
+              f"train success {row['train_success']:.3f}  eval success {row['eval_success']:.3f}  "
+              f"{cfg.codec} bits/msg {['%.2f' % b for b in row['bits']]}  "
+              f"surrogate {['%.2f' % b for b in row['surrogate']]}", file=sys.stderr, flush=True)
+
+
+def write_run(out: Path, cfg: TrainConfig, pcfg: PolicyConfig, policies, critic: Critic, summary: dict) -> None:
+    """OUT as `ddcl evaluate` and `ddcl up --checkpoint` read it: the policies with the
+    final range models, the config and the summary. The critic rides in the checkpoint's
+    extra (a networked run is checked against an in-process one by it too)."""
+    models = summary["final"]["models"]
+    codec_spec = {"name": cfg.codec, "options": {"model": models[0]} if cfg.codec == "range" else {},
+                  "models": models if cfg.codec == "range" else None}
+    save_checkpoint(out / "checkpoint.pt", cfg.env, pcfg, [p.cpu() for p in policies], codec_spec,
+                    extra={"train_config": asdict(cfg), "critic": {k: v.cpu() for k, v in critic.state_dict().items()}})
+    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
 
 
 def live_line(update: int, updates: int, env_steps: int, wall_s: float, success: float, rate_bits: float) -> str:

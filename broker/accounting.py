@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from .protocol import zmtp_framing
 
 DIRECTIONS = ("up", "down")  # up: peer -> broker, down: broker -> peer
-KINDS = ("message", "env", "control")
+KINDS = ("message", "env", "control", "gradient")  # gradient: learners' frames (agents/learn_wire.py)
 REFUSED = ("unregistered", "oversize", "malformed", "ignored")
 
 

@@ -391,6 +391,7 @@ class Broker:
         link = sender.link
         pairs = [(parts[i], parts[i + 1]) for i in range(1, len(parts), 2)]
         payloads = []
+        gradients = 0
         for _, body in pairs:
             if not P.is_channel_frame(body):
                 payloads.append(None)
@@ -401,9 +402,10 @@ class Broker:
                 self.break_rule(routing, "malformed", parts, b"malformed frame")
                 return
             payloads.append(len(f.payload))
+            gradients += f.kind == frame.Kind.GRADIENT
             if sender.id == P.WORLD_ID and f.kind == frame.Kind.OBSERVATION and f.stamp != self.acct.step:
                 self._step(f.stamp)
-        kind = "control" if None in payloads else "env"
+        kind = "control" if None in payloads else "gradient" if gradients == len(pairs) else "env"
         for (dest, body), payload in zip(pairs, payloads):
             self._deliver_body(sender, dest, body, kind, payload or 0)
         self.acct.record("up", kind, link, parts, sum(n or 0 for n in payloads))  # after: off the critical path

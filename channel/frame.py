@@ -34,6 +34,7 @@ class Kind(IntEnum):
     MESSAGE = 0  # an agent's DDCL message to its peers
     OBSERVATION = 1
     ACTION = 2
+    GRADIENT = 3  # a listener's dL/dz_hat for a speaker's messages of one update (agents/learn_wire.py)
 
 
 class StampMode(IntEnum):

@@ -1,0 +1,176 @@
+"""`ddcl up --train`: `ddcl train` over the network. A broker, the learning world
+(agents/learning_world.py: envs, critic, updates) and one learner process per agent
+(agents/learner.py), each a real OS process on loopback, started and stopped like
+`ddcl up`'s roles (agents/launcher.py's ProcessGroup: none outlives its parent, Ctrl-C
+stops the world first so it still evaluates and writes its checkpoint).
+
+The roles run alone too:
+
+    python -m agents.learn world --broker tcp://HOST:PORT --out OUT --config '{"updates": 50}'
+    python -m agents.learn learner --broker tcp://HOST:PORT --id K
+
+No sync service: a learning run keys every message's dither by the run seed and
+train.py's fixed epoch seed, on the world's step, as the in-process trainer does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from dataclasses import asdict, fields
+from pathlib import Path
+
+from .launcher import ProcessGroup, ddcl, exit_reason, free_port, last_words, wait_port, wait_world
+from .train_config import TrainConfig
+
+GRAD_CODECS = ("float32", "float16")  # learn_wire.GRAD_CODECS (torch-free here: the CLI imports this)
+STOP_GRACE_S = 300.0  # a stopped world ends its update, evaluates on held-out instances and writes OUT
+# A learning step can do without none of its messages: a peer the broker gives up for
+# dead misses some, and the run stalls. Setting up, a first CUDA call or a large backward
+# pass keeps a process from heartbeating for seconds, so the broker waits longer for one.
+BROKER_HEARTBEAT_S = 10.0
+UP_DEFAULTS = {"batch": 1, "codec": "rice"}  # `ddcl up`'s defaults where `ddcl train`'s differ
+
+
+def role(*args: str) -> list[str]:
+    return [sys.executable, "-m", "agents.learn", *args]
+
+
+def train_up(cfg: TrainConfig, out: Path, grad_codec: str = "float32", device: str = "auto",
+             progress: bool = True) -> int:
+    """Runs the networked training to its end (or Ctrl-C / SIGTERM); the world's status."""
+    out = Path(out)
+    logs = out / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").unlink(missing_ok=True)  # an earlier run's would pass for this one's
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    group = ProcessGroup(logs)
+
+    def on_term(_signum, _frame):
+        raise KeyboardInterrupt
+
+    old = {sig: signal.signal(sig, on_term) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        broker = group.start("broker", ddcl("broker", "serve", "--bind", endpoint, "--log-dir", str(out),
+                                            "--heartbeat", str(BROKER_HEARTBEAT_S)))
+        try:
+            wait_port(int(endpoint.rsplit(":", 1)[1]), alive=lambda: broker.poll() is None)
+        except TimeoutError:
+            print(f"[learn] the broker did not start{last_words(logs / 'broker.log')}", file=sys.stderr)
+            return 2
+        world = group.start("world", role("world", "--broker", endpoint, "--out", str(out), "--grad-codec", grad_codec,
+                                          "--config", json.dumps(asdict(cfg))) + ([] if progress else ["--quiet"]),
+                            progress=progress)
+        learners = {f"agent-{k}": group.start(f"agent-{k}", role("learner", "--broker", endpoint, "--id", str(k),
+                                                                  "--device", device))
+                    for k in range(cfg.agents)}
+        if progress:
+            print(f"[learn] broker on {endpoint}; {cfg.agents} learners, B={cfg.batch}, {cfg.updates} updates of "
+                  f"{cfg.rollout} steps; gradients as {grad_codec}; logs in {logs}", file=sys.stderr, flush=True)
+        rc = wait_world(world, {"broker": broker}, learners, logs)
+    except KeyboardInterrupt:
+        print("[learn] stopping: the world ends its update, evaluates and writes its checkpoint", file=sys.stderr)
+        rc = 130
+    finally:
+        group.stop(first=("world",), grace_s=STOP_GRACE_S)
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+    if rc not in (0, 130):
+        print(f"[learn] the world exited ({exit_reason(rc)}){last_words(logs / 'world.log')}; see {logs}",
+              file=sys.stderr)
+    return rc if (out / "summary.json").exists() or rc != 0 else 1
+
+
+def read_summary(out: Path) -> dict | None:
+    """OUT/summary.json as `train` returns it (JSON made its goal keys text), or None."""
+    path = Path(out) / "summary.json"
+    if not path.exists():
+        return None
+    s = json.loads(path.read_text())
+    s["final"]["success_by_goal"] = {int(k): v for k, v in s["final"]["success_by_goal"].items()}
+    return s
+
+
+def render(s: dict) -> str:
+    """The networked figures beside `ddcl train`'s: pace, and bytes per update by kind."""
+    net = s["networked"]
+    lines = [f"{s['env_steps_per_s']:.0f} env steps/s over {s['wall_s']:.1f} s on {s['device']} (world); "
+             f"{net['updates']} updates, gradients as {net['grad_codec']}",
+             "bytes per update through the broker (up + down): kind payload header framing total"]
+    for kind, b in net["bytes_per_update"].items():
+        lines.append(f"  {kind:9s} {b['payload']:10.0f} {b['header']:8.0f} {b['framing']:8.0f} {b['total']:10.0f}")
+    return "\n".join(lines)
+
+
+def add_train_flags(p: argparse.ArgumentParser) -> None:
+    """`ddcl up --train` and TrainConfig's options that `ddcl up` does not have already
+    (its --env, --agents, --batch, --codec, --seed, --core, --aggregate, --device mean
+    the same for training; --batch and --codec default to `ddcl train`'s when left out)."""
+    p.add_argument("--train", action="store_true", help="train networked (`ddcl train` over the broker), write OUT")
+    p.add_argument("--grad-codec", default="float32", choices=GRAD_CODECS,
+                   help="--train: gradient frames' floats (default float32)")
+    have = {a.dest for a in p._actions}
+    for f in fields(TrainConfig):
+        if f.name not in have:
+            kind = {"action": argparse.BooleanOptionalAction} if isinstance(f.default, bool) else {"type": type(f.default)}
+            p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=None, **kind,
+                           help=f"--train: TrainConfig.{f.name} (default {f.default})")
+
+
+def config_from(args) -> TrainConfig:
+    """TrainConfig from `ddcl up --train`'s flags (ValueError for a bad one): --batch and
+    --codec left at `ddcl up`'s defaults take `ddcl train`'s."""
+    given = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
+             if getattr(args, f.name, None) is not None and getattr(args, f.name) != UP_DEFAULTS.get(f.name)}
+    cfg = TrainConfig(**given)
+    if cfg.share:
+        raise ValueError("--share needs every agent's gradient in one place: train it with `ddcl train`")
+    cfg.validate()
+    return cfg
+
+
+def main(argv=None) -> int:
+    import logging
+
+    p = argparse.ArgumentParser(prog="python -m agents.learn", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="role", required=True)
+    w = sub.add_parser("world", help="the learning world")
+    w.add_argument("--broker", required=True)
+    w.add_argument("--out", help="run folder (default: none written)")
+    w.add_argument("--config", default="{}", help="TrainConfig fields as JSON")
+    w.add_argument("--grad-codec", default="float32", choices=GRAD_CODECS)
+    w.add_argument("--quiet", action="store_true", help="no progress lines")
+    a = sub.add_parser("learner", help="one learning agent")
+    a.add_argument("--broker", required=True)
+    a.add_argument("--id", type=int, required=True, help="agent index K (registers as agent-K)")
+    a.add_argument("--device", default="auto")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # the broker heartbeats every BROKER_HEARTBEAT_S here, past the peers' 3 s of patience:
+    # a quiet broker is the norm, and a lost one ends the run with its own error (WAIT_S)
+    logging.getLogger("ddcl.peer").setLevel(logging.ERROR)
+    from .cli import stop_flag
+
+    if args.role == "learner":
+        from .learner import Learner
+
+        Learner(args.broker, args.id, args.device).run(stop_flag())
+        return 0
+    from .learning_world import LearningWorld
+
+    cfg = TrainConfig(**json.loads(args.config))
+    out = Path(args.out) if args.out else None
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+    summary = LearningWorld(args.broker, cfg, out, args.grad_codec, progress=not args.quiet).run(stop_flag())
+    if summary is None:
+        return 130
+    print(render(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

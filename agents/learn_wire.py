@@ -1,0 +1,172 @@
+"""What the learning world and the learner processes exchange besides today's lockstep
+traffic (observations, agent messages, actions: agents/lockstep.py), packed and parsed
+in one place. Everything parsed here came from the network: a defect raises WireError
+(a ChannelError), never anything else, and no size is taken from the sender unchecked.
+
+Per update, after the rollout's cfg.rollout lockstep steps:
+
+    world -> learner k    ADVANTAGE  {update, adv: (T, B) float32 bytes}
+    learner j -> k        GRADIENT frame (channel frame kind 3): dL_j/dz_hat_k, (T, B, D)
+    learner k -> world    NORMS      {update, norms: per-parameter gradient norms}
+    world -> learners     CLIP       {update, total_norm}: every party clips by it
+    learner k -> peers    PRIOR      {update, logits}: its learned range model, where the
+                                     wire codec is `range` with a learned prior
+    world -> learner      STATE?     -> STATE {tensors}: its policy and prior, for an
+                                     evaluation or the checkpoint
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from broker import protocol as P
+from channel import ChannelError, frame
+
+# control ops (msgpack maps' "op"); JOIN / READY / HELLO / END are lockstep's
+CONFIG, ADVANTAGE, NORMS, CLIP, PRIOR, STATE_ASK, STATE, LEARNER_STATS = (
+    "learn-config", "advantage", "grad-norms", "clip", "prior", "state?", "state", "learner-stats")
+
+# gradient payloads: little-endian IEEE floats; the frame's codec field says float32's id
+# for both (raw floats), the run's --grad-codec says the width, checked against the length
+GRAD_CODECS = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2")}
+_F16_MAX = float(np.finfo(np.float16).max)
+_F32_ID = frame.CODEC_IDS["float32"]
+MAX_TENSORS = 64  # a policy's and a prior's named tensors: a few dozen at most
+MAX_NAME = 64
+
+
+class WireError(ChannelError):
+    """A learning message that is malformed, out of bounds or not the one expected."""
+
+
+def pack_gradient(listener: int, update: int, grad: torch.Tensor, codec: str) -> bytes:
+    """dL/dz_hat of one speaker's messages of one update, (T, B, D), as a channel frame
+    from `listener`, stamped with the update. float16 saturates at its largest finite
+    value (a gradient beyond it would be infinity, which the receiver refuses)."""
+    values = grad.detach().to("cpu", torch.float32).numpy().reshape(-1)
+    if codec == "float16":
+        values = np.clip(values, -_F16_MAX, _F16_MAX)
+    payload = values.astype(GRAD_CODECS[codec]).tobytes()
+    return frame.pack(kind=frame.Kind.GRADIENT, sender=listener, codec=_F32_ID, count=values.size, payload=payload,
+                      stamp_mode=frame.StampMode.FULL, stamp=update)
+
+
+def unpack_gradient(data: bytes, update: int, shape: tuple[int, ...], codec: str) -> tuple[int, np.ndarray]:
+    """-> (listener, float32 array shaped `shape`) of a gradient frame for `update`."""
+    f = frame.unpack(data)
+    if f.kind != frame.Kind.GRADIENT or f.stamp_mode != frame.StampMode.FULL or f.codec != _F32_ID:
+        raise WireError(f"not a gradient frame: kind {f.kind}, stamp {f.stamp_mode}, codec {f.codec}")
+    if f.stamp != update:
+        raise WireError(f"gradient for update {f.stamp}, expected {update}")
+    dtype = GRAD_CODECS[codec]
+    if f.count != math.prod(shape) or len(f.payload) != f.count * dtype.itemsize:
+        raise WireError(f"gradient of {f.count} values in {len(f.payload)} bytes; expected {math.prod(shape)} "
+                        f"{codec} values")
+    values = np.frombuffer(f.payload, dtype=dtype).astype(np.float32)
+    if not np.all(np.isfinite(values)):
+        raise WireError("gradient holds NaN or infinity")
+    return f.sender, values.reshape(shape)
+
+
+def field(req, name: str, kind):
+    if not isinstance(req, dict):
+        raise WireError(f"a learning message is a map, got {type(req).__name__}")
+    value = req.get(name)
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise WireError(f"{req.get('op')!r}: field {name!r} must be {getattr(kind, '__name__', kind)}, "
+                        f"got {type(value).__name__}")
+    return value
+
+
+def parse(body: bytes, op: str, update: int | None = None) -> dict:
+    """A control body that must be `op` (for `update`, where given)."""
+    try:
+        req = P.unpack(body)
+    except Exception as e:  # msgpack raises a zoo of types on bad input
+        raise WireError(f"not a msgpack map: {type(e).__name__}") from None
+    if field(req, "op", str) != op:
+        raise WireError(f"expected {op!r}, got {P.clip(str(req.get('op')))!r}")
+    if update is not None and field(req, "update", int) != update:
+        raise WireError(f"{op!r} for update {req['update']}, expected {update}")
+    return req
+
+
+def op_of(body: bytes) -> str | None:
+    """The op of a control body, or None for anything that is not a map with a text op."""
+    try:
+        req = P.unpack(body)
+    except Exception:
+        return None
+    return req.get("op") if isinstance(req, dict) and isinstance(req.get("op"), str) else None
+
+
+def _floats(raw, count: int, what: str) -> np.ndarray:
+    if not isinstance(raw, bytes) or len(raw) != 4 * count:
+        raise WireError(f"{what}: {count} float32 values need {4 * count} bytes")
+    values = np.frombuffer(raw, dtype="<f4").astype(np.float32)
+    if not np.all(np.isfinite(values)):
+        raise WireError(f"{what} holds NaN or infinity")
+    return values
+
+
+def pack_advantage(update: int, adv: torch.Tensor) -> bytes:
+    return P.pack({"op": ADVANTAGE, "update": update,
+                   "adv": adv.detach().to("cpu", torch.float32).numpy().astype("<f4").tobytes()})
+
+
+def unpack_advantage(body: bytes, update: int, shape: tuple[int, int]) -> np.ndarray:
+    req = parse(body, ADVANTAGE, update)
+    return _floats(req.get("adv"), math.prod(shape), "advantages").reshape(shape)
+
+
+def pack_norms(update: int, norms: list[torch.Tensor], rate_bits: float, wire_bits: float) -> bytes:
+    """Per-parameter gradient norms (float32 as Python floats: exact, so the world's total
+    is the in-process one), with the update's mean rate-loss and real bits per message
+    for the progress line."""
+    return P.pack({"op": NORMS, "update": update, "norms": [float(n) for n in norms], "rate_bits": rate_bits,
+                   "wire_bits": wire_bits})
+
+
+def unpack_norms(body: bytes, update: int, count: int) -> tuple[list[float], float, float]:
+    req = parse(body, NORMS, update)
+    norms = field(req, "norms", list)
+    if len(norms) != count or not all(isinstance(n, float) and math.isfinite(n) and n >= 0 for n in norms):
+        raise WireError(f"gradient norms: expected {count} finite non-negative floats")
+    return norms, field(req, "rate_bits", float), field(req, "wire_bits", float)
+
+
+def pack_clip(update: int, total_norm: float) -> bytes:
+    return P.pack({"op": CLIP, "update": update, "total_norm": total_norm})
+
+
+def unpack_clip(body: bytes, update: int) -> float:
+    """The global gradient norm every party clips by (torch.nn.utils.clip_grads_with_norm_)."""
+    total = field(parse(body, CLIP, update), "total_norm", float)
+    if not (math.isfinite(total) and total >= 0):
+        raise WireError(f"total gradient norm must be finite and non-negative, got {total!r}")
+    return total
+
+
+def pack_tensors(op: str, tensors: dict[str, torch.Tensor], **fields) -> bytes:
+    """Named float32 tensors (a state dict), as (shape, little-endian bytes) pairs."""
+    return P.pack({"op": op, **fields, "tensors": {
+        name: [list(t.shape), t.detach().to("cpu", torch.float32).numpy().astype("<f4").tobytes()]
+        for name, t in tensors.items()}})
+
+
+def unpack_tensors(req: dict, like: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The tensors of a parsed `pack_tensors` map, which must have exactly the names and
+    shapes of `like` (this side's own copy): nothing is allocated from the sender's word."""
+    got = field(req, "tensors", dict)
+    if len(got) > MAX_TENSORS or set(got) != set(like):
+        raise WireError(f"tensors {sorted(map(str, got))[:MAX_TENSORS]} do not match {sorted(like)}")
+    out = {}
+    for name, mine in like.items():
+        entry = got[name]
+        if not (isinstance(entry, list) and len(entry) == 2 and entry[0] == list(mine.shape)):
+            raise WireError(f"tensor {name!r}: expected shape {list(mine.shape)}")
+        out[name] = torch.from_numpy(_floats(entry[1], mine.numel(), name).reshape(mine.shape))
+    return out

@@ -1,0 +1,275 @@
+"""The learning agent process: agent k's policy, DDCL layer (with its learned prior) and
+Adam optimizer, on CUDA when present.
+
+Forward, each lockstep step, exactly agents/agent.py's path: observation from the world
+-> speak -> quantize and encode -> broadcast the frame -> decode every peer's frame with
+the dither regenerated here -> act -> actions to the world. What it heard becomes a leaf
+tensor that requires grad, and its own z_hat stays in this process's graph.
+
+Backward, once per update (agents/learn_wire.py's exchange): the world's advantages give
+this agent's own loss (train.agent_loss); its gradient with respect to what each peer
+said goes to that peer as a gradient frame; the gradients the peers send back for this
+agent's own messages are added to its loss's in one backward pass. A message depends
+only on its speaker's own observation history, so that is the in-process gradient. The
+world adds the critic's gradient norm to the learners' for the global clip, and every
+party clips by the same total before its Adam step.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from broker import protocol as P
+from broker.peer import Peer
+from channel import ChannelError, frame, load_kernels
+
+from . import learn_wire as W
+from . import lockstep as L
+from .agent import pick_device
+from .message import MessageChannel, SyncMode
+from .policy import forget
+from .sampling import generators, sample
+from .train import EPOCH_SEED, agent_loss, lam_at, setup
+from .train_config import TrainConfig
+
+log = logging.getLogger("ddcl.learner")
+
+WAIT_S = 120.0  # the longest a learner waits for a peer or the world mid-update before it gives up
+
+
+class Stopped(Exception):
+    """The process was asked to stop, or the world ended the run."""
+
+
+@dataclass
+class LearnerStats:
+    steps: int = 0
+    messages: int = 0
+    payload_bits: int = 0
+    gradient_frames: int = 0
+    bad_frames: int = 0  # peer frames (messages, gradients, priors) that failed to parse, dropped
+
+
+class Learner:
+    def __init__(self, endpoint: str, index: int, device: str = "auto", curve=None):
+        self.device = pick_device(device)  # a missing device is refused before registering
+        load_kernels()
+        torch.set_num_threads(1)  # many processes share the cores
+        self.index = index
+        self.peer = Peer(endpoint, b"agent", P.agent_id(index), curve=curve)
+        self.stats = LearnerStats()
+        self.cfg: TrainConfig | None = None
+        self.frames: dict[int, bytes] = {}  # latest unconsumed message frame per peer
+        self.gradients: dict[int, bytes] = {}  # this update's gradient frame per peer
+        self.priors: dict[int, dict] = {}  # the latest prior per peer
+        self.from_world: deque[bytes] = deque()
+        self.should_stop = lambda: False
+
+    # ----- the wire -----
+
+    def _pump(self, timeout_s: float) -> None:
+        """Receive one message and file it where the waits below look."""
+        self.peer.heartbeat_if_idle()
+        msg = self.peer.recv(timeout_s)
+        if msg is None:
+            return
+        if P.is_channel_frame(msg[0]):  # peers' messages: one, or a step's bundle
+            for data in msg:
+                if len(data) >= 2:
+                    self.frames[data[1]] = data  # byte 1 of a channel frame is its sender
+            return
+        if msg[0] != P.DELIVER or len(msg) != 3:
+            return
+        src, body = msg[1], msg[2]
+        if src == P.WORLD_ID:
+            self.from_world.append(body)
+            return
+        j = P.agent_index(src)
+        if j is None or j == self.index:
+            return
+        if P.is_channel_frame(body):
+            self.gradients[j] = body
+        elif W.op_of(body) == W.PRIOR:
+            self.priors[j] = P.unpack(body)
+
+    def _wait(self, done, what: str) -> None:
+        deadline = time.monotonic() + WAIT_S
+        while not done():
+            if self.should_stop():
+                raise Stopped
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"agent {self.index}: no {what} in {WAIT_S:.0f} s")
+            self._pump(0.2)
+
+    def _world(self, what: str) -> bytes:
+        """The world's next body for the run, answering STATE? and END on the way."""
+        while True:
+            self._wait(lambda: self.from_world, what)
+            body = self.from_world.popleft()
+            op = None if P.is_channel_frame(body) else W.op_of(body)
+            if op == W.STATE_ASK:
+                self.peer.send_to(P.WORLD_ID, W.pack_tensors(W.STATE, self._state(), agent=self.index))
+            elif op == L.END:
+                s = self.stats
+                self.peer.send_to(P.WORLD_ID, P.pack({"op": W.LEARNER_STATS, "agent": self.index, **s.__dict__}))
+                raise Stopped
+            elif op == W.CONFIG and self.cfg is None:
+                return body
+            elif op in (L.HELLO, W.CONFIG):  # a world that missed this agent's JOIN or READY asks again
+                self.peer.send_to(P.WORLD_ID, P.pack({"op": L.JOIN if self.cfg is None else L.READY}))
+            else:
+                return body
+
+    def _state(self) -> dict[str, torch.Tensor]:
+        state = dict(self.policy.state_dict())
+        if self.layer.prior is not None:
+            state.update({f"prior.{k}": v for k, v in self.layer.prior.state_dict().items()})
+        return state
+
+    # ----- the run -----
+
+    def run(self, should_stop=lambda: False) -> LearnerStats:
+        self.should_stop = should_stop
+        try:
+            self._join()
+            update = 0
+            while True:
+                update += 1
+                self._update(update, self._rollout(update))
+        except Stopped:
+            pass
+        finally:
+            self.peer.close()
+        return self.stats
+
+    def _join(self) -> None:
+        self.peer.send_to(P.WORLD_ID, P.pack({"op": L.JOIN}))
+        req = W.parse(self._world("the world's config"), W.CONFIG)
+        cfg = TrainConfig(**{k: v for k, v in W.field(req, "config", dict).items()
+                             if k in TrainConfig.__dataclass_fields__})
+        cfg.device = str(self.device)
+        self.grad_codec = W.field(req, "grad_codec", str)
+        if self.grad_codec not in W.GRAD_CODECS:
+            raise W.WireError(f"unknown gradient codec {self.grad_codec!r}")
+        s = setup(cfg)  # every agent's policy and layer, as the in-process trainer builds them
+        self.cfg, self.env = cfg, s.env
+        self.policy, self.layer = s.policies[self.index], s.layers[self.index]
+        # every sender's layer: a peer's learned range model arrives as PRIOR after each update
+        self.channel = MessageChannel(s.layers, SyncMode())
+        self.peers = [j for j in range(cfg.agents) if j != self.index]
+        self.opt = torch.optim.Adam([{"params": list(self.policy.parameters())},
+                                     {"params": list(self.layer.parameters()), "lr": cfg.prior_lr}], lr=cfg.lr)
+        self.gen = generators(cfg.seed, [self.index], self.device)[0]
+        self.state = self.policy.initial_state(cfg.batch, self.device)
+        self.peer.send_to(P.WORLD_ID, P.pack({"op": L.READY}))
+        log.info("learner %d ready on %s", self.index, self.device)
+
+    def _rollout(self, update: int) -> dict:
+        cfg, batch, dim = self.cfg, self.cfg.batch, self.cfg.msg_dim
+        if update > 1 and self.layer.prior is not None and cfg.codec == "range":
+            self._take_priors(update - 1)
+        r = {"logp": [], "ent": [], "rate": [], "z_hat": [], "heard": [], "bits": 0}
+        if self.state is not None:
+            self.state = self.state.detach()  # backprop through this rollout only
+        for _ in range(cfg.rollout):
+            step, obs, first = L.unpack_obs(frame.unpack(self._world("observations")), batch, self.env.obs_dim)
+            self.state = forget(self.state, first)
+            h, z, self.state = self.policy.speak(torch.from_numpy(obs).to(self.device), self.state)
+            r["z_hat"].append(self.layer(z, step, self.index))  # in the graph: the peers' gradients enter here
+            r["rate"].append(self.layer.rate_loss("none"))
+            _, data, nbits = self.channel.speak(z.detach(), self.index, step, EPOCH_SEED)  # the same z_hat, encoded
+            self.peer.broadcast_frame(data)
+            r["bits"] += nbits
+            heard = torch.from_numpy(self._hear(step, (batch, dim))).to(self.device).requires_grad_()
+            actions, logp, ent = sample(self.policy.act(h, heard), self.gen)
+            self.peer.send_to(P.WORLD_ID, L.pack_actions(self.index, step, actions.cpu().numpy()))
+            r["logp"].append(logp)
+            r["ent"].append(ent)
+            r["heard"].append(heard)
+            self.stats.steps += 1
+            self.stats.messages += 1
+            self.stats.payload_bits += nbits
+        return r
+
+    def _hear(self, step: int, shape) -> np.ndarray:
+        """Every peer's message of this step, decoded, stacked in peer order: (B, peers, D).
+        A frame that fails to decode is dropped and its sender waited for again."""
+        heard = np.zeros((shape[0], len(self.peers), shape[1]), dtype=np.float32)
+        todo = dict(enumerate(self.peers))
+        while todo:
+            self._wait(lambda: any(j in self.frames for j in todo.values()), "peer message")
+            for slot, j in list(todo.items()):
+                if (data := self.frames.pop(j, None)) is None:
+                    continue
+                try:
+                    sender, heard[:, slot], _ = self.channel.hear(data, step, lambda _s: EPOCH_SEED, shape)
+                    if sender != j:
+                        raise ChannelError(f"frame from agent {j} says sender {sender}")
+                except ChannelError as e:
+                    self.stats.bad_frames += 1
+                    log.warning("bad message frame from agent %d: %s", j, e)
+                    continue
+                del todo[slot]
+        return heard
+
+    def _update(self, update: int, r: dict) -> None:
+        cfg = self.cfg
+        shape = (cfg.rollout, cfg.batch)
+        adv = torch.from_numpy(W.unpack_advantage(self._world("advantages"), update, shape)).to(self.device)
+        logp, ent, rate = torch.stack(r["logp"]), torch.stack(r["ent"]), torch.stack(r["rate"])
+        loss = agent_loss(logp, adv, ent, rate, lam_at(cfg, update), cfg)
+        # what each peer's messages did to this agent's loss, for that peer
+        said = torch.autograd.grad(loss, r["heard"], retain_graph=True, allow_unused=True)
+        said = torch.stack([g if g is not None else torch.zeros_like(h) for g, h in zip(said, r["heard"])])
+        self.peer.send_each((P.agent_id(j), W.pack_gradient(self.index, update, said[:, :, slot], self.grad_codec))
+                            for slot, j in enumerate(self.peers))
+        self.stats.gradient_frames += len(self.peers)
+        received = self._gradients(update, (*shape, cfg.msg_dim))
+        self.opt.zero_grad()
+        own = torch.stack(r["z_hat"])
+        torch.autograd.backward([loss, own], [torch.ones_like(loss), received.to(self.device)])
+        params = [p for p in self.policy.parameters() if p.grad is not None]
+        norms = torch._foreach_norm([p.grad for p in params])  # what clip_grad_norm_ computes per parameter
+        wire_bits = r["bits"] / (cfg.rollout * cfg.batch)
+        self.peer.send_to(P.WORLD_ID, W.pack_norms(update, norms, float(rate.mean().detach()), wire_bits))
+        total = W.unpack_clip(self._world("the gradient norm"), update)
+        torch.nn.utils.clip_grads_with_norm_(params, 1.0, torch.tensor(total, dtype=torch.float32, device=self.device))
+        self.opt.step()
+        if self.layer.prior is not None and cfg.codec == "range":  # the range coder's model both ends use
+            prior = W.pack_tensors(W.PRIOR, self.layer.prior.state_dict(), update=update)
+            self.peer.send_each((P.agent_id(j), prior) for j in self.peers)
+
+    def _gradients(self, update: int, shape) -> torch.Tensor:
+        """The sum, in peer order, of what every peer sends back for this agent's messages."""
+        got: dict[int, np.ndarray] = {}
+        while len(got) < len(self.peers):
+            self._wait(lambda: any(j not in got for j in self.gradients), "gradient frame")
+            for j in [j for j in self.gradients if j not in got]:
+                try:
+                    sender, g = W.unpack_gradient(self.gradients.pop(j), update, shape, self.grad_codec)
+                    if sender != j:
+                        raise W.WireError(f"gradient from agent {j} says listener {sender}")
+                    got[j] = g
+                except ChannelError as e:
+                    self.stats.bad_frames += 1
+                    log.warning("bad gradient frame from agent %d: %s", j, e)
+        total = torch.zeros(shape)
+        for j in sorted(got):
+            total += torch.from_numpy(got[j])
+        return total
+
+    def _take_priors(self, update: int) -> None:
+        """Each peer's prior after `update`: its messages of the next rollout are coded with it."""
+        for j in self.peers:
+            self._wait(lambda: self.priors.get(j, {}).get("update") == update, f"agent {j}'s prior")
+            layer = self.channel.layers[j]
+            try:
+                layer.prior.load_state_dict(W.unpack_tensors(self.priors[j], layer.prior.state_dict()))
+            except ChannelError as e:  # its messages will not decode: a run that cannot go on
+                raise W.WireError(f"agent {j}'s prior: {e}") from None

@@ -1,0 +1,268 @@
+"""The world that trains: cfg.batch env instances, the centralized critic and the update
+orchestration of a networked `ddcl train` (agents/learner.py holds each agent).
+
+Per update: cfg.rollout lockstep steps (observations out, every learner's actions in,
+no deadline: a learning step waits for all), then the returns and advantages exactly as
+agents/train.py computes them (adv_norm over every agent's), each learner's advantage
+column out, the critic's value loss backpropagated here, every learner's per-parameter
+gradient norms in, the global norm (policies' and critic's) out, and the critic's Adam
+step. The learners exchange their gradients among themselves meanwhile.
+
+Evaluations (every cfg.eval_every updates and at the end) gather the learners' policies
+and priors and run here; the end writes a `ddcl train` folder (config.json,
+checkpoint.pt, summary.json, train.jsonl, TensorBoard), with the broker's byte counts
+per update by kind beside the usual figures. A stop request ends the current update,
+then evaluates and writes what it has.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from broker import protocol as P
+from broker.peer import Peer
+from channel import ChannelError, frame, load_kernels
+
+from . import learn_wire as W
+from . import lockstep as L
+from .train import (PROGRESS_EVERY_S, adv_column, advantages, eval_row, final_summary, live_line, log_row, setup,
+                    step_reward, tensorboard_writer, write_run)
+from .train_config import TrainConfig
+
+log = logging.getLogger("ddcl.learning_world")
+
+JOIN_WAIT_S = 300.0  # learners starting beside each other import torch: minutes on a loaded machine
+WAIT_S = 120.0  # the longest a step or an update waits for a learner before the run fails
+
+
+class LearningWorld:
+    def __init__(self, endpoint: str, cfg: TrainConfig, out: Path | None, grad_codec: str = "float32",
+                 progress: bool = True, curve=None):
+        cfg.validate()
+        if cfg.share:
+            raise ValueError("shared policy weights need every agent's gradient in one place: train them in-process")
+        if grad_codec not in W.GRAD_CODECS:
+            raise ValueError(f"grad codec must be one of {', '.join(W.GRAD_CODECS)}, got {grad_codec!r}")
+        self.cfg, self.out, self.grad_codec, self.progress = cfg, Path(out) if out else None, grad_codec, progress
+        self.s = setup(cfg)  # the critic, and every policy and layer for the evaluations
+        torch.set_num_threads(1)  # the learners share the cores
+        load_kernels()
+        self.peer = Peer(endpoint, b"world", P.WORLD_ID, curve=curve)
+        self.agent_ids = [P.agent_id(k) for k in range(cfg.agents)]
+        self.inbox: dict[bytes, list[bytes]] = {a: [] for a in self.agent_ids}  # control bodies per learner
+        self.actions: dict[int, bytes] = {}
+        self.ready: set[bytes] = set()
+        self.parent = os.getppid()
+        self.should_stop = lambda: False
+
+    # ----- the wire -----
+
+    def _pump(self, timeout_s: float) -> None:
+        self.peer.heartbeat_if_idle()
+        msg = self.peer.recv(timeout_s)
+        if msg is None or msg[0] != P.DELIVER or len(msg) != 3 or msg[1] not in self.inbox:
+            return
+        src, body = msg[1], msg[2]
+        if P.is_channel_frame(body):
+            if len(body) >= 2:
+                self.actions[self.agent_ids.index(src)] = body
+        elif (op := W.op_of(body)) == L.JOIN:
+            self.peer.send_to(src, P.pack({"op": W.CONFIG, "config": self._config(), "grad_codec": self.grad_codec}))
+        elif op == L.READY:
+            self.ready.add(src)
+        else:
+            self.inbox[src].append(body)
+
+    def _config(self) -> dict:
+        return asdict(self.cfg)
+
+    def _wait(self, done, what: str, wait_s: float = WAIT_S) -> None:
+        deadline = time.monotonic() + wait_s
+        while not done():
+            if os.getppid() != self.parent:
+                raise RuntimeError("the launcher is gone: its learners and broker go down with it")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no {what} in {wait_s:.0f} s")
+            self._pump(0.2)
+
+    def _from_each(self, op: str, parse, what: str, wait_s: float = WAIT_S) -> list:
+        """One `op` body from every learner, parsed by parse(k, body) (a body that fails to
+        parse is dropped and logged: its learner is waited for again)."""
+        got: dict[int, object] = {}
+
+        def poll() -> bool:
+            for k, agent in enumerate(self.agent_ids):
+                while k not in got and self.inbox[agent]:
+                    body = self.inbox[agent].pop(0)
+                    if W.op_of(body) != op:
+                        continue  # a stray or late body of another exchange
+                    try:
+                        got[k] = parse(k, body)
+                    except ChannelError as e:
+                        log.warning("bad %s from %s: %s", op, agent.decode(), e)
+            return len(got) == len(self.agent_ids)
+
+        self._wait(poll, what, wait_s)
+        return [got[k] for k in range(len(self.agent_ids))]
+
+    def wait_for_learners(self) -> None:
+        last_hello = 0.0
+        deadline = time.monotonic() + JOIN_WAIT_S
+        while not set(self.agent_ids) <= self.ready:
+            if self.should_stop():
+                raise KeyboardInterrupt
+            if time.monotonic() > deadline:
+                missing = sorted(a.decode() for a in set(self.agent_ids) - self.ready)
+                raise TimeoutError(f"learners missing after {JOIN_WAIT_S:.0f} s: {missing}")
+            if time.monotonic() - last_hello > 1.0:
+                self.peer.send_to(P.ALL_AGENTS, P.pack({"op": L.HELLO}))
+                last_hello = time.monotonic()
+            self._pump(0.2)
+
+    # ----- the run -----
+
+    def run(self, should_stop=lambda: False) -> dict | None:
+        self.should_stop = should_stop
+        try:
+            try:
+                self.wait_for_learners()
+            except KeyboardInterrupt:
+                return None
+            return self._train()
+        finally:
+            self.peer.close()
+
+    def _train(self) -> dict:
+        cfg, s = self.cfg, self.s
+        env, critic = s.env, s.critic
+        opt = torch.optim.Adam(critic.parameters(), lr=cfg.lr)  # the learners hold the policies' and priors'
+        log_file = open(self.out / "train.jsonl", "w") if self.out else None
+        board = tensorboard_writer(self.out)
+        obs = env.reset()
+        first = np.ones(cfg.batch, dtype=bool)
+        episodes = successes = 0
+        step = 0
+        history, rate_bits, wire_bits = [], 0.0, 0.0
+        start = last_line = time.monotonic()
+        update = 0
+        for update in range(1, cfg.updates + 1):
+            values, rewards, dones = [], [], []
+            for _ in range(cfg.rollout):
+                self.peer.send_each(zip(self.agent_ids, L.pack_obs(step, obs.cpu().numpy(), first)))
+                values.append(critic(obs))
+                actions = self._actions(step)
+                obs, reward, done, success = env.step(actions.to(s.device))
+                first = done.cpu().numpy()
+                rewards.append(step_reward(reward, s.per_agent, cfg.batch))
+                dones.append(done.float()[:, None])
+                episodes += int(done.sum())
+                successes += int(success.sum())
+                step += 1
+            returns, values, adv = advantages(critic, obs, rewards, dones, values, cfg)
+            self.peer.send_each((agent, W.pack_advantage(update, adv_column(adv, k)))
+                                for k, agent in enumerate(self.agent_ids))
+            opt.zero_grad()
+            (cfg.value_coef * (returns - values).pow(2).mean()).backward()
+            critic_params = [q for q in critic.parameters() if q.grad is not None]
+            reports = self._from_each(W.NORMS, lambda k, body, u=update: W.unpack_norms(
+                body, u, sum(1 for _ in s.policies[k].parameters())), "gradient norms")
+            norms, rates, bits = [], [], []
+            for n, rate, wire in reports:  # in train.py's parameter order: policies, then the critic
+                norms += n
+                rates.append(rate)
+                bits.append(wire)
+            norms = [torch.tensor(n, dtype=torch.float32) for n in norms]
+            norms += [n.cpu() for n in torch._foreach_norm([q.grad for q in critic_params])]
+            total = torch.linalg.vector_norm(torch.stack(norms))  # what clip_grad_norm_ computes over them all
+            self.peer.send_each((agent, W.pack_clip(update, float(total))) for agent in self.agent_ids)
+            torch.nn.utils.clip_grads_with_norm_(critic_params, 1.0, total.to(s.device))
+            opt.step()
+            rate_bits, wire_bits = float(np.mean(rates)), float(np.mean(bits))
+            wall = time.monotonic() - start
+            if self.progress and time.monotonic() - last_line >= PROGRESS_EVERY_S:
+                print(live_line(update, cfg.updates, step * cfg.batch, wall, successes / max(episodes, 1), rate_bits)
+                      + f"  {cfg.codec} bits/msg on the wire {wire_bits:.2f}", file=sys.stderr, flush=True)
+                last_line = time.monotonic()
+            stop = self.should_stop()
+            if update % cfg.eval_every == 0 or update == cfg.updates or stop:
+                self.gather()
+                row = eval_row(s.policies, s.layers, cfg, update, step * cfg.batch, wall,
+                               successes / max(episodes, 1), rate_bits)
+                row["wire_bits"] = wire_bits
+                history.append(row)
+                log_row(row, cfg, log_file, board, self.progress)
+                episodes = successes = 0
+                last_line = time.monotonic()
+            if stop:
+                if self.progress:
+                    print(f"[learn] stopping after update {update} of {cfg.updates}: evaluating and writing what "
+                          "it has", file=sys.stderr, flush=True)
+                break
+        wall = time.monotonic() - start
+        if log_file:
+            log_file.close()
+            board.close()
+        summary = final_summary(s.policies, cfg, history, update, wall, step * cfg.batch, s.device)
+        summary["networked"] = self.finish(update)
+        if self.out:
+            write_run(self.out, cfg, s.pcfg, s.policies, critic, summary)
+        return summary
+
+    def _actions(self, step: int) -> torch.Tensor:
+        """Every learner's actions for `step`, (B, N)."""
+        cfg = self.cfg
+        out = np.zeros((cfg.batch, cfg.agents), dtype=np.int64)
+        got: set[int] = set()
+
+        def poll() -> bool:
+            for k, body in list(self.actions.items()):
+                del self.actions[k]
+                try:
+                    f = frame.unpack(body)
+                    if f.sender != k or f.stamp != step:
+                        raise ChannelError(f"action frame of agent {f.sender} for step {f.stamp}")
+                    out[:, k] = L.unpack_actions(f, cfg.batch, self.s.env.n_actions)
+                    got.add(k)
+                except ChannelError as e:
+                    log.warning("bad action frame from agent %d: %s", k, e)
+            return len(got) == cfg.agents
+
+        self._wait(poll, f"actions for step {step}")
+        return torch.from_numpy(out)
+
+    def gather(self) -> None:
+        """Every learner's policy and prior into this process's copies (for an evaluation)."""
+        self.peer.send_each((agent, P.pack({"op": W.STATE_ASK})) for agent in self.agent_ids)
+        states = self._from_each(W.STATE, lambda _k, body: W.parse(body, W.STATE), "learner state")
+        for k, req in enumerate(states):
+            policy, layer = self.s.policies[k], self.s.layers[k]
+            mine = dict(policy.state_dict())
+            if layer.prior is not None:
+                mine.update({f"prior.{n}": v for n, v in layer.prior.state_dict().items()})
+            got = W.unpack_tensors(req, mine)
+            policy.load_state_dict({n: got[n] for n in policy.state_dict()})
+            if layer.prior is not None:
+                layer.prior.load_state_dict({n: got[f"prior.{n}"] for n in layer.prior.state_dict()})
+
+    def finish(self, updates: int) -> dict:
+        """END to every learner, their figures, and the broker's bytes per update by kind."""
+        self.peer.send_each((agent, P.pack({"op": L.END})) for agent in self.agent_ids)
+        try:
+            learners = self._from_each(W.LEARNER_STATS, lambda _k, body: W.parse(body, W.LEARNER_STATS),
+                                       "learner figures", P.FINISH_WAIT_S)
+        except TimeoutError:
+            learners = []
+        broker = self.peer.stats()
+        per_update = {kind: {key: sum(broker["totals"][d][kind][key] for d in ("up", "down")) / max(updates, 1)
+                             for key in ("payload", "header", "framing", "total")}
+                      for kind in broker["totals"]["up"]}
+        return {"grad_codec": self.grad_codec, "updates": updates, "bytes_per_update": per_update,
+                "learners": learners}

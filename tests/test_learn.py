@@ -1,0 +1,116 @@
+"""Networked training (`ddcl up --train`): real processes and a real broker give the
+parameters `ddcl train` gives in one process; the learning wire refuses hostile bytes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agents import learn_wire as W
+from agents.learn import train_up
+from agents.policy import load_checkpoint
+from agents.train import evaluate_run, setup, train
+from agents.train_config import TrainConfig
+from broker import protocol as P
+from channel import ChannelError, frame
+
+# Short: CI has two cores. Three updates of 5 steps on 32 goal instances move every
+# parameter by about 1e-2 (Adam's first steps are about lr each).
+SHORT = dict(env="goal", updates=3, rollout=5, batch=32, eval_every=1000, seed=1, device="cpu")
+# Both trainers run the same float32 operations on the same inputs, and the speaker adds
+# its listeners' gradients in peer order where autograd adds them in the graph's order:
+# a different reduction order may differ in the last bits (measured here: 0, bit for bit),
+# and three Adam steps keep such a difference near lr * 1e-6.
+TOLERANCE = 1e-6
+
+
+def _parameters(run) -> list[dict]:
+    ck = torch.load(run / "checkpoint.pt", weights_only=True)
+    return ck["state_dicts"] + [ck["extra"]["critic"]]
+
+
+@pytest.mark.parametrize("core", ["mlp", "gru"])
+def test_networked_updates_give_the_in_process_parameters(tmp_path, core):
+    cfg = dict(SHORT, core=core)
+    (tmp_path / "local").mkdir()
+    local = train(TrainConfig(**cfg), tmp_path / "local", progress=False)
+    assert train_up(TrainConfig(**cfg), tmp_path / "net", progress=False) == 0
+    here, there = _parameters(tmp_path / "local"), _parameters(tmp_path / "net")
+    start = setup(TrainConfig(**cfg))
+    init = [p.state_dict() for p in start.policies] + [start.critic.state_dict()]
+    assert [sorted(m) for m in here] == [sorted(m) for m in there] and len(here) == 3  # 2 policies + the critic
+    diff = max((a[k] - b[k]).abs().max().item() for a, b in zip(here, there) for k in a)
+    moved = min(max((a[k] - i[k]).abs().max().item() for k in a) for a, i in zip(here, init))
+    assert diff <= TOLERANCE < moved / 1000, (diff, moved)
+
+    s = json.loads((tmp_path / "net" / "summary.json").read_text())
+    assert s["updates_done"] == 3 and s["final"]["success_rate"] == local["final"]["success_rate"]
+    # every listener sends each speaker T * B * D float32 values per update, up and down
+    n, values = 2, SHORT["rollout"] * SHORT["batch"] * 4
+    grad = s["networked"]["bytes_per_update"]["gradient"]
+    assert grad["payload"] == 2 * n * (n - 1) * 4 * values and grad["header"] > 0 and grad["framing"] > 0
+    assert s["networked"]["bytes_per_update"]["message"]["payload"] > 0
+    # the folder is a `ddcl train` one: `ddcl evaluate` reruns its held-out figures
+    again = evaluate_run(tmp_path / "net", device="cpu")
+    assert again["final"]["success_rate"] == s["final"]["success_rate"]
+    env = start.env
+    load_checkpoint(tmp_path / "net" / "checkpoint.pt", "goal", env.obs_dim, env.n_actions, 2)
+
+
+def test_gradient_frames_round_trip_and_float16_halves_the_payload():
+    g = torch.randn(5, 32, 4) * 1e-3
+    g[0, 0, 0] = 1e6  # beyond float16: saturates, never infinity
+    wide = W.pack_gradient(1, 7, g, "float32")
+    narrow = W.pack_gradient(1, 7, g, "float16")
+    assert frame.unpack(wide).kind == frame.Kind.GRADIENT
+    assert len(frame.unpack(wide).payload) == 2 * len(frame.unpack(narrow).payload) == 4 * g.numel()
+    sender, back = W.unpack_gradient(wide, 7, (5, 32, 4), "float32")
+    assert sender == 1 and np.array_equal(back, g.numpy())
+    _, half = W.unpack_gradient(narrow, 7, (5, 32, 4), "float16")
+    assert half[0, 0, 0] == 65504.0 and np.allclose(half.reshape(-1)[1:], g.numpy().reshape(-1)[1:], rtol=1e-3,
+                                                       atol=1e-7)
+    for update, shape, codec in ((8, (5, 32, 4), "float32"), (7, (5, 32, 3), "float32"), (7, (5, 32, 4), "float16")):
+        with pytest.raises(W.WireError):  # another update, another size, another width
+            W.unpack_gradient(wide, update, shape, codec)
+    nan = W.pack_gradient(1, 7, torch.full((2,), float("nan")), "float32")
+    with pytest.raises(W.WireError, match="NaN"):
+        W.unpack_gradient(nan, 7, (2,), "float32")
+
+
+def test_control_messages_refuse_what_does_not_fit():
+    adv = W.pack_advantage(3, torch.ones(5, 32))
+    assert W.unpack_advantage(adv, 3, (5, 32)).shape == (5, 32)
+    with pytest.raises(W.WireError):
+        W.unpack_advantage(adv, 3, (5, 64))  # a size this side did not ask for
+    with pytest.raises(W.WireError):
+        W.unpack_advantage(adv, 4, (5, 32))  # a stale update
+    with pytest.raises(W.WireError):
+        W.unpack_clip(W.pack_clip(2, float("inf")), 2)
+    with pytest.raises(W.WireError):
+        W.unpack_norms(P.pack({"op": W.NORMS, "update": 1, "norms": [1.0, -1.0], "rate_bits": 0.0,
+                               "wire_bits": 0.0}), 1, 2)
+    policy = setup(TrainConfig(**SHORT)).policies[0]
+    state = policy.state_dict()
+    req = W.parse(W.pack_tensors(W.STATE, state, agent=0), W.STATE)
+    assert all(torch.equal(v, state[k]) for k, v in W.unpack_tensors(req, state).items())
+    bad = W.parse(W.pack_tensors(W.STATE, {**state, "body.0.weight": torch.zeros(3, 3)}), W.STATE)
+    with pytest.raises(W.WireError, match="shape"):
+        W.unpack_tensors(bad, state)
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.binary(max_size=200))
+def test_hostile_bytes_raise_only_typed_errors(data):
+    like = {"w": torch.zeros(2, 2)}
+    for parse in (lambda: W.unpack_gradient(data, 0, (2, 2), "float32"), lambda: W.unpack_advantage(data, 0, (2, 2)),
+                  lambda: W.unpack_norms(data, 0, 2), lambda: W.unpack_clip(data, 0),
+                  lambda: W.unpack_tensors(W.parse(data, W.STATE), like)):
+        try:
+            parse()
+        except ChannelError:
+            pass
