@@ -41,6 +41,7 @@ from .desync import OracleLog
 from .envs import make
 from .message import MessageChannel, SyncMode
 from .policy import PolicyConfig, forget, init_policies, load_checkpoint
+from .run_config import AgentSetup, ConfigError, RunConfig
 
 log = logging.getLogger("ddcl.agent")
 
@@ -120,7 +121,7 @@ class Agent:
         self.run_seed = int(reply["run_seed"])
         self.clock = Clock()
         self.peer.on_reregistered = self._taken_back
-        self.config = None
+        self.run_config: RunConfig | None = None  # the world's, once it has sent it
         self.oracle = None
         self.world_step = 0
         self.inbox: dict[int, bytes] = {}  # latest unconsumed message per peer sender
@@ -133,41 +134,42 @@ class Agent:
         gave the agent up for dead pushes its faults right after), so the clock runs true."""
         self.clock.set_faults(0.0, 0.0, self.world_step)
 
-    def configure(self, cfg: dict) -> None:
-        n = cfg["agents"]
-        env = make(cfg["env"], 1, 0, n)  # one instance, for its dimensions
+    def configure(self, setup: AgentSetup) -> None:
+        run = setup.run
+        n = run.agents
+        env = make(run.env, 1, 0, n)  # one instance, for its dimensions
         if self.checkpoint:
-            pcfg, policies, ck = load_checkpoint(self.checkpoint, cfg["env"], env.obs_dim, env.n_actions, n)
+            pcfg, policies, ck = load_checkpoint(self.checkpoint, run.env, env.obs_dim, env.n_actions, n)
             models = (ck["codec"] or {}).get("models")
             # the checkpoint's learned range models, when the run uses the range codec
-            coders = [codecs.get("range", model=m) for m in models] if models and cfg["codec"] == "range" else None
+            coders = [codecs.get("range", model=m) for m in models] if models and run.codec == "range" else None
         else:
-            pcfg = PolicyConfig(env.obs_dim, env.n_actions, cfg["msg_dim"], delta=cfg["delta"], core=cfg["core"],
-                                aggregate=cfg["aggregate"])
-            policies = init_policies(pcfg, n, cfg["policy_seed"])
+            pcfg = PolicyConfig(env.obs_dim, env.n_actions, run.msg_dim, delta=run.delta, core=run.core,
+                                aggregate=run.aggregate)
+            policies = init_policies(pcfg, n, run.seed)
             coders = None
         self.policy = policies[self.index].to(self.device).eval()
-        self.state = self.policy.initial_state(cfg["batch"], self.device)
-        self._warm_up(cfg["batch"], env.obs_dim, n - 1)
+        self.state = self.policy.initial_state(run.batch, self.device)
+        self._warm_up(run.batch, env.obs_dim, n - 1)
         self.pcfg = pcfg
         self.env_spec = env
-        self.config = cfg
+        self.run_config = run
         self.peer_slots = [j for j in range(n) if j != self.index]  # heard messages stack in this order
         if self.stats.steps:  # a new world, after one that died mid-run: its figures count from zero
             self.stats, self.inbox = AgentStats(), {}
             if self.oracle:
                 self.oracle.close()
                 self.oracle = None
-        coders = coders or [codecs.get(cfg["codec"], **cfg.get("codec_options", {}))] * n
-        self.channel = MessageChannel.build(coders, pcfg.msg_dim, pcfg.delta, self.run_seed, SyncMode.parse(cfg["sync"]))
-        self.clock.mode, self.clock.tick_s, self.clock.t0 = cfg["clock"], cfg["tick_s"], cfg.get("t0") or 0.0
-        if cfg.get("oracle_dir") and self.oracle is None:
+        coders = coders or [codecs.get(run.codec)] * n
+        self.channel = MessageChannel.build(coders, pcfg.msg_dim, pcfg.delta, self.run_seed, SyncMode.parse(run.sync))
+        self.clock.mode, self.clock.tick_s, self.clock.t0 = run.clock, run.tick_s, setup.t0
+        if setup.oracle_dir and self.oracle is None:
             try:
-                self.oracle = OracleLog(Path(cfg["oracle_dir"]), self.index)
+                self.oracle = OracleLog(Path(setup.oracle_dir), self.index)
             except OSError as e:  # a log off the data plane: the run goes on, unmeasured for desync
                 log.warning("no oracle log (the world's run folder is not reachable from here): %s", e)
-        log.info("agent %d ready on %s: env %s, B=%d, codec %s, sync %s", self.index, self.device, cfg["env"],
-                 cfg["batch"], cfg["codec"], cfg["sync"])
+        log.info("agent %d ready on %s: env %s, B=%d, codec %s, sync %s", self.index, self.device, run.env,
+                 run.batch, run.codec, run.sync)
 
     def _warm_up(self, batch: int, obs_dim: int, peers: int) -> None:
         """One step's forward passes on zeros, before READY: a device's first kernels load
@@ -193,7 +195,7 @@ class Agent:
     def _serve(self, should_stop) -> None:
         last_join = 0.0
         while not should_stop():
-            if self.config is None and time.monotonic() - last_join > 1.0:
+            if self.run_config is None and time.monotonic() - last_join > 1.0:
                 self.join()  # until the world answers: it may not have registered yet
                 last_join = time.monotonic()
             self.peer.heartbeat_if_idle()
@@ -242,7 +244,12 @@ class Agent:
             if req.get("op") == L.HELLO:
                 self.join()
             elif req.get("op") == L.CONFIG:
-                self.configure(req)
+                try:
+                    setup = AgentSetup.from_wire(req.get("setup"))
+                except ConfigError as e:  # not READY: the world's wait for agents names this one
+                    log.warning("refused the world's config: %s", e)
+                    return True
+                self.configure(setup)
                 self.peer.send_to(P.WORLD_ID, P.pack({"op": L.READY}))
             elif req.get("op") == L.END:
                 if self.oracle:  # the world reads the oracle logs once every agent has reported
@@ -255,11 +262,11 @@ class Agent:
                                                       "delta": self.pcfg.delta, "run_seed": self.run_seed}))
                 return False
             return True
-        if self.config is None:
+        if self.run_config is None:
             return True
         trace.mark("obs in")
         try:
-            step, obs, first = L.unpack_obs(frame.unpack(body), self.config["batch"], self.env_spec.obs_dim)
+            step, obs, first = L.unpack_obs(frame.unpack(body), self.run_config.batch, self.env_spec.obs_dim)
         except ChannelError as e:
             log.warning("bad observation frame: %s", e)
             return True
@@ -268,7 +275,7 @@ class Agent:
 
     def step(self, step: int, obs: np.ndarray, first: np.ndarray) -> None:
         """One lockstep step (inside _serve's inference mode)."""
-        batch = self.config["batch"]
+        batch = self.run_config.batch
         self.world_step = step
         view = self.clock.view(step)
         self.state = forget(self.state, first)  # a new episode starts with empty memory
@@ -281,7 +288,7 @@ class Agent:
         self.stats.messages += 1
         self.stats.payload_bits += nbits
         peers = self.peer_slots
-        deadline = time.monotonic() + self.config["peer_wait_s"]  # half the world's deadline
+        deadline = time.monotonic() + self.run_config.peer_wait_s
         while any(j not in self.inbox for j in peers) and (left := deadline - time.monotonic()) > 0:
             msg = self.peer.recv(left)
             if msg is None:

@@ -259,16 +259,17 @@ def _sync_serve(args) -> int:
 
 def _world(args) -> int:
     from agents.envs import default_agents
-    from agents.world import World, WorldConfig
+    from agents.run_config import RunConfig
+    from agents.world import World
     from broker.peer import BrokerLost
 
-    cfg = WorldConfig(env=args.env, agents=args.agents or default_agents(args.env), batch=args.batch,
-                      steps=args.steps, codec=args.codec, seed=args.seed, deadline_s=args.deadline, sync=args.sync,
-                      clock=args.clock, tick_s=args.tick, run=args.run, core=args.core, aggregate=args.aggregate,
-                      broker_timeout_s=args.broker_timeout)
+    cfg = RunConfig(env=args.env, agents=args.agents or default_agents(args.env), batch=args.batch,
+                    steps=args.steps, codec=args.codec, seed=args.seed, deadline_s=args.deadline, sync=args.sync,
+                    clock=args.clock, tick_s=args.tick, core=args.core, aggregate=args.aggregate,
+                    broker_timeout_s=args.broker_timeout)
     out = out_folder(args.out) if args.out else None
     stopped = stop_flag()  # before registering: a SIGTERM once the broker lists the world is a clean stop
-    world = checked(World, args.broker, cfg, out, bus_url=args.bus, curve=_curve(args))
+    world = checked(World, args.broker, cfg, out, bus_url=args.bus, curve=_curve(args), run=args.run)
     try:
         summary = world.run(stopped)
     except TimeoutError as e:  # agents that never joined

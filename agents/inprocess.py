@@ -12,11 +12,11 @@ from channel import codecs
 from .envs import make
 from .message import MessageChannel
 from .policy import PolicyConfig, forget, init_policies, initial_states
-from .world import WorldConfig
+from .run_config import RunConfig
 
 
 @torch.no_grad()
-def run_inprocess(cfg: WorldConfig, run_seed: int, epoch_seed: int, device: str = "cpu") -> list[list[dict]]:
+def run_inprocess(cfg: RunConfig, run_seed: int, epoch_seed: int, device: str = "cpu") -> list[list[dict]]:
     """Per agent, per step: the z_hat it sent, the z_hat it decoded per peer, its actions.
     The policies run on `device`; the env stays on the CPU, as in the world process."""
     env = make(cfg.env, cfg.batch, cfg.seed, cfg.agents)

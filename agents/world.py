@@ -19,7 +19,6 @@ import logging
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,10 +31,9 @@ from broker.peer import BrokerLost, Peer
 from channel import ChannelError, frame, load_kernels
 
 from . import lockstep as L
-from .clock import MODES as CLOCK_MODES
 from .desync import analyze, clear_oracle
 from .envs import make
-from .message import SyncMode
+from .run_config import AgentSetup, RunConfig
 
 log = logging.getLogger("ddcl.world")
 
@@ -85,35 +83,12 @@ class Metrics:
             self.file.close()
 
 
-@dataclass
-class WorldConfig:
-    env: str = "goal"  # environment name
-    agents: int = 2  # agent processes (slots)
-    batch: int = 1  # parallel env instances B
-    steps: int = 500  # lockstep steps to run
-    codec: str = "rice"  # message codec
-    delta: float = 0.2  # quantization step for untrained policies
-    msg_dim: int = 4  # message dimensions for untrained policies
-    core: str = "mlp"  # untrained policies: mlp | gru
-    aggregate: str = "mean"  # untrained policies: mean | attention
-    seed: int = 0  # env seed and untrained-policy seed
-    deadline_s: float = 1.0  # per-step wait for actions
-    join_timeout_s: float = 60.0  # wait for all agents to join before step 0
-    broker_timeout_s: float = 10.0  # a silent broker's time to come back (restarted) before the run ends
-    sync: str = "implicit"  # implicit | stamped | checked:K
-    clock: str = "logical"  # logical | wall
-    tick_s: float = 0.1  # wall clock: seconds per step
-    run: str = "default"  # run name: bus topics are ddcl/<run>/...
-
-
 class World:
-    def __init__(self, endpoint: str, cfg: WorldConfig, out: Path | None, progress=True, bus_url: str = "embedded",
-                 curve=None):
-        SyncMode.parse(cfg.sync)  # refuse a bad mode before anything starts
-        if cfg.clock not in CLOCK_MODES:
-            raise ValueError(f"clock must be one of {', '.join(CLOCK_MODES)}, got {cfg.clock!r}")
-        self.cfg = cfg
-        self.t0 = None
+    def __init__(self, endpoint: str, cfg: RunConfig, out: Path | None, progress=True, bus_url: str = "embedded",
+                 curve=None, run: str = "default"):
+        cfg.validate()  # a config that cannot run is refused (ConfigError) before anything starts
+        self.cfg, self.run_name = cfg, run
+        self.t0 = 0.0  # wall clock: when step 0 happens, set just before it
         self.out = Path(out) if out else None
         if self.out:  # an earlier run's files in the same folder would pass for this run's
             clear_oracle(self.out)
@@ -123,7 +98,7 @@ class World:
         load_kernels()  # before registering: the first actions must not wait for them
         self.peer = Peer(endpoint, b"world", P.WORLD_ID, curve=curve)
         trace.name("world")
-        self.bus = Publisher(bus_url, cfg.run, "world", self.peer)
+        self.bus = Publisher(bus_url, run, "world", self.peer)
         self.agent_ids = [P.agent_id(k) for k in range(cfg.agents)]
         self.slot_of = {agent: k for k, agent in enumerate(self.agent_ids)}
         self.ready: set[bytes] = set()
@@ -133,12 +108,8 @@ class World:
         self.parent = os.getppid()  # `ddcl up`, or whatever started this role
 
     def agent_config(self) -> bytes:
-        c = self.cfg
-        return P.pack({"op": L.CONFIG, "env": c.env, "agents": c.agents, "batch": c.batch, "codec": c.codec,
-                       "delta": c.delta, "msg_dim": c.msg_dim, "policy_seed": c.seed,
-                       "core": c.core, "aggregate": c.aggregate,
-                       "peer_wait_s": c.deadline_s / 2, "sync": c.sync, "clock": c.clock, "tick_s": c.tick_s,
-                       "t0": self.t0, "oracle_dir": str(self.out.resolve()) if self.out else None})
+        setup = AgentSetup(self.cfg, self.t0, str(self.out.resolve()) if self.out else "")
+        return P.pack({"op": L.CONFIG, "setup": setup.to_wire()})
 
     def _control(self, src: bytes, body: bytes) -> None:
         req = P.unpack(body)
@@ -257,7 +228,7 @@ class World:
     def send_observations(self, step: int, obs: np.ndarray, first: np.ndarray) -> float:
         """Step `step` starts: each agent gets its observations, all in one message (the
         broker marks the step on the first). Returns when they went out."""
-        if self.t0 is not None:
+        if self.t0:
             time.sleep(max(0.0, self.t0 + step * self.cfg.tick_s - time.time()))
         sent_at = time.monotonic()
         trace.mark("obs out")
@@ -342,5 +313,5 @@ class World:
             "agents_reporting": sorted(self.agent_stats),
             "desync": desync,
             "broker": b and {k: b[k] for k in ("by_kind_per_step", "other", "refused", "links", "steps")},
-            "config": asdict(cfg),
+            "config": {**cfg.to_wire(), "run": self.run_name},  # the run name: the bus topics it went to
         }

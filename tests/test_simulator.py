@@ -18,7 +18,7 @@ import torch
 from agents import lockstep as L
 from agents.desync import desync_by_step
 from agents.inprocess import run_inprocess
-from agents.world import WorldConfig
+from agents.run_config import RunConfig
 from broker import protocol as P
 from broker.peer import Peer
 from channel import frame
@@ -32,7 +32,7 @@ GENEROUS_DEADLINE = "30"
 
 def test_ddcl_up_writes_summary_and_metrics(tmp_path):
     out = tmp_path / "run"
-    r = subprocess.run([sys.executable, "-m", "agents.cli", "up", "--steps", "60", "--batch", "4", "--codec", "rice",
+    r = subprocess.run([sys.executable, "-m", "ddcl", "up", "--steps", "60", "--batch", "4", "--codec", "rice",
                         "--deadline", GENEROUS_DEADLINE, "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
                        timeout=600,
                        env=dict(os.environ, PYTHONPATH=str(ROOT)))
@@ -64,7 +64,7 @@ def test_a_second_run_into_the_same_folder_reports_only_its_own_decodes(tmp_path
     same folder starts them afresh, so its desync figures count its own decodes only."""
     out = tmp_path / "run"
     for steps in (30, 20):
-        r = subprocess.run([sys.executable, "-m", "agents.cli", "up", "--steps", str(steps), "--out", str(out)],
+        r = subprocess.run([sys.executable, "-m", "ddcl", "up", "--steps", str(steps), "--out", str(out)],
                            cwd=ROOT, capture_output=True, text=True, timeout=600, env=dict(os.environ, PYTHONPATH=str(ROOT)))
         assert r.returncode == 0, r.stdout + r.stderr
         s = json.loads((out / "summary.json").read_text())
@@ -76,7 +76,7 @@ def test_shipped_traffic_junction_checkpoint_talks_over_the_network(tmp_path):
     model per agent from the checkpoint, through the broker. The cars succeed and the
     messages stay far below float32 on the wire."""
     out = tmp_path / "tj"
-    r = subprocess.run([sys.executable, "-m", "agents.cli", "up", "--env", "tj-easy", "--steps", "40", "--batch", "16",
+    r = subprocess.run([sys.executable, "-m", "ddcl", "up", "--env", "tj-easy", "--steps", "40", "--batch", "16",
                         "--codec", "range", "--checkpoint", str(ROOT / "deploy" / "checkpoint" / "tj-easy.pt"),
                         "--deadline", GENEROUS_DEADLINE, "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
                        timeout=600,
@@ -97,7 +97,7 @@ EQUIVALENCE_CASES += [("goal", 2, "gru", "attention", d) for d in DEVICES if d !
 
 @pytest.mark.parametrize("env,n,core,aggregate,device", EQUIVALENCE_CASES)
 def test_networked_run_matches_in_process_run_bit_for_bit(procs, tmp_path, env, n, core, aggregate, device):
-    cfg = WorldConfig(env=env, agents=n, steps=25, batch=3, codec="rice", seed=4, core=core, aggregate=aggregate)
+    cfg = RunConfig(env=env, agents=n, steps=25, batch=3, codec="rice", seed=4, core=core, aggregate=aggregate)
     ep = procs.broker()
     procs.start("sync", "sync", "serve", "--broker", ep, "--seed", "4", "--epoch-seed", "9")
     for k in range(n):
@@ -300,7 +300,7 @@ def long_up(tmp_path):
     """A `ddcl up` of 100000 steps, once it steps: (process, endpoint, out folder). Whatever
     the test leaves running is killed afterwards."""
     port, out = free_port(), tmp_path / "run"
-    up = subprocess.Popen([sys.executable, "-m", "agents.cli", "up", "--steps", "100000", "--port", str(port),
+    up = subprocess.Popen([sys.executable, "-m", "ddcl", "up", "--steps", "100000", "--port", str(port),
                            "--deadline", "3", "--out", str(out)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           env=dict(os.environ, PYTHONPATH=str(ROOT)))
     wait_steps(out, 21, up)
