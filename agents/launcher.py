@@ -1,10 +1,9 @@
-"""`ddcl up`: broker, sync service, world and N agents as separate OS processes on
-loopback, live progress, a clean stop (Ctrl-C too), and the result table."""
+"""Child processes that never outlive their parent and stop in order, and the loopback
+ports they meet on: what `ddcl up` (ddcl/up.py), the benches and the tests start roles with."""
 
 from __future__ import annotations
 
 import ctypes
-import json
 import os
 import signal
 import socket
@@ -12,8 +11,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-
-from broker.protocol import FINISH_WAIT_S, HEARTBEAT_S, LIVENESS
 
 
 def free_port() -> int:
@@ -32,10 +29,6 @@ def wait_port(port: int, timeout_s: float = 60.0, alive=lambda: True) -> None:
         except OSError:
             time.sleep(0.05)
     raise TimeoutError(f"nothing listening on port {port}")
-
-
-def ddcl(*args: str) -> list[str]:
-    return [sys.executable, "-m", "agents.cli", *args]
 
 
 PR_SET_PDEATHSIG = 1
@@ -137,111 +130,3 @@ def port_in_use(port: int) -> bool:
         except OSError:
             return True
     return False
-
-
-def up(args) -> int:
-    out = Path(args.out)
-    (out / "logs").mkdir(parents=True, exist_ok=True)
-    endpoint = args.broker or f"tcp://127.0.0.1:{args.port or free_port()}"
-    group = ProcessGroup(out / "logs")
-
-    def on_term(_signum, _frame):
-        raise KeyboardInterrupt
-
-    # SIGINT too, explicitly: a shell starts background jobs with SIGINT ignored, and
-    # Python then never turns it into KeyboardInterrupt
-    old = {sig: signal.signal(sig, on_term) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        common = ["--bus", args.bus, "--run", args.run] + (["--keys", args.keys] if args.keys else [])
-        services = {}
-        if not args.broker:  # else a running broker serves this run (its figures reset at step 0)
-            broker_cmd = ddcl("broker", "serve", "--bind", endpoint, "--log-dir", str(out),
-                              "--bundle" if args.bundle else "--no-bundle", *common)
-            broker = services["broker"] = group.start("broker", broker_cmd + (["--faults", args.faults] if args.faults else []))
-            # the others register at start-up, with a timeout: on a loaded machine the broker's
-            # imports alone can outlast it
-            try:
-                wait_port(int(endpoint.rsplit(":", 1)[1]), alive=lambda: broker.poll() is None)
-            except TimeoutError:
-                print(f"[up] the broker did not start{last_words(out / 'logs' / 'broker.log')}; see "
-                      f"{out / 'logs' / 'broker.log'}", file=sys.stderr)
-                return 2
-        services["sync"] = group.start("sync", ddcl("sync", "serve", "--broker", endpoint, "--seed", str(args.seed),
-                                 "--beacon-every", str(args.beacon_every), "--epoch-steps", str(args.epoch_steps), *common))
-        world_cmd = ddcl("world", "--broker", endpoint, "--env", args.env, "--agents", str(args.agents),
-                         "--batch", str(args.batch), "--steps", str(args.steps), "--codec", args.codec,
-                         "--seed", str(args.seed), "--deadline", str(args.deadline), "--out", str(out),
-                         "--sync", args.sync, "--clock", args.clock, "--tick", str(args.tick),
-                         "--core", args.core, "--aggregate", args.aggregate,
-                         # nothing here restarts a broker: its silence for the heartbeat liveness means it died
-                         "--broker-timeout", str(LIVENESS * HEARTBEAT_S), *common)
-        world = group.start("world", world_cmd, progress=True)
-        agents = {}
-        for k in range(args.agents):
-            cmd = ddcl("agent", "--broker", endpoint, "--id", f"agent-{k}", "--device", args.device, *common)
-            if args.checkpoint:
-                cmd += ["--checkpoint", args.checkpoint]
-            agents[f"agent-{k}"] = group.start(f"agent-{k}", cmd)
-        print(f"[up] broker on {endpoint}; {args.agents} agents, B={args.batch}, {args.steps} steps; "
-              f"logs in {out / 'logs'}", file=sys.stderr, flush=True)
-        rc = wait_world(world, services, agents, out / "logs")
-    except KeyboardInterrupt:
-        print("[up] stopping", file=sys.stderr)
-        rc = 130
-    finally:
-        # the world first: it ends its step, collects the agents' figures and the broker's
-        # byte counts, and writes the summary of the steps it ran. That takes up to a step's
-        # deadline plus its wait for the agents' reports (FINISH_WAIT_S, all of it when an
-        # agent is dead) before the writing: the grace covers both, else a loaded machine
-        # killed the world before its summary
-        group.stop(first=("world",), grace_s=5.0 + args.deadline + FINISH_WAIT_S)
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
-    summary_path = out / "summary.json"  # the world removes an earlier run's at its start
-    if rc in (0, 130) and summary_path.exists():
-        summary = json.loads(summary_path.read_text())
-        print(render_summary(summary))
-        if summary["steps"] < summary["config"]["steps"]:
-            print(f"stopped at step {summary['steps']} of {summary['config']['steps']}")
-        print(f"\nwrote {out / 'metrics.jsonl'} and {summary_path}")
-    elif rc != 130:
-        print(f"[up] the world exited ({exit_reason(rc)}); see {out / 'logs'}", file=sys.stderr)
-    return rc
-
-
-def render_summary(s: dict) -> str:
-    from bench.common import table
-
-    lines = [f"env {s['env']}, {s['agents']} agents, B={s['batch']}, {s['steps']} steps, codec {s['codec']}", ""]
-    if (b := s["bytes_per_step"]) is not None:
-        f, m = s["float32_bytes_per_step"], s["messages"]
-        rows = [[d, b[d]["payload"], b[d]["header"], b[d]["framing"], b[d]["total"], f[d]["total"]]
-                for d in ("up", "down", "sum")]
-        ratio = f["sum"]["total"] / b["sum"]["total"] if b["sum"]["total"] else float("nan")
-        lines += [
-            "Agent-message bytes per step (on the wire, ZMTP framing included)",
-            table(["direction", "payload", "header", "framing", "total", "as float32"], rows),
-            "",
-            f"float32 / {s['codec']} bytes: {ratio:.2f}x",
-            f"messages: sent {m['sent']}, delivered {m['delivered']}, dropped {m['dropped']}, rejected {m['rejected']}",
-        ]
-        if refused := {k: v["messages"] for k, v in s["broker"]["refused"].items() if v["messages"]}:
-            lines.append("refused by the broker (not in the figures above): "
-                         + ", ".join(f"{k} {v}" for k, v in refused.items()))
-    else:
-        lines.append("byte figures: none (the broker was gone before the world could ask for them)")
-    lines += [
-        f"bits per message (real): {s['bits_per_message']:.2f} for {s['values_per_message']} "
-        f"value{'s' if s['values_per_message'] != 1 else ''}"
-        if s["bits_per_message"] is not None else "bits per message: n/a",
-        f"success rate {s['success_rate'] if s['success_rate'] is not None else float('nan'):.3f} over "
-        f"{s['episodes']} episodes, mean reward {s['mean_reward']:.4f}, {s['steps_per_second']:.1f} steps/s",
-        f"deadline misses per agent: {s['deadline_misses']}",
-    ]
-    d = s.get("desync")
-    if d and d["messages"]:
-        lines.append(f"desync ({s['sync']} sync): {100 * d['desynced_fraction']:.1f}% of {d['messages']} decodes used "
-                     f"the wrong noise, mean |z_hat error| {d['mean_error']:.4f}")
-    return "\n".join(lines)
-
-

@@ -184,7 +184,7 @@ def drained(endpoint: str, progress) -> dict:
 
 def checked_run(endpoint: str | None, folder: Path) -> dict:
     """A short `ddcl up` (against `endpoint`, or with its own broker): its summary."""
-    cmd = [sys.executable, "-m", "agents.cli", "up", *CHECK_RUN, "--out", str(folder)]
+    cmd = [sys.executable, "-m", "ddcl", "up", *CHECK_RUN, "--out", str(folder)]
     if endpoint:
         cmd += ["--broker", endpoint]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, preexec_fn=dies_with(os.getpid()))
@@ -198,7 +198,7 @@ def run(inputs: int = 100_000, seed: int = 0, connections: int = 32, raw: int = 
     endpoint = f"tcp://127.0.0.1:{port}"
     # its log to a file: a pipe nobody reads fills, and the broker's next log line blocks it
     log = tempfile.TemporaryFile()
-    broker = subprocess.Popen([sys.executable, "-m", "agents.cli", "broker", "serve", "--bind", endpoint,
+    broker = subprocess.Popen([sys.executable, "-m", "ddcl", "broker", "serve", "--bind", endpoint,
                                "--max-message", str(MAX_MESSAGE)], stdout=subprocess.DEVNULL, stderr=log,
                               preexec_fn=dies_with(os.getpid()))
     try:

@@ -29,5 +29,5 @@ def table(headers: list[str], rows: list[list]) -> str:
 
 def up_command(agents: int, batch: int, steps: int, out, device: str, bundle: bool = False) -> list[str]:
     """The `ddcl up` of a networked bench run, in this interpreter."""
-    return [sys.executable, "-m", "agents.cli", "up", "--agents", str(agents), "--batch", str(batch),
+    return [sys.executable, "-m", "ddcl", "up", "--agents", str(agents), "--batch", str(batch),
             "--steps", str(steps), "--out", str(out), "--device", device, "--bundle" if bundle else "--no-bundle"]

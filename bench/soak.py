@@ -77,7 +77,7 @@ def steps_done(out: Path) -> int:
 
 def run(agents: int = 16, steps: int = 100_000, batch: int = 1, out: Path = Path("runs/soak"), progress=print) -> dict:
     out = Path(out)
-    cmd = [sys.executable, "-m", "agents.cli", "up", "--env", "goal", "--agents", str(agents), "--batch", str(batch),
+    cmd = [sys.executable, "-m", "ddcl", "up", "--env", "goal", "--agents", str(agents), "--batch", str(batch),
            "--steps", str(steps), "--deadline", "10", "--device", "cpu", "--out", str(out)]
     up = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                           preexec_fn=dies_with(os.getpid()))

@@ -44,7 +44,7 @@ SLOW_S = 240
 
 def ddcl(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     """One `ddcl` command run to its end, output captured (`timeout` only guards a hang)."""
-    return subprocess.run([sys.executable, "-m", "agents.cli", *args], cwd=ROOT, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "ddcl", *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=timeout, env=dict(os.environ, PYTHONPATH=str(ROOT)))
 
 
@@ -116,7 +116,7 @@ class Procs:
     def start(self, name: str, *args: str, env_extra: dict | None = None) -> subprocess.Popen:
         log = open(self.tmp / f"{name}.log", "a")
         env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1", **(env_extra or {}))
-        p = subprocess.Popen([sys.executable, "-m", "agents.cli", *args], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        p = subprocess.Popen([sys.executable, "-m", "ddcl", *args], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
         self.procs[name] = p
         return p
 

@@ -83,7 +83,7 @@ async def test_run_status_epoch_faults_and_metrics_on_the_bus(procs, bus_url, tm
     # every step's row arrives, in order, batched as JSON lines
     assert metric_steps(metrics, run) == list(range(120))
 
-    from agents.cli import main as ddcl_main
+    from ddcl.cli import main as ddcl_main
 
     assert await asyncio.to_thread(ddcl_main, ["broker", "fault", "drop", "0.25", "--broker", ep]) == 0
 

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from agents.cli import main
+from ddcl.cli import main
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -44,7 +44,7 @@ def test_bad_values_are_refused_by_the_parser(argv, message, capsys):
 
 @pytest.mark.parametrize("text, value", [("-1e7", -1e7), ("-5", -5.0), ("-.5", -0.5), ("-2.5E-3", -2.5e-3)])
 def test_negative_numbers_in_any_float_form_are_values_not_options(text, value):
-    from agents.cli import build_parser
+    from ddcl.cli import build_parser
 
     assert build_parser().parse_args(["broker", "fault", "drift", "agent-0", text]).value == value
 
@@ -117,7 +117,7 @@ def test_bad_key_folders_are_named_not_a_traceback(tmp_path, capsys):
 
 
 def test_a_second_signal_stops_at_once():
-    from agents.cli import stop_flag
+    from ddcl.options import stop_flag
 
     old = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:

@@ -149,7 +149,7 @@ def test_compiled_kernels_stay_in_bounds_on_hostile_bytes(tmp_path):
     import sys
 
     env = dict(os.environ, NUMBA_BOUNDSCHECK="1", NUMBA_CACHE_DIR=str(tmp_path))
-    r = subprocess.run([sys.executable, "-m", "agents.cli", "bench", "fuzz", "--inputs", "20000", "--seed", "3"],
+    r = subprocess.run([sys.executable, "-m", "ddcl", "bench", "fuzz", "--inputs", "20000", "--seed", "3"],
                        env=env, capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "untyped failures: 0" in r.stdout

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from agents.cli import build_parser
+from ddcl.cli import build_parser
 from broker.bus import BusClient
 from tests.conftest import ROOT, free_port, wait_port
 

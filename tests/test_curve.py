@@ -46,9 +46,9 @@ def test_ddcl_up_runs_with_keys(tmp_path):
     import sys
 
     keys = tmp_path / "keys"
-    r = subprocess.run([sys.executable, "-m", "agents.cli", "keys", "gen", str(keys)], cwd=ROOT, capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "ddcl", "keys", "gen", str(keys)], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0 and (keys / "server.key_secret").exists()
-    r = subprocess.run([sys.executable, "-m", "agents.cli", "up", "--steps", "30", "--keys", str(keys), "--out", str(tmp_path / "run")],
+    r = subprocess.run([sys.executable, "-m", "ddcl", "up", "--steps", "30", "--keys", str(keys), "--out", str(tmp_path / "run")],
                        cwd=ROOT, capture_output=True, text=True, timeout=600, env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert r.returncode == 0, r.stderr
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["messages"]["delivered"] == 60

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from agents.agent import wanted_agent_id
-from agents.cli import build_parser
+from ddcl.cli import build_parser
 from tests.conftest import ROOT, wait_registered
 
 K8S = ROOT / "deploy" / "k8s"
@@ -43,7 +43,7 @@ def overlays(tmp_path_factory) -> dict[str, list[dict]]:
     copy = tmp_path_factory.mktemp("k8s") / "k8s"
     shutil.copytree(K8S, copy, ignore=shutil.ignore_patterns("keys"))
     keys = copy / "overlays" / "curve" / "keys"
-    gen = subprocess.run([sys.executable, "-m", "agents.cli", "keys", "gen", str(keys)], cwd=ROOT,
+    gen = subprocess.run([sys.executable, "-m", "ddcl", "keys", "gen", str(keys)], cwd=ROOT,
                          capture_output=True, text=True, timeout=60, env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert gen.returncode == 0, gen.stderr
     return {"base": render(copy / "base"), "gpu": render(copy / "overlays" / "gpu"),

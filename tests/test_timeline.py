@@ -18,7 +18,7 @@ def test_a_traced_run_marks_every_role_in_causal_order(tmp_path):
     folder.mkdir()
     # a deadline no loaded machine misses: an agent that missed its peer's message acts
     # without it, and the step it ends is not a causal chain
-    r = subprocess.run([sys.executable, "-m", "agents.cli", "up", "--steps", "150", "--deadline", "30",
+    r = subprocess.run([sys.executable, "-m", "ddcl", "up", "--steps", "150", "--deadline", "30",
                         "--out", str(tmp_path / "run")], cwd=ROOT, capture_output=True, text=True, timeout=600,
                        env=dict(os.environ, PYTHONPATH=str(ROOT), **{trace.ENV: str(folder)}))
     assert r.returncode == 0, r.stdout + r.stderr
@@ -79,7 +79,7 @@ def test_a_trace_folder_is_made_and_an_unwritable_one_is_named(tmp_path):
 
 
 def test_too_short_a_traced_run_is_refused_with_its_reason(capsys):
-    from agents.cli import main
+    from ddcl.cli import main
 
     assert main(["bench", "timeline", "--steps", "5"]) == 2
     assert "error: the trace holds 5 steps: too few to take medians; run more steps" in capsys.readouterr().err

@@ -55,7 +55,7 @@ def test_short_goal_run_learns_to_communicate(tmp_path, device):
     again = evaluate_run(tmp_path, device=device)
     assert again["final"]["success_rate"] == success and again["no_communication_success"] == s["no_communication_success"]
     assert again["final"]["agents"][0]["bits_per_message"] == bits
-    r = subprocess.run([sys.executable, "-m", "agents.cli", "evaluate", str(tmp_path), "--episodes", "1024", "--seed", "9"],
+    r = subprocess.run([sys.executable, "-m", "ddcl", "evaluate", str(tmp_path), "--episodes", "1024", "--seed", "9"],
                        capture_output=True, text=True, timeout=800)
     assert r.returncode == 0 and "over 1024 episodes" in r.stdout and "r(goal probability, bits)" in r.stdout, r.stderr
     per_goal = next(line for line in r.stdout.splitlines() if line.startswith("per goal"))
@@ -86,7 +86,7 @@ def test_agent_count_defaults_to_the_env_and_refuses_another(tmp_path):
     assert [TrainConfig(env=e).agents for e in ("goal", "tj-easy", "tj-hard", "pp-easy", "pp-medium")] == [2, 5, 20, 3, 5]
     with pytest.raises(ValueError, match="pp-easy has 3 predators; run it with 3 agents, not 2"):
         TrainConfig(env="pp-easy", agents=2).validate()
-    r = subprocess.run([sys.executable, "-m", "agents.cli", "train", "--env", "pp-easy", "--updates", "2", "--batch", "4",
+    r = subprocess.run([sys.executable, "-m", "ddcl", "train", "--env", "pp-easy", "--updates", "2", "--batch", "4",
                         "--rollout", "3", "--eval-every", "1", "--out", str(tmp_path / "pp")],
                        capture_output=True, text=True, timeout=800)
     assert r.returncode == 0, r.stderr
@@ -95,17 +95,17 @@ def test_agent_count_defaults_to_the_env_and_refuses_another(tmp_path):
 
 def test_train_cli_says_what_is_wrong_with_out(tmp_path):
     (tmp_path / "file").write_text("")
-    r = subprocess.run([sys.executable, "-m", "agents.cli", "train", "--out", str(tmp_path / "file")],
+    r = subprocess.run([sys.executable, "-m", "ddcl", "train", "--out", str(tmp_path / "file")],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "is a file, not a folder" in r.stderr and "Traceback" not in r.stderr
-    r = subprocess.run([sys.executable, "-m", "agents.cli", "evaluate", str(tmp_path)], capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "-m", "ddcl", "evaluate", str(tmp_path)], capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 2 and "is not a `ddcl train` folder" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_a_stopped_training_still_evaluates_and_writes_its_checkpoint(tmp_path):
     out = tmp_path / "run"
-    p = subprocess.Popen([sys.executable, "-m", "agents.cli", "train", "--updates", "100000", "--batch", "16",
+    p = subprocess.Popen([sys.executable, "-m", "ddcl", "train", "--updates", "100000", "--batch", "16",
                           "--eval-every", "5", "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + SLOW_S
@@ -213,10 +213,10 @@ def test_recurrent_attention_shared_policy_trains_and_reloads(tmp_path):
 
 
 def test_train_cli_rejects_bad_core_and_takes_share_flag(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "agents.cli", "train", "--core", "lstm", "--out", str(tmp_path)],
+    r = subprocess.run([sys.executable, "-m", "ddcl", "train", "--core", "lstm", "--out", str(tmp_path)],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "mlp, gru" in r.stderr
-    r = subprocess.run([sys.executable, "-m", "agents.cli", "train", "--help"], capture_output=True, text=True, timeout=120)
+    r = subprocess.run([sys.executable, "-m", "ddcl", "train", "--help"], capture_output=True, text=True, timeout=120)
     assert "--share, --no-share" in r.stdout
 
 
@@ -259,7 +259,7 @@ def test_progress_lines_come_between_evaluations(monkeypatch, capsys):
 def test_the_command_line_parses_without_importing_torch():
     """`ddcl broker stats` and friends start in a fraction of a second: the parser takes
     env names, levels and choices from torch-free modules."""
-    code = "import sys, agents.cli as c; c.build_parser(); print('torch' in sys.modules)"
+    code = "import sys, ddcl.cli as c; c.build_parser(); print('torch' in sys.modules)"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert r.stdout.strip() == "False"
 
@@ -284,7 +284,7 @@ def test_evaluate_says_when_it_cannot_reproduce_a_run_trained_on_another_device(
     train(TrainConfig(updates=2, eval_every=2, batch=8, rollout=5, device="cpu"), tmp_path, progress=False)
 
     def evaluate() -> str:
-        r = subprocess.run([sys.executable, "-m", "agents.cli", "evaluate", str(tmp_path), "--device", "cpu"],
+        r = subprocess.run([sys.executable, "-m", "ddcl", "evaluate", str(tmp_path), "--device", "cpu"],
                            capture_output=True, text=True, timeout=800)
         assert r.returncode == 0, r.stderr
         return r.stdout

@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from .up import ddcl
+
 
 def sweep_skew(args) -> int:
     out = Path(args.out)
@@ -22,8 +24,8 @@ def sweep_skew(args) -> int:
             run = out / f"{mode.replace(':', '')}-skew{skew}"
             faults = out / f"faults-skew{skew}.toml"
             faults.write_text(f'[[fault]]\nstep = 0\nkind = "skew"\ntarget = "agent-1"\nvalue = {skew}\n' if skew else "")
-            cmd = [sys.executable, "-m", "agents.cli", "up", "--steps", str(args.steps), "--batch", str(args.batch),
-                   "--codec", args.codec, "--sync", mode, "--beacon-every", "0", "--out", str(run), "--faults", str(faults)]
+            cmd = ddcl("up", "--steps", str(args.steps), "--batch", str(args.batch), "--codec", args.codec,
+                       "--sync", mode, "--beacon-every", "0", "--out", str(run), "--faults", str(faults))
             if args.checkpoint:
                 cmd += ["--checkpoint", args.checkpoint]
             r = subprocess.run(cmd, capture_output=True, text=True)

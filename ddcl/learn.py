@@ -1,0 +1,121 @@
+"""Learning to communicate: `ddcl train` (in-process A2C, a checkpoint), `ddcl evaluate` and
+`ddcl report` on its folder, and `ddcl sweep` (grids of networked runs)."""
+
+from __future__ import annotations
+
+from agents.train_config import CODECS, TrainConfig
+
+from .options import (POSITIVE, COUNT, Refused, add_config_flags, add_device, checked, given, int_list, out_folder,
+                      stop_flag)
+
+
+def add_train(sub) -> None:
+    p = sub.add_parser("train", help="train DDCL policies in-process (A2C); write a checkpoint")
+    add_config_flags(p, TrainConfig)
+    p.add_argument("--out", default="runs/train", help="output folder (default runs/train)")
+    p.set_defaults(func=_train)
+
+
+def _train(args) -> int:
+    from agents.agent import pick_device
+    from agents.policy import CheckpointError
+    from agents.train import train
+
+    cfg = TrainConfig(**given(args, TrainConfig))
+    checked(cfg.validate)
+    checked(pick_device, cfg.device)
+    out = out_folder(args.out)
+    try:
+        s = train(cfg, out, should_stop=stop_flag())
+    except CheckpointError as e:  # --init's checkpoint does not fit
+        raise Refused(str(e)) from None
+    print_final(s)
+    print(f"{s['env_steps_per_s']:.0f} env steps/s on {s['device']}; wrote {out}/checkpoint.pt")
+    if s["updates_done"] < cfg.updates:
+        print(f"stopped at update {s['updates_done']} of {cfg.updates}")
+        return 130
+    return 0
+
+
+def print_final(s: dict) -> None:
+    """The held-out evaluation of `ddcl train` and `ddcl evaluate`."""
+    cfg, f = s["config"], s["final"]
+    codec = cfg["codec"]
+    bits = [a["bits_per_message"][codec] for a in f["agents"]]
+    mean = sum(bits) / len(bits)
+    print(f"success {f['success_rate']:.4f} over {cfg['batch']} episodes ({f['episode_steps']:.1f} steps per "
+          f"episode); {s['no_communication_success']:.4f} with the messages silenced")
+    print(f"real bits per message ({codec}): " + ", ".join(f"agent {k} {b:.2f}" for k, b in enumerate(bits))
+          + f"; mean {mean:.3f}, {32 * cfg['msg_dim'] / mean if mean else float('inf'):.0f} x fewer than "
+          f"{cfg['msg_dim']} float32 values")
+    if "goal_frequency_fit" in s:
+        g = s["goal_frequency_fit"]
+        # weighted by goal probability, not by message count: long episodes weigh no more
+        print(f"goal: speaker {g['mean_bits']:.2f} bits/msg averaged over goals (goal entropy "
+              f"{g['shannon_bound_bits']:.2f}), r(goal probability, bits) = {g['pearson_r']:.3f}")
+        won = f["success_by_goal"]
+        print("per goal, most to least frequent: bits " + " ".join(f"{b:.2f}" for b in g["bits"])
+              + "; success " + " ".join(f"{won[k]:.3f}" for k in g["goals"]))
+
+
+def add_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="rerun a `ddcl train` folder's held-out evaluation, on more episodes")
+    p.add_argument("run", help="the folder `ddcl train --out` wrote")
+    p.add_argument("--episodes", type=POSITIVE, help="fresh instances, one episode each (default: the run's batch)")
+    p.add_argument("--seed", type=COUNT, help="evaluation seed (default: the run's; with the default episodes this "
+                                             "reproduces the run's final figures)")
+    add_device(p)
+    p.set_defaults(func=_evaluate)
+
+
+def _evaluate(args) -> int:
+    from agents.train import evaluate_run
+
+    s = checked(evaluate_run, args.run, args.episodes, args.seed, args.device)
+    print_final(s)
+    trained, here = s["trained_on"], s["device"]
+    if trained and trained != here and args.episodes is None and args.seed is None:
+        # a CUDA env draws its episodes from CUDA's generator: not the run's own episodes
+        print(f"note: trained on {trained}, evaluated on {here}: other episodes than the run's, so these "
+              f"figures differ from its summary (evaluate on {trained} to reproduce them)")
+    return 0
+
+
+def add_report(sub) -> None:
+    p = sub.add_parser("report", help="PNG plots of a `ddcl train` folder")
+    p.add_argument("run", help="the folder `ddcl train --out` wrote")
+    p.set_defaults(func=_report)
+
+
+def _report(args) -> int:
+    from agents.report import report
+
+    try:
+        for path in report(args.run):
+            print(f"wrote {path}")
+    except FileNotFoundError as e:
+        raise Refused(str(e)) from None
+    return 0
+
+
+def add_sweep_skew(sub) -> None:
+    p = sub.add_parser("skew", help="success and bits against clock skew, one line per sync mode")
+    p.add_argument("--values", type=int_list(), default="0,1,2,4,8,16", help="skews of agent-1, in steps (default 0,1,2,4,8,16)")
+    p.add_argument("--sync", default="implicit,stamped,checked:2", help="sync modes (default implicit,stamped,checked:2)")
+    p.add_argument("--steps", type=POSITIVE, default=300, help="steps per run (default 300)")
+    p.add_argument("--batch", type=POSITIVE, default=32, help="env instances per run (default 32)")
+    p.add_argument("--codec", default="rice", choices=CODECS, help="message codec (default rice)")
+    p.add_argument("--checkpoint", help="trained policy (default: untrained)")
+    p.add_argument("--out", default="runs/sweep-skew", help="folder for runs, CSV and PNG (default runs/sweep-skew)")
+    p.set_defaults(func=_sweep_skew)
+
+
+def _sweep_skew(args) -> int:
+    from agents.message import SyncMode
+
+    from .sweep import sweep_skew
+
+    for mode in args.sync.split(","):  # refused here, not by a run halfway through the grid
+        checked(SyncMode.parse, mode)
+    out_folder(args.out)
+    return sweep_skew(args)
