@@ -23,6 +23,13 @@ def _agents_device(p) -> None:
     add_device(p, "the agents' torch device", default="cpu")
 
 
+def _grid(p, agents: str, batches: str) -> None:
+    """A bench over agent counts x batch sizes, its agents as processes."""
+    p.add_argument("--agents", type=int_list(2), default=agents, help=f"agent counts (default {agents})")
+    p.add_argument("--batches", type=int_list(1), default=batches, help=f"batch sizes (default {batches})")
+    _agents_device(p)
+
+
 def _add_channel(sub) -> None:
     p = sub.add_parser("channel", help="codec bits vs entropy, codec and noise throughput")
     p.add_argument("--budget", type=positive_float, default=0.2, help="seconds per timing (default 0.2)")
@@ -131,10 +138,8 @@ def _add_net(sub) -> None:
     p = sub.add_parser("net", help="pyzmq round-trip floor, then lockstep steps/s and latency")
     p.add_argument("--steps", type=POSITIVE, default=1000,
                    help="measured steps per run, after 300 warm-up steps (default 1000)")
-    p.add_argument("--agents", type=int_list(2), default="2,4,8", help="agent counts (default 2,4,8)")
-    p.add_argument("--batches", type=int_list(1), default="1,256", help="batch sizes (default 1,256)")
+    _grid(p, agents="2,4,8", batches="1,256")
     p.add_argument("--repeat", type=POSITIVE, default=3, help="runs per configuration; the row is the median (default 3)")
-    _agents_device(p)
     p.set_defaults(func=_net)
 
 
@@ -168,10 +173,8 @@ def _layer(args) -> int:
 
 def _add_scaling(sub) -> None:
     p = sub.add_parser("scaling", help="step time against the number of agents, bundled delivery and not")
-    p.add_argument("--agents", type=int_list(2), default="2,4,8,16,32", help="agent counts (default 2,4,8,16,32)")
-    p.add_argument("--batches", type=int_list(1), default="1,64", help="batch sizes (default 1,64)")
+    _grid(p, agents="2,4,8,16,32", batches="1,64")
     p.add_argument("--steps", type=POSITIVE, default=200, help="measured steps per run, after 100 warm-up (default 200)")
-    _agents_device(p)
     p.set_defaults(func=_scaling)
 
 
