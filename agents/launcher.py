@@ -1,5 +1,6 @@
 """Child processes that never outlive their parent and stop in order, and the loopback
-ports they meet on: what `ddcl up` (ddcl/up.py), the benches and the tests start roles with."""
+ports they meet on, and the stop signal a role polls: what `ddcl up` (ddcl/up.py), `ddcl up
+--train` (agents/learn.py), the benches and the tests start and stop roles with."""
 
 from __future__ import annotations
 
@@ -29,6 +30,27 @@ def wait_port(port: int, timeout_s: float = 60.0, alive=lambda: True) -> None:
         except OSError:
             time.sleep(0.05)
     raise TimeoutError(f"nothing listening on port {port}")
+
+
+def ddcl(*args: str) -> list[str]:
+    """A role's command line: `ddcl ...` in this interpreter (the package above runs it)."""
+    return [sys.executable, "-m", "ddcl", *args]
+
+
+def stop_flag():
+    """SIGINT/SIGTERM set a flag the role's loop polls, so every socket closes cleanly; a
+    second one stops at once (KeyboardInterrupt: status 130), for a user who will not wait
+    for the clean stop (a training's final evaluation, say)."""
+    flag = []
+
+    def handler(signum, _frame):
+        flag.append(signum)
+        if len(flag) > 1:
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+    return lambda: bool(flag)
 
 
 PR_SET_PDEATHSIG = 1

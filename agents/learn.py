@@ -152,7 +152,7 @@ def main(argv=None) -> int:
     # the broker heartbeats every BROKER_HEARTBEAT_S here, past the peers' 3 s of patience:
     # a quiet broker is the norm, and a lost one ends the run with its own error (WAIT_S)
     logging.getLogger("ddcl.peer").setLevel(logging.ERROR)
-    from .cli import stop_flag
+    from .launcher import stop_flag
 
     if args.role == "learner":
         from .learner import Learner

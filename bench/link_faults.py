@@ -50,7 +50,7 @@ def faults_file(faults: list[dict], clear_at: int | None) -> str:
 def one_run(name: str, steps: int, batch: int, tmp: Path) -> list:
     folder = tmp / f"run{len(list(tmp.iterdir()))}"
     folder.mkdir()
-    cmd = [sys.executable, "-m", "agents.cli", "up", "--env", "goal", "--agents", "2", "--batch", str(batch),
+    cmd = [sys.executable, "-m", "ddcl", "up", "--env", "goal", "--agents", "2", "--batch", str(batch),
            "--steps", str(steps), "--codec", "range", "--checkpoint", CHECKPOINT, "--deadline", str(DEADLINE_S),
            "--out", str(folder / "out")]
     if FAULTS[name]:

@@ -37,6 +37,20 @@ def _train(args) -> int:
     return 0
 
 
+def train_networked(args) -> int:
+    """`ddcl up --train`: `ddcl train` over the broker, its roles as processes."""
+    from agents.agent import pick_device
+    from agents.learn import config_from, read_summary, render, train_up
+
+    cfg = checked(config_from, args)
+    checked(pick_device, cfg.device)
+    rc = train_up(cfg, out_folder(args.out), args.grad_codec, cfg.device)
+    if rc in (0, 130) and (s := read_summary(args.out)):
+        print_final(s)
+        print(render(s) + f"\nwrote {args.out}/checkpoint.pt")
+    return rc
+
+
 def print_final(s: dict) -> None:
     """The held-out evaluation of `ddcl train` and `ddcl evaluate`."""
     cfg, f = s["config"], s["final"]

@@ -1,6 +1,6 @@
 """What every `ddcl` command shares: the argparse types, the error policy (a bad input is
 refused in one line, status 2), the options more than one command takes, declared here
-once, flags generated from a config dataclass, and the stop signal.
+once, and flags generated from a config dataclass.
 
 Nothing here imports torch: `ddcl --help` and a refused command line stay fast (a test
 checks the parser never imports it)."""
@@ -11,9 +11,10 @@ import argparse
 import inspect
 import os
 import re
-import signal
 from dataclasses import fields
 from pathlib import Path
+
+from agents.launcher import stop_flag  # noqa: F401  (the roles' stop signal, for every command)
 
 DEFAULT_BROKER = os.environ.get("DDCL_BROKER", "tcp://127.0.0.1:5555")
 DEFAULT_BIND = os.environ.get("DDCL_BIND", "tcp://127.0.0.1:5555")
@@ -116,22 +117,6 @@ def out_folder(path: str, flag: str = "--out") -> Path:
     except OSError as e:
         raise Refused(f"{flag} {folder}: cannot create it ({e.strerror})") from None
     return folder
-
-
-def stop_flag():
-    """SIGINT/SIGTERM set a flag the role's loop polls, so every socket closes cleanly; a
-    second one stops at once (KeyboardInterrupt: status 130), for a user who will not wait
-    for the clean stop (a training's final evaluation, say)."""
-    flag = []
-
-    def handler(signum, _frame):
-        flag.append(signum)
-        if len(flag) > 1:
-            raise KeyboardInterrupt
-
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
-    return lambda: bool(flag)
 
 
 def curve(args):

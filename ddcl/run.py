@@ -49,12 +49,19 @@ def add_up(sub) -> None:
     p.add_argument("--checkpoint", help="policy checkpoint for the agents (default: untrained, seeded)")
     p.add_argument("--faults", help="TOML file of faults triggered by step (see docs/running.md#faults)")
     add_schedule(p)
+    from agents.learn import add_train_flags
+
+    add_train_flags(p)  # --train and TrainConfig's options
     p.set_defaults(func=_up)
 
 
 def _up(args) -> int:
     from .up import up
 
+    if args.train:  # networked training: agents/learn.py
+        from .learn import train_networked
+
+        return train_networked(args)
     cfg = run_config(args)
     _check_up(args, cfg)
     out_folder(args.out)  # the last check: a refused run leaves no folder

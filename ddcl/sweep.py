@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .up import ddcl
+from agents.launcher import ddcl
 
 
 def sweep_skew(args) -> int:

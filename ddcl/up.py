@@ -10,7 +10,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from agents.launcher import ProcessGroup, exit_reason, free_port, last_words, wait_port, wait_world
+from agents.launcher import ProcessGroup, ddcl, exit_reason, free_port, last_words, wait_port, wait_world
 from agents.run_config import RunConfig
 from broker.protocol import FINISH_WAIT_S, HEARTBEAT_S, LIVENESS
 
@@ -19,10 +19,6 @@ from .summary import render_summary
 
 class BrokerDidNotStart(Exception):
     pass
-
-
-def ddcl(*args: str) -> list[str]:
-    return [sys.executable, "-m", "ddcl", *args]
 
 
 def up(args, cfg: RunConfig) -> int:
