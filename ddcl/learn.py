@@ -67,9 +67,10 @@ def print_final(s: dict) -> None:
         # weighted by goal probability, not by message count: long episodes weigh no more
         print(f"goal: speaker {g['mean_bits']:.2f} bits/msg averaged over goals (goal entropy "
               f"{g['shannon_bound_bits']:.2f}), r(goal probability, bits) = {g['pearson_r']:.3f}")
-        won = f["success_by_goal"]
+        # success is by an episode's first goal; a goal drawn only at a reset has none
+        won = {int(k): v for k, v in f["success_by_goal"].items()}
         print("per goal, most to least frequent: bits " + " ".join(f"{b:.2f}" for b in g["bits"])
-              + "; success " + " ".join(f"{won[k]:.3f}" for k in g["goals"]))
+              + "; success " + " ".join(f"{won[k]:.3f}" if k in won else "-" for k in g["goals"]))
 
 
 def add_evaluate(sub) -> None:
