@@ -52,7 +52,9 @@ class RunConfig:
     aggregate: str = "mean"  # untrained policies: how heard messages combine, mean | attention
     seed: int = 0  # run seed: env instances and untrained policies
     deadline_s: float = 1.0  # per-step wait for actions, seconds; an agent waits half of it for its peers
-    join_timeout_s: float = 60.0  # seconds every agent has to join before step 0
+    # seconds every agent has to join before step 0: agents importing torch side by side on
+    # two busy cores took over a minute
+    join_timeout_s: float = 180.0
     broker_timeout_s: float = 10.0  # seconds a silent broker has to come back (restarted) before the run ends
     sync: str = "implicit"  # noise sync: implicit | stamped | checked:K
     clock: str = "logical"  # noise clock: logical | wall

@@ -14,7 +14,7 @@ from .options import COUNT, POSITIVE, Refused, add_device, checked, int_in, int_
 
 def add_benches(sub) -> None:
     for add in (_add_channel, _add_fuzz, _add_soak, _add_train, _add_envs, _add_net, _add_layer, _add_scaling,
-                _add_timeline):
+                _add_timeline, _add_link_faults, _add_corrupt):
         add(sub)
 
 
@@ -203,4 +203,35 @@ def _timeline(args) -> int:
         print(timeline.run(args.agents, args.batch, args.steps, args.device))
     except RuntimeError as e:  # the run failed, or was too short to read
         raise Refused(str(e)) from None
+    return 0
+
+
+def _add_link_faults(sub) -> None:
+    p = sub.add_parser("link-faults", help="each link fault's cost in success and bits on the shipped goal policy")
+    p.add_argument("--steps", type=POSITIVE, default=300, help="steps per run (default 300)")
+    p.add_argument("--batch", type=POSITIVE, default=64, help="parallel env instances B (default 64)")
+    p.set_defaults(func=_link_faults)
+
+
+def _link_faults(args) -> int:
+    from bench import link_faults
+
+    try:
+        print(link_faults.run(args.steps, args.batch, progress=lambda line: print(line, file=sys.stderr, flush=True)))
+    except RuntimeError as e:  # a run failed: its reason
+        raise Refused(str(e)) from None
+    return 0
+
+
+def _add_corrupt(sub) -> None:
+    p = sub.add_parser("corrupt", help="one flipped payload bit: caught, intact or silent, per codec")
+    p.add_argument("--trials", type=POSITIVE, default=2000, help="flipped messages per codec and width (default 2000)")
+    p.add_argument("--seed", type=COUNT, default=0, help="random seed (default 0)")
+    p.set_defaults(func=_corrupt)
+
+
+def _corrupt(args) -> int:
+    from bench import corruption
+
+    print(corruption.run(args.trials, args.seed))
     return 0

@@ -20,7 +20,16 @@ FAULTS = [
     ("drop", "drop agent messages with probability P", "link", float),
     ("duplicate", "duplicate agent messages with probability P", "link", float),
     ("reorder", "shuffle agent messages in windows of WINDOW", "link", int),
+    ("jitter", "add up to +-MS milliseconds, uniform, to agent messages' delay", "link", float),
+    ("partition", "lose every agent message on the link until cleared", "link", None),
+    ("bandwidth", "a link budget of BITS per second: messages queue, lost past 1 s", "link", float),
+    ("burst-loss", "Gilbert-Elliott loss: good -> bad with probability P a message (--r: bad -> good)", "link",
+     float),
+    ("corrupt", "flip one payload bit of agent messages with probability P", "link", float),
 ]
+BURST_OPTIONS = [("r", "bad -> good probability a message (required)", None),
+                 ("loss_bad", "loss probability in the bad state", 1.0),
+                 ("loss_good", "loss probability in the good state", 0.0)]
 
 
 def add_broker_stats(sub) -> None:
@@ -66,6 +75,10 @@ def add_broker_fault(sub) -> None:
             p.add_argument("agent", help="target agent, e.g. agent-1")
         else:
             p.add_argument("--link", default="*", help="agent-J>agent-K, agent-K (all its links) or * (default)")
+        if name == "burst-loss":
+            for option, text_, default in BURST_OPTIONS:
+                p.add_argument(f"--{option.replace('_', '-')}", dest=option, type=number(float), default=default,
+                               required=default is None, help=text_ + ("" if default is None else f" (default {default:g})"))
         if name == "beacon-loss":
             p.add_argument("--count", dest="value", type=int, default=1, help="beacons to drop (default 1)")
         elif kind is not None:
@@ -89,7 +102,7 @@ def _fault_request(args) -> dict:
             raise Refused("give a fault ID or --all")
         return {"op": "fault-clear", "id": args.id}
     return {"op": "fault-add", "kind": args.fault_cmd, "target": getattr(args, "agent", None) or args.link,
-            "value": args.value}
+            "value": args.value, **{name: getattr(args, name) for name, _, _ in BURST_OPTIONS if hasattr(args, name)}}
 
 
 def _broker_fault(args) -> int:

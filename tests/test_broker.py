@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from broker import protocol as P
 from broker.peer import BrokerError, LibzmqDealer, Peer
 from broker.zmtp import ZmtpDealer
 from channel import codecs, frame
-from tests.conftest import SLOW_S, stats, until, wait_steps
+from tests.conftest import SLOW_S, ddcl, stats, until, wait_steps
 
 RICE = codecs.get("rice")
 
@@ -254,6 +255,36 @@ def test_link_faults_drop_duplicate_delay_and_reorder_agent_messages(procs):
         s = stats(ep)
     assert s["messages"]["dropped"] == 1 and s["other"]["fault_dropped"] == 1
     assert s["messages"]["sent"] == s["messages"]["delivered"] + s["messages"]["dropped"] + s["messages"]["rejected"]
+
+
+def test_partition_corrupt_bandwidth_and_burst_loss_from_the_cli(procs):
+    ep = procs.broker()
+    fault = lambda *args: ddcl("broker", "fault", *args, "--broker", ep)  # noqa: E731
+    with Peer(ep, b"agent") as a0, Peer(ep, b"agent") as a1:
+        m0, m1 = message(0, [5, -3, 0, 1]), message(1, [2, 2, 2, 2])
+        r = fault("partition", "--link", "agent-0>agent-1")
+        assert r.returncode == 0 and "partition agent-0>agent-1" in r.stdout, r.stderr
+        a0.broadcast_frame(m0)
+        a1.broadcast_frame(m1)
+        assert a0.recv(30) == [m1] and a1.recv(0.5) is None  # one way only
+        assert fault("clear", "--all").returncode == 0
+        assert control(ep, op="fault-add", kind="corrupt", target="*", value=1.0)["ok"]
+        a0.broadcast_frame(m0)
+        (got,) = a1.recv(30)
+        header = len(m0) - len(RICE.encode([5, -3, 0, 1]))
+        assert got[:header] == m0[:header] and sum(bin(a ^ b).count("1") for a, b in zip(got, m0)) == 1
+        fault("clear", "--all")
+        assert fault("bandwidth", "800").returncode == 0  # 100 bytes a second
+        t = time.monotonic()
+        a0.broadcast_frame(m0)
+        assert a1.recv(30) == [m0] and time.monotonic() - t >= 8 * len(m0) / 800 - 0.01
+        fault("clear", "--all")
+        assert "--r" in fault("burst-loss", "0.1").stderr  # r is required, and said so
+        r = fault("burst-loss", "0.1", "--r", "0.4", "--loss-good", "0.01", "--json")
+        assert r.returncode == 0 and json.loads(r.stdout)["fault"]["params"] == {"r": 0.4, "loss_bad": 1.0,
+                                                                                 "loss_good": 0.01}
+        s = stats(ep)
+    assert s["messages"]["dropped"] == 1 and s["other"]["fault_dropped"] == 1
 
 
 def test_malformed_control_requests_get_errors_and_change_nothing(procs):
