@@ -199,9 +199,14 @@ def _timeline(args) -> int:
     from bench import timeline
 
     checked(pick_device, args.device)
+    return _print_run(timeline.run, args.agents, args.batch, args.steps, args.device)
+
+
+def _print_run(run, *args, **kwargs) -> int:
+    """A bench that runs `ddcl up`: its table, or the reason a run failed (RuntimeError)."""
     try:
-        print(timeline.run(args.agents, args.batch, args.steps, args.device))
-    except RuntimeError as e:  # the run failed, or was too short to read
+        print(run(*args, **kwargs))
+    except RuntimeError as e:
         raise Refused(str(e)) from None
     return 0
 
@@ -216,11 +221,8 @@ def _add_link_faults(sub) -> None:
 def _link_faults(args) -> int:
     from bench import link_faults
 
-    try:
-        print(link_faults.run(args.steps, args.batch, progress=lambda line: print(line, file=sys.stderr, flush=True)))
-    except RuntimeError as e:  # a run failed: its reason
-        raise Refused(str(e)) from None
-    return 0
+    return _print_run(link_faults.run, args.steps, args.batch,
+                      progress=lambda line: print(line, file=sys.stderr, flush=True))
 
 
 def _add_corrupt(sub) -> None:
