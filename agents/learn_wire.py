@@ -35,11 +35,33 @@ GRAD_CODECS = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2")}
 _F16_MAX = float(np.finfo(np.float16).max)
 _F32_ID = frame.CODEC_IDS["float32"]
 MAX_TENSORS = 64  # a policy's and a prior's named tensors: a few dozen at most
+# values per gradient frame: 1 MiB of float32, well under the broker's message limit
+# (4 MiB by default); a rollout's gradient goes in frames of whole steps, in step order
+GRAD_FRAME_VALUES = 1 << 18
+MAX_PENDING_GRADIENT_FRAMES = 1024  # a learner holds at most this many unread from one peer
 MAX_NAME = 64
 
 
 class WireError(ChannelError):
     """A learning message that is malformed, out of bounds or not the one expected."""
+
+
+def gradient_chunks(steps: int, per_step: int) -> list[int]:
+    """Steps in each gradient frame of a rollout: whole steps, at most GRAD_FRAME_VALUES
+    values a frame unless one step alone holds more (up to frame.MAX_COUNT)."""
+    if per_step > frame.MAX_COUNT:
+        raise WireError(f"one step's gradient is {per_step} values; a frame holds {frame.MAX_COUNT} "
+                        "(lower --batch or --msg-dim)")
+    size = max(1, GRAD_FRAME_VALUES // per_step)
+    return [min(size, steps - t) for t in range(0, steps, size)]
+
+
+def gradient_frames(listener: int, update: int, grad: torch.Tensor, codec: str) -> list[bytes]:
+    """dL/dz_hat of one speaker's messages of one update, (T, B, D), as the frames
+    `gradient_chunks` sizes, in step order."""
+    t, per_step = grad.shape[0], math.prod(grad.shape[1:])
+    starts = np.cumsum([0] + gradient_chunks(t, per_step))
+    return [pack_gradient(listener, update, grad[a:b], codec) for a, b in zip(starts[:-1], starts[1:])]
 
 
 def pack_gradient(listener: int, update: int, grad: torch.Tensor, codec: str) -> bytes:

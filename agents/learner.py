@@ -18,15 +18,16 @@ party clips by the same total before its Adam step.
 from __future__ import annotations
 
 import logging
+import math
 import time
-from collections import deque
+from collections import defaultdict, deque
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from broker import protocol as P
-from broker.peer import Peer
+from broker.peer import BrokerError, Peer
 from channel import ChannelError, frame, load_kernels
 
 from . import learn_wire as W
@@ -66,7 +67,9 @@ class Learner:
         self.stats = LearnerStats()
         self.cfg: TrainConfig | None = None
         self.frames: dict[int, bytes] = {}  # latest unconsumed message frame per peer
-        self.gradients: dict[int, bytes] = {}  # this update's gradient frame per peer
+        # this update's gradient frames per peer, in arrival order: the broker keeps a
+        # link's order, and a speaker sends its frames in step order
+        self.gradients: dict[int, deque[bytes]] = defaultdict(deque)
         self.priors: dict[int, dict] = {}  # the latest prior per peer
         self.from_world: deque[bytes] = deque()
         self.should_stop = lambda: False
@@ -84,6 +87,9 @@ class Learner:
                 if len(data) >= 2:
                     self.frames[data[1]] = data  # byte 1 of a channel frame is its sender
             return
+        if msg[0] == P.ERROR:  # the broker refused what this learner sent: no peer will answer it
+            raise BrokerError(f"agent {self.index}: the broker refused a message: "
+                              f"{msg[1][:P.ECHO_BYTES].decode(errors='replace') if len(msg) > 1 else ''}")
         if msg[0] != P.DELIVER or len(msg) != 3:
             return
         src, body = msg[1], msg[2]
@@ -94,7 +100,10 @@ class Learner:
         if j is None or j == self.index:
             return
         if P.is_channel_frame(body):
-            self.gradients[j] = body
+            if len(self.gradients[j]) < W.MAX_PENDING_GRADIENT_FRAMES:
+                self.gradients[j].append(body)
+            else:  # more than any update sends: a peer gone wrong
+                self.stats.bad_frames += 1
         elif W.op_of(body) == W.PRIOR:
             self.priors[j] = P.unpack(body)
 
@@ -227,9 +236,10 @@ class Learner:
         # what each peer's messages did to this agent's loss, for that peer
         said = torch.autograd.grad(loss, r["heard"], retain_graph=True, allow_unused=True)
         said = torch.stack([g if g is not None else torch.zeros_like(h) for g, h in zip(said, r["heard"])])
-        self.peer.send_each((P.agent_id(j), W.pack_gradient(self.index, update, said[:, :, slot], self.grad_codec))
-                            for slot, j in enumerate(self.peers))
-        self.stats.gradient_frames += len(self.peers)
+        for slot, j in enumerate(self.peers):  # a send each: together they could pass the broker's size limit
+            for data in W.gradient_frames(self.index, update, said[:, :, slot], self.grad_codec):
+                self.peer.send_to(P.agent_id(j), data)
+                self.stats.gradient_frames += 1
         received = self._gradients(update, (*shape, cfg.msg_dim))
         self.opt.zero_grad()
         own = torch.stack(r["z_hat"])
@@ -247,21 +257,22 @@ class Learner:
 
     def _gradients(self, update: int, shape) -> torch.Tensor:
         """The sum, in peer order, of what every peer sends back for this agent's messages."""
-        got: dict[int, np.ndarray] = {}
-        while len(got) < len(self.peers):
-            self._wait(lambda: any(j not in got for j in self.gradients), "gradient frame")
-            for j in [j for j in self.gradients if j not in got]:
+        chunks = W.gradient_chunks(shape[0], math.prod(shape[1:]))
+        total = torch.zeros(shape)
+        for j in self.peers:
+            parts = []
+            for steps in chunks:
+                self._wait(lambda: self.gradients[j], f"gradient frame from agent {j}")
                 try:
-                    sender, g = W.unpack_gradient(self.gradients.pop(j), update, shape, self.grad_codec)
+                    sender, g = W.unpack_gradient(self.gradients[j].popleft(), update, (steps, *shape[1:]),
+                                                  self.grad_codec)
                     if sender != j:
                         raise W.WireError(f"gradient from agent {j} says listener {sender}")
-                    got[j] = g
-                except ChannelError as e:
+                except ChannelError as e:  # a piece missing: the update cannot be exact
                     self.stats.bad_frames += 1
-                    log.warning("bad gradient frame from agent %d: %s", j, e)
-        total = torch.zeros(shape)
-        for j in sorted(got):
-            total += torch.from_numpy(got[j])
+                    raise W.WireError(f"bad gradient frame from agent {j}: {e}") from None
+                parts.append(g)
+            total += torch.from_numpy(np.concatenate(parts))
         return total
 
     def _take_priors(self, update: int) -> None:

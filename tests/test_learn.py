@@ -34,9 +34,10 @@ def _parameters(run) -> list[dict]:
     return ck["state_dicts"] + [ck["extra"]["critic"]]
 
 
-@pytest.mark.parametrize("core", ["mlp", "gru"])
-def test_networked_updates_give_the_in_process_parameters(tmp_path, core):
-    cfg = dict(SHORT, core=core)
+# the last: 512 x 128 values a step, so each speaker's gradient goes in two frames (4 + 1 steps)
+@pytest.mark.parametrize("core, wide", [("mlp", {}), ("gru", {}), ("mlp", {"batch": 512, "msg_dim": 128})])
+def test_networked_updates_give_the_in_process_parameters(tmp_path, core, wide):
+    cfg = dict(SHORT, core=core, **wide)
     (tmp_path / "local").mkdir()
     local = train(TrainConfig(**cfg), tmp_path / "local", progress=False)
     assert train_up(TrainConfig(**cfg), tmp_path / "net", progress=False) == 0
@@ -51,7 +52,10 @@ def test_networked_updates_give_the_in_process_parameters(tmp_path, core):
     s = json.loads((tmp_path / "net" / "summary.json").read_text())
     assert s["updates_done"] == 3 and s["final"]["success_rate"] == local["final"]["success_rate"]
     # every listener sends each speaker T * B * D float32 values per update, up and down
-    n, values = 2, SHORT["rollout"] * SHORT["batch"] * 4
+    config = TrainConfig(**cfg)
+    n, values = 2, config.rollout * config.batch * config.msg_dim
+    frames = len(W.gradient_chunks(config.rollout, config.batch * config.msg_dim))
+    assert frames == (2 if wide else 1)
     grad = s["networked"]["bytes_per_update"]["gradient"]
     assert grad["payload"] == 2 * n * (n - 1) * 4 * values and grad["header"] > 0 and grad["framing"] > 0
     assert s["networked"]["bytes_per_update"]["message"]["payload"] > 0
@@ -114,3 +118,16 @@ def test_hostile_bytes_raise_only_typed_errors(data):
             parse()
         except ChannelError:
             pass
+
+
+def test_a_rollouts_gradient_goes_in_frames_of_whole_steps_under_the_limit():
+    assert W.gradient_chunks(10, 512) == [10]
+    assert W.gradient_chunks(20, 256 * 128) == [8, 8, 4]  # tj-easy's 128-value messages, B = 256
+    assert W.gradient_chunks(3, W.GRAD_FRAME_VALUES * 2) == [1, 1, 1]  # a step alone may pass the target
+    with pytest.raises(W.WireError, match="a frame holds"):
+        W.gradient_chunks(3, frame.MAX_COUNT + 1)
+    g = torch.randn(20, 256, 128)
+    parts = W.gradient_frames(2, 5, g, "float32")
+    assert len(parts) == 3 and all(len(p) < 4 * W.GRAD_FRAME_VALUES + 64 for p in parts)
+    back = [W.unpack_gradient(p, 5, (steps, 256, 128), "float32")[1] for p, steps in zip(parts, [8, 8, 4])]
+    assert np.array_equal(np.concatenate(back), g.numpy())
