@@ -16,6 +16,7 @@ from .faults import CLOCK_KINDS, FaultError
 from .faults_file import Scheduled
 from .protocol import (BROKER_ID, CLOCK, CONTROL_OPS, CONTROL_REPLY, DELIVER, FAULT_ADD, FAULT_CLEAR, FAULT_LIST,
                        STATS_REPLY, STEP_RELAY, clip, pack, unpack)
+from .registry import PeerInfo
 
 log = logging.getLogger("ddcl.broker")
 
@@ -34,12 +35,12 @@ class Control:
 
     # -- verbs: open to every connection, tools register nothing ----------------------
 
-    def on_stats(self, routing: bytes, peer, parts: list[bytes]) -> None:
+    def on_stats(self, routing: bytes, peer: PeerInfo | None, parts: list[bytes]) -> None:
         broker = self.broker
         broker.acct.record("up", "control", peer.link if peer else "?", parts)
         broker.reply(routing, "?", [STATS_REPLY, pack(broker.stats())])
 
-    def on_control(self, routing: bytes, peer, parts: list[bytes]) -> None:
+    def on_control(self, routing: bytes, peer: PeerInfo | None, parts: list[bytes]) -> None:
         broker = self.broker
         broker.acct.record("up", "control", peer.link if peer else "?", parts)
         broker.reply(routing, "?", [CONTROL_REPLY, pack(self.request(parts[1]))])

@@ -14,6 +14,7 @@ from channel import ChannelError, frame
 from .bundle import Bundler, Spoken
 from .faults import flipped
 from .linkline import LinkLine
+from .registry import PeerInfo
 
 
 class Relay:
@@ -30,7 +31,7 @@ class Relay:
 
     # -- the verb -------------------------------------------------------------------------
 
-    def on_agent_message(self, routing: bytes, sender, parts: list[bytes]) -> None:
+    def on_agent_message(self, routing: bytes, sender: PeerInfo | None, parts: list[bytes]) -> None:
         """Only a registered agent's well-formed message counts as one; anything else is
         refused on its own line."""
         f = self.checked(routing, sender, parts)
@@ -42,7 +43,7 @@ class Relay:
         else:
             self.broadcast(sender, parts, f, header)
 
-    def checked(self, routing: bytes, sender, parts: list[bytes]) -> frame.Frame | None:
+    def checked(self, routing: bytes, sender: PeerInfo | None, parts: list[bytes]) -> frame.Frame | None:
         broker = self.broker
         if sender is None:
             broker.refuse_unknown(routing, parts)
@@ -64,7 +65,7 @@ class Relay:
 
     # -- one by one -------------------------------------------------------------------------
 
-    def broadcast(self, sender, parts: list[bytes], f: frame.Frame, header: int) -> None:
+    def broadcast(self, sender: PeerInfo, parts: list[bytes], f: frame.Frame, header: int) -> None:
         acct, faults = self.broker.acct, self.broker.faults
         acct.messages["sent"] += 1
         recipients = [p for p in self.broker.registry.agents() if p is not sender]
@@ -83,7 +84,7 @@ class Relay:
         acct.record_float32("up", header, f.count)
         acct.messages["delivered" if ok else "dropped"] += 1
 
-    def route(self, peer, parts, payload: int, header: int, count: int, delay: float, src: str) -> bool:
+    def route(self, peer: PeerInfo, parts, payload: int, header: int, count: int, delay: float, src: str) -> bool:
         """An agent-message copy: now, after a delay, or through a reorder window."""
         window = self.broker.faults.reorder_window(src, peer.link)
         if delay > 0 or window > 1:
@@ -91,7 +92,7 @@ class Relay:
             return True
         return self.deliver_copy(peer, parts, payload, header, count)
 
-    def deliver_copy(self, peer, parts, payload: int, header: int, count: int) -> bool:
+    def deliver_copy(self, peer: PeerInfo, parts, payload: int, header: int, count: int) -> bool:
         if self.broker.deliver(peer, parts, "message", payload):
             self.broker.acct.record_float32("down", header, count)
             return True
@@ -108,7 +109,7 @@ class Relay:
 
     # -- bundled ------------------------------------------------------------------------------
 
-    def bundle(self, sender, parts: list[bytes], f: frame.Frame, header: int) -> None:
+    def bundle(self, sender: PeerInfo, parts: list[bytes], f: frame.Frame, header: int) -> None:
         acct = self.broker.acct
         acct.record("up", "message", sender.link, parts, len(f.payload))
         acct.record_float32("up", header, f.count)

@@ -10,6 +10,7 @@ import json
 
 from .bus import BusRefused, Hub, Publisher, topic_text
 from .protocol import BROKER_ID, HEARTBEAT
+from .registry import PeerInfo
 
 
 class Telemetry:
@@ -20,7 +21,7 @@ class Telemetry:
 
     # -- verbs --------------------------------------------------------------------------
 
-    def on_subscribe(self, routing: bytes, peer, parts: list[bytes]) -> None:
+    def on_subscribe(self, routing: bytes, peer: PeerInfo | None, parts: list[bytes]) -> None:
         """Open to every connection: a bus subscriber registers nothing."""
         broker = self.broker
         if routing not in self.hub.subs and self.hub.full():
@@ -35,7 +36,7 @@ class Telemetry:
             if not broker.reply(routing, "bus", msg):
                 break
 
-    def on_publish(self, routing: bytes, peer, parts: list[bytes]) -> None:
+    def on_publish(self, routing: bytes, peer: PeerInfo, parts: list[bytes]) -> None:
         broker = self.broker
         if parts[3] not in (b"0", b"1"):
             broker.break_rule(routing, "malformed", parts, b"malformed command")
