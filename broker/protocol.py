@@ -90,6 +90,15 @@ CONFIG = "config"  # world -> agent: the run's settings, since an agent starts k
 READY = "ready"  # agent -> world: policy built and warm; step 0 waits, a cold CUDA device outlasts a deadline
 END = "end"  # world -> agents: the run is over; each answers with its report
 AGENT_STATS = "agent-stats"  # agent -> world: that report, for the run's summary
+# learning world <-> learners, per update (agents/learn_wire.py carries their fields):
+LEARN_CONFIG = "learn-config"  # world -> learner: the run's settings and the gradient codec
+ADVANTAGE = "advantage"  # world -> learner: the rollout's advantages, which only the world's critic knows
+GRAD_NORMS = "grad-norms"  # learner -> world: its gradient norms, so one global clip can be set
+CLIP = "clip"  # world -> learners: that clip, so every party scales its gradients alike
+PRIOR = "prior"  # learner -> peers: its learned range model, which their decoders must share
+STATE_ASK = "state?"  # world -> learner: send STATE, for an evaluation or the checkpoint
+STATE = "state"  # learner -> world: its policy's and prior's tensors
+LEARNER_STATS = "learner-stats"  # learner -> world: its report at the end, for the run's summary
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
 HEARTBEAT_S = 1.0
