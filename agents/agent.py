@@ -227,14 +227,14 @@ class Agent:
             op = req.get("op")
         except Exception:  # a malformed control body is dropped, not fatal
             return True
-        if op == "beacon":
+        if op == P.BEACON:
             if src != P.SYNC_ID:
                 self.stats.bad_beacons += 1
                 return True
             self.stats.beacons += 1
             self.epochs.update(req)
             self.clock.on_beacon(int(req["ref_step"]), float(req["ref_time"]))
-        elif op == "clock" and src == P.BROKER_ID:
+        elif op == P.CLOCK and src == P.BROKER_ID:
             self.clock.set_faults(float(req["skew"]), float(req["drift_ppm"]), self.world_step)
         return True
 

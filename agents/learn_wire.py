@@ -23,11 +23,11 @@ import numpy as np
 import torch
 
 from broker import protocol as P
+# this exchange's control ops are in the protocol's one table of ops (JOIN / READY /
+# HELLO / END are lockstep's); learners and the learning world read them here
+from broker.protocol import ADVANTAGE, CLIP, LEARNER_STATS, PRIOR, STATE, STATE_ASK  # noqa: F401
+from broker.protocol import GRAD_NORMS as NORMS, LEARN_CONFIG as CONFIG  # noqa: F401
 from channel import ChannelError, frame
-
-# control ops (msgpack maps' "op"); JOIN / READY / HELLO / END are lockstep's
-CONFIG, ADVANTAGE, NORMS, CLIP, PRIOR, STATE_ASK, STATE, LEARNER_STATS = (
-    "learn-config", "advantage", "grad-norms", "clip", "prior", "state?", "state", "learner-stats")
 
 # gradient payloads: little-endian IEEE floats; the frame's codec field says float32's id
 # for both (raw floats), the run's --grad-codec says the width, checked against the length

@@ -7,16 +7,13 @@ from __future__ import annotations
 import numpy as np
 
 from broker import protocol as P
+# this exchange's control ops are in the protocol's one table of ops; world and agents
+# read them here, beside the frames they travel with
+from broker.protocol import AGENT_STATS, CONFIG, END, HELLO, JOIN, READY  # noqa: F401
 from channel import ChannelError, codecs, frame
 
 _F32 = codecs.get("float32")
 _RICE = codecs.get("rice")
-
-# HELLO: a world waiting for agents asks every registered one to JOIN, so agents left
-# configured by a world that died mid-run join the next one. JOIN is answered with
-# CONFIG; an agent says READY once its policy is built and warm on its device, and the
-# world's step 0 waits for every READY (a cold CUDA device takes longer than a deadline).
-HELLO, JOIN, CONFIG, READY, END, AGENT_STATS = "hello", "join", "config", "ready", "end", "agent-stats"
 
 
 def pack_obs(step: int, obs: np.ndarray, first: np.ndarray) -> list[bytes]:

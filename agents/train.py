@@ -40,6 +40,16 @@ CALIBRATION_PSEUDO_COUNT = 0.01  # per symbol, added to the counted frequencies
 EPOCH_SEED = 1  # training uses one fixed epoch; the networked run asks the sync service
 PROGRESS_EVERY_S = 15.0  # live line between evaluations: often enough to see a run move, rarely enough not to flood a log
 
+# DDCL steps key the dither: evaluation and calibration count theirs from far above any
+# step training reaches, so neither replays a training step's dither nor the other's
+EVAL_STEP_BASE = 10**9
+CALIBRATION_STEP_BASE = 2 * 10**9
+# Environment seeds are the run seed plus a prime (the 1,000th, 10,000th and 1,000,000th):
+# each rollout gets instances of its own, none of them training's
+CALIBRATION_SEED_OFFSET = 7919  # the rollout the final range model is refit on
+EVAL_SEED_OFFSET = 104729  # the evaluations between updates
+HELD_OUT_SEED_OFFSET = 15485863  # the final evaluation: instances no update and no earlier evaluation saw
+
 
 class Critic(nn.Module):
     """Value of the joint observation: one for a team reward, one per agent where the env
@@ -104,7 +114,8 @@ def evaluate(policies, layers, cfg: TrainConfig, seed: int, models: list[Categor
     surrogate = np.zeros(cfg.agents)
     count = 0
     for step in range(env.max_steps):
-        logits, m, _, sur, states = communicate(policies, layers, obs, states, cfg, 10**9 + step, silence, rate=False)
+        logits, m, _, sur, states = communicate(policies, layers, obs, states, cfg, EVAL_STEP_BASE + step, silence,
+                                                rate=False)
         m = m.cpu().numpy().astype(np.int64)
         for k in range(cfg.agents):
             sent[k].append(m[active, k])
@@ -122,7 +133,7 @@ def evaluate(policies, layers, cfg: TrainConfig, seed: int, models: list[Categor
             break
     if models is None:
         models = ([layer.export_model() for layer in layers] if layers[0].prior is not None else
-                  calibrate(policies, cfg, seed + 7919))
+                  calibrate(policies, cfg, seed + CALIBRATION_SEED_OFFSET))
     result = {"success_rate": float(success.mean()), "episode_steps": float(length.mean()), "messages": count,
               "agents": [],
               "success_by_goal": {int(g): float(success[first_goal == g].mean()) for g in np.unique(first_goal)}}
@@ -156,7 +167,8 @@ def calibrate(policies, cfg: TrainConfig, seed: int) -> list[CategoricalModel]:
     obs = env.reset()
     states = initial_states(policies, cfg.batch, device)
     for step in range(env.max_steps):
-        logits, m, _, _, states = communicate(policies, layers, obs, states, cfg, 2 * 10**9 + step, rate=False)
+        logits, m, _, _, states = communicate(policies, layers, obs, states, cfg, CALIBRATION_STEP_BASE + step,
+                                              rate=False)
         m = m.cpu().numpy().astype(np.int64)
         idx = np.where(np.abs(m) <= r, m + r, 2 * r + 1)
         for k in range(cfg.agents):
@@ -169,13 +181,13 @@ def calibrate(policies, cfg: TrainConfig, seed: int) -> list[CategoricalModel]:
 
 def held_out(policies, cfg: TrainConfig, seed: int) -> tuple[dict, dict]:
     """The final evaluation, on instances no update saw: the range model refit on a
-    calibration rollout (seed + 7919), then cfg.batch greedy episodes (seed + 15485863)
+    calibration rollout of its own, then cfg.batch greedy episodes on held-out instances
     with messages and with them silenced. `ddcl evaluate` reruns it on a checkpoint."""
     layers = channel_layers(cfg, next(policies[0].parameters()).device)
-    models = calibrate(policies, cfg, seed + 7919)
-    final = evaluate(policies, layers, cfg, seed + 15485863, models=models)
-    silent = evaluate(policies, layers, cfg, seed + 15485863, models=[CategoricalModel(0, [1, 1])] * cfg.agents,
-                      silence=True)
+    models = calibrate(policies, cfg, seed + CALIBRATION_SEED_OFFSET)
+    final = evaluate(policies, layers, cfg, seed + HELD_OUT_SEED_OFFSET, models=models)
+    silent = evaluate(policies, layers, cfg, seed + HELD_OUT_SEED_OFFSET,
+                      models=[CategoricalModel(0, [1, 1])] * cfg.agents, silence=True)
     return final, silent
 
 
@@ -374,8 +386,8 @@ def final_summary(policies, cfg: TrainConfig, history: list, updates_done: int, 
 
 def eval_row(policies, layers, cfg: TrainConfig, update: int, env_steps: int, wall_s: float, train_success: float,
              rate_bits: float) -> dict:
-    """A training-time evaluation (greedy, seed + 104729) as a train.jsonl row."""
-    ev = evaluate([p.eval() for p in policies], layers, cfg, cfg.seed + 104729)
+    """A training-time evaluation (greedy, on instances of its own) as a train.jsonl row."""
+    ev = evaluate([p.eval() for p in policies], layers, cfg, cfg.seed + EVAL_SEED_OFFSET)
     for p in policies:
         p.train()
     return {"update": update, "env_steps": env_steps, "wall_s": wall_s, "train_success": train_success,

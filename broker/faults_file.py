@@ -15,12 +15,21 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
+from typing import NamedTuple
 
 from .faults import BURST_PARAMS, KINDS, FaultError
+from .protocol import FAULT_ADD, FAULT_CLEAR
 
 
-def load_faults(path) -> list[tuple[int, dict]]:
-    """(step, control request) pairs; FaultError naming the entry for anything invalid."""
+class Scheduled(NamedTuple):
+    """A control request the broker makes itself when the world reaches `step`."""
+
+    step: int
+    request: dict
+
+
+def load_faults(path) -> list[Scheduled]:
+    """The file's requests in step order; FaultError naming the entry for anything invalid."""
     try:
         doc = tomllib.loads(Path(path).read_text())
     except (OSError, tomllib.TOMLDecodeError) as e:
@@ -30,13 +39,13 @@ def load_faults(path) -> list[tuple[int, dict]]:
         if not isinstance(f.get("step"), int) or f["step"] < 0 or f.get("kind") not in KINDS:
             raise FaultError(f"{path}: fault #{i} needs a step >= 0 and a kind in {', '.join(KINDS)}")
         extra = {name: f[name] for name in BURST_PARAMS if name in f}  # burst-loss's own
-        out.append((f["step"], {"op": "fault-add", "kind": f["kind"], "target": f.get("target", "*"),
-                                "value": f.get("value"), **extra}))
+        out.append(Scheduled(f["step"], {"op": FAULT_ADD, "kind": f["kind"], "target": f.get("target", "*"),
+                                          "value": f.get("value"), **extra}))
     for i, c in enumerate(doc.get("clear", []), 1):
         if not isinstance(c.get("step"), int) or c["step"] < 0 or (c.get("all") is not True and not isinstance(c.get("id"), int)):
             raise FaultError(f"{path}: clear #{i} needs a step >= 0 and an id or all = true")
-        out.append((c["step"], {"op": "fault-clear", "id": None if c.get("all") else c["id"]}))
+        out.append(Scheduled(c["step"], {"op": FAULT_CLEAR, "id": None if c.get("all") else c["id"]}))
     unknown = set(doc) - {"fault", "clear"}
     if unknown:
         raise FaultError(f"{path}: unknown tables {sorted(unknown)}; use [[fault]] and [[clear]]")
-    return sorted(out, key=lambda e: e[0])
+    return sorted(out, key=lambda e: e.step)

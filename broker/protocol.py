@@ -71,11 +71,34 @@ BROKER_ID = b"broker"
 ALL_AGENTS = b"*"
 WORLD_SENDER = 0xFF  # the world's sender id inside channel frames
 
-# CONTROL ops (a msgpack map's "op"); the reply is {"ok": bool, ...}
-FAULT_ADD, FAULT_LIST, FAULT_CLEAR, STEP_RELAY = "fault-add", "fault-list", "fault-clear", "step-relay"
+# Ops: the "op" of a msgpack map, the body of a CONTROL or of a DELIVER that is not a
+# channel frame. Every one, by who sends it to whom.
+# operator -> broker, in CONTROL; the reply is {"ok": bool, ...}:
+FAULT_ADD = "fault-add"  # a fault from now on, as a faults file would schedule it: reproducible runs
+FAULT_LIST = "fault-list"  # the faults in force and the world step, to read a run's state
+FAULT_CLEAR = "fault-clear"  # one fault by id, or all (id None): back to a clean network
+STEP_RELAY = "step-relay"  # sync -> broker: relay every Nth world step only; a wake-up each step slows the lockstep
 CONTROL_OPS = (FAULT_ADD, FAULT_LIST, FAULT_CLEAR, STEP_RELAY)
-# ops in DELIVER bodies from the broker and the sync service
-CLOCK, EPOCH, BEACON = "clock", "epoch", "beacon"
+# broker and sync service -> agents, in DELIVER:
+CLOCK = "clock"  # broker -> agent: its clock faults, again after a restart, which would lose them
+EPOCH = "epoch"  # agent <-> sync: the current and next epoch seeds, asked at start or after a restart
+BEACON = "beacon"  # sync -> all agents: a reference step and time to keep clocks honest, the next epoch ahead
+# world <-> agents, in DELIVER (agents/lockstep.py carries the rest of that exchange):
+HELLO = "hello"  # world -> all: JOIN, so agents a dead world left configured join this one
+JOIN = "join"  # agent -> world: answered with CONFIG
+CONFIG = "config"  # world -> agent: the run's settings, since an agent starts knowing none
+READY = "ready"  # agent -> world: policy built and warm; step 0 waits, a cold CUDA device outlasts a deadline
+END = "end"  # world -> agents: the run is over; each answers with its report
+AGENT_STATS = "agent-stats"  # agent -> world: that report, for the run's summary
+# learning world <-> learners, per update (agents/learn_wire.py carries their fields):
+LEARN_CONFIG = "learn-config"  # world -> learner: the run's settings and the gradient codec
+ADVANTAGE = "advantage"  # world -> learner: the rollout's advantages, which only the world's critic knows
+GRAD_NORMS = "grad-norms"  # learner -> world: its gradient norms, so one global clip can be set
+CLIP = "clip"  # world -> learners: that clip, so every party scales its gradients alike
+PRIOR = "prior"  # learner -> peers: its learned range model, which their decoders must share
+STATE_ASK = "state?"  # world -> learner: send STATE, for an evaluation or the checkpoint
+STATE = "state"  # learner -> world: its policy's and prior's tensors
+LEARNER_STATS = "learner-stats"  # learner -> world: its report at the end, for the run's summary
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
 HEARTBEAT_S = 1.0

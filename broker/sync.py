@@ -55,7 +55,7 @@ def serve(endpoint: str, run_seed: int, base_seed: int, epoch_steps: int = 0, be
     step = 0
     with Peer(endpoint, b"sync", P.SYNC_ID, curve=curve) as peer:
         # only the steps that matter: beacon times and epoch boundaries (multiples of the gcd)
-        relay = [P.CONTROL, P.pack({"op": "step-relay", "every": math.gcd(beacon_every, epoch_steps)})]
+        relay = [P.CONTROL, P.pack({"op": P.STEP_RELAY, "every": math.gcd(beacon_every, epoch_steps)})]
         peer.request(relay, P.CONTROL_REPLY)
         bus = Publisher(bus_url, run, "sync", peer)
 
@@ -83,15 +83,16 @@ def serve(endpoint: str, run_seed: int, base_seed: int, epoch_steps: int = 0, be
                         publish_epoch(new)
                     step = new
                     if beacon_every and step % beacon_every == 0:
-                        beacon = {"op": "beacon", "ref_step": step, "ref_time": time.time(), **schedule.announcement(step)}
+                        beacon = {"op": P.BEACON, "ref_step": step, "ref_time": time.time(),
+                                  **schedule.announcement(step)}
                         peer.send_to(P.ALL_AGENTS, P.pack(beacon))
                 elif msg[0] == P.DELIVER and len(msg) == 3:
                     try:
                         req = P.unpack(msg[2])
                     except Exception:  # msgpack raises several types on garbage
                         continue
-                    if isinstance(req, dict) and req.get("op") == "epoch":
-                        peer.send_to(msg[1], P.pack({"op": "epoch", "ref_step": step, **schedule.announcement(step)}))
+                    if isinstance(req, dict) and req.get("op") == P.EPOCH:
+                        peer.send_to(msg[1], P.pack({"op": P.EPOCH, "ref_step": step, **schedule.announcement(step)}))
         finally:
             bus.close()
 
@@ -101,12 +102,12 @@ def fetch_epoch(peer: Peer, timeout_s: float = 60.0) -> dict:
     loaded machine takes a while to import torch in every process at once)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        peer.send_to(P.SYNC_ID, P.pack({"op": "epoch"}))
+        peer.send_to(P.SYNC_ID, P.pack({"op": P.EPOCH}))
         until = time.monotonic() + 1.0
         while (left := until - time.monotonic()) > 0:
             msg = peer.recv(left)
             if msg and msg[0] == P.DELIVER and msg[1] == P.SYNC_ID:
                 reply = P.unpack(msg[2])
-                if reply.get("op") == "epoch":
+                if reply.get("op") == P.EPOCH:
                     return reply
     raise TimeoutError(f"no answer from the sync service in {timeout_s}s")
