@@ -28,14 +28,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from broker import protocol as P
+from broker import protocol
 from broker import trace
 from broker.bus import EMBEDDED, Publisher
 from broker.peer import Peer
 from broker.sync import fetch_epoch
 from channel import ChannelError, codecs, frame, load_kernels
 
-from . import lockstep as L
+from . import lockstep
 from .clock import Clock
 from .desync import OracleLog
 from .envs import make
@@ -86,7 +86,7 @@ def wanted_agent_id(value: str) -> bytes:
     such as ddcl-agent-2 (deploy/k8s sets DDCL_AGENT_ID from metadata.name) as agent-2, empty
     for an id the broker assigns. Anything else goes to the broker as given, which refuses it."""
     m = POD_NAME.fullmatch(value)
-    return P.agent_id(int(m.group(2))) if m else value.encode()
+    return protocol.agent_id(int(m.group(2))) if m else value.encode()
 
 
 def pick_device(name: str) -> torch.device:
@@ -110,7 +110,7 @@ class Agent:
         trace.name(self.peer.id.decode())
         # embedded: the broker itself publishes registrations and last wills
         self.bus = Publisher(bus_url, run, self.peer.id.decode()) if bus_url != EMBEDDED else None
-        self.index = P.agent_index(self.peer.id)
+        self.index = protocol.agent_index(self.peer.id)
         torch.set_num_threads(1)  # tiny per-step batches; many processes share the cores
         self.checkpoint = checkpoint
         self.recording = record
@@ -202,14 +202,14 @@ class Agent:
             msg = self.from_world.popleft() if self.from_world else self.peer.recv(0.2)
             if msg is None:
                 continue
-            if P.is_channel_frame(msg[0]):  # peers' messages: one, or a step's bundle
+            if protocol.is_channel_frame(msg[0]):  # peers' messages: one, or a step's bundle
                 self._buffer(msg)
-            elif msg[0] == P.DELIVER and len(msg) == 3:
+            elif msg[0] == protocol.DELIVER and len(msg) == 3:
                 if not self._delivered(msg[1], msg[2]):
                     return
 
     def join(self) -> None:
-        self.peer.send_to(P.WORLD_ID, P.pack({"op": L.JOIN}))
+        self.peer.send_to(protocol.WORLD_ID, protocol.pack({"op": lockstep.JOIN}))
 
     def _buffer(self, frames: list[bytes]) -> None:
         for data in frames:
@@ -218,44 +218,44 @@ class Agent:
 
     def _delivered(self, src: bytes, body: bytes) -> bool:
         """Handle one DELIVER; False when the run is over."""
-        if src == P.WORLD_ID:
+        if src == protocol.WORLD_ID:
             return self._from_world(body)
-        if P.is_channel_frame(body):
+        if protocol.is_channel_frame(body):
             return True
         try:
-            req = P.unpack(body)
+            req = protocol.unpack(body)
             op = req.get("op")
         except Exception:  # a malformed control body is dropped, not fatal
             return True
-        if op == P.BEACON:
-            if src != P.SYNC_ID:
+        if op == protocol.BEACON:
+            if src != protocol.SYNC_ID:
                 self.stats.bad_beacons += 1
                 return True
             self.stats.beacons += 1
             self.epochs.update(req)
             self.clock.on_beacon(int(req["ref_step"]), float(req["ref_time"]))
-        elif op == P.CLOCK and src == P.BROKER_ID:
+        elif op == protocol.CLOCK and src == protocol.BROKER_ID:
             self.clock.set_faults(float(req["skew"]), float(req["drift_ppm"]), self.world_step)
         return True
 
     def _from_world(self, body: bytes) -> bool:
-        if not P.is_channel_frame(body):
-            req = P.unpack(body)
-            if req.get("op") == L.HELLO:
+        if not protocol.is_channel_frame(body):
+            req = protocol.unpack(body)
+            if req.get("op") == lockstep.HELLO:
                 self.join()
-            elif req.get("op") == L.CONFIG:
+            elif req.get("op") == lockstep.CONFIG:
                 try:
                     setup = AgentSetup.from_wire(req.get("setup"))
                 except ConfigError as e:  # not READY: the world's wait for agents names this one
                     log.warning("refused the world's config: %s", e)
                     return True
                 self.configure(setup)
-                self.peer.send_to(P.WORLD_ID, P.pack({"op": L.READY}))
-            elif req.get("op") == L.END:
+                self.peer.send_to(protocol.WORLD_ID, protocol.pack({"op": lockstep.READY}))
+            elif req.get("op") == lockstep.END:
                 if self.oracle:  # the world reads the oracle logs once every agent has reported
                     self.oracle.flush()
                 s = self.stats
-                self.peer.send_to(P.WORLD_ID, P.pack({"op": L.AGENT_STATS, "agent": self.index, "messages": s.messages,
+                self.peer.send_to(protocol.WORLD_ID, protocol.pack({"op": lockstep.AGENT_STATS, "agent": self.index, "messages": s.messages,
                                                       "payload_bits": s.payload_bits, "silent_peers": s.silent_peers,
                                                       "bad_frames": s.bad_frames, "bad_beacons": s.bad_beacons,
                                                       "beacons": s.beacons, "msg_dim": self.pcfg.msg_dim,
@@ -266,7 +266,7 @@ class Agent:
             return True
         trace.mark("obs in")
         try:
-            step, obs, first = L.unpack_obs(frame.unpack(body), self.run_config.batch, self.env_spec.obs_dim)
+            step, obs, first = lockstep.unpack_obs(frame.unpack(body), self.run_config.batch, self.env_spec.obs_dim)
         except ChannelError as e:
             log.warning("bad observation frame: %s", e)
             return True
@@ -293,11 +293,11 @@ class Agent:
             msg = self.peer.recv(left)
             if msg is None:
                 continue
-            if P.is_channel_frame(msg[0]):  # peers' messages: one, or a step's bundle
+            if protocol.is_channel_frame(msg[0]):  # peers' messages: one, or a step's bundle
                 self._buffer(msg)
-            elif msg[0] == P.DELIVER and len(msg) == 3 and msg[1] == P.WORLD_ID:
+            elif msg[0] == protocol.DELIVER and len(msg) == 3 and msg[1] == protocol.WORLD_ID:
                 self.from_world.append(msg)  # the next step's observations, or the end
-            elif msg[0] == P.DELIVER and len(msg) == 3:
+            elif msg[0] == protocol.DELIVER and len(msg) == 3:
                 self._delivered(msg[1], msg[2])  # a beacon or clock fault mid-step
         trace.mark("peers heard")
         heard, received, decoded = np.zeros((batch, len(peers), self.pcfg.msg_dim), dtype=np.float32), {}, []
@@ -318,7 +318,7 @@ class Agent:
         trace.mark("decoded")
         logits = self.policy.act(h, torch.from_numpy(heard).to(self.device))
         actions = logits.argmax(dim=-1).cpu().numpy()  # int64
-        self.peer.send_to(P.WORLD_ID, L.pack_actions(self.index, step, actions))
+        self.peer.send_to(protocol.WORLD_ID, lockstep.pack_actions(self.index, step, actions))
         trace.mark("actions sent")
         self.stats.steps += 1
         if self.oracle:

@@ -22,7 +22,7 @@ import math
 import numpy as np
 import torch
 
-from broker import protocol as P
+from broker import protocol
 # this exchange's control ops are in the protocol's one table of ops (JOIN / READY /
 # HELLO / END are lockstep's); learners and the learning world read them here
 from broker.protocol import ADVANTAGE, CLIP, LEARNER_STATS, PRIOR, STATE, STATE_ASK  # noqa: F401
@@ -106,11 +106,11 @@ def field(req, name: str, kind):
 def parse(body: bytes, op: str, update: int | None = None) -> dict:
     """A control body that must be `op` (for `update`, where given)."""
     try:
-        req = P.unpack(body)
+        req = protocol.unpack(body)
     except Exception as e:  # msgpack raises a zoo of types on bad input
         raise WireError(f"not a msgpack map: {type(e).__name__}") from None
     if field(req, "op", str) != op:
-        raise WireError(f"expected {op!r}, got {P.clip(str(req.get('op')))!r}")
+        raise WireError(f"expected {op!r}, got {protocol.clip(str(req.get('op')))!r}")
     if update is not None and field(req, "update", int) != update:
         raise WireError(f"{op!r} for update {req['update']}, expected {update}")
     return req
@@ -119,7 +119,7 @@ def parse(body: bytes, op: str, update: int | None = None) -> dict:
 def op_of(body: bytes) -> str | None:
     """The op of a control body, or None for anything that is not a map with a text op."""
     try:
-        req = P.unpack(body)
+        req = protocol.unpack(body)
     except Exception:
         return None
     return req.get("op") if isinstance(req, dict) and isinstance(req.get("op"), str) else None
@@ -135,7 +135,7 @@ def _floats(raw, count: int, what: str) -> np.ndarray:
 
 
 def pack_advantage(update: int, adv: torch.Tensor) -> bytes:
-    return P.pack({"op": ADVANTAGE, "update": update,
+    return protocol.pack({"op": ADVANTAGE, "update": update,
                    "adv": adv.detach().to("cpu", torch.float32).numpy().astype("<f4").tobytes()})
 
 
@@ -148,7 +148,7 @@ def pack_norms(update: int, norms: list[torch.Tensor], rate_bits: float, wire_bi
     """Per-parameter gradient norms (float32 as Python floats: exact, so the world's total
     is the in-process one), with the update's mean rate-loss and real bits per message
     for the progress line."""
-    return P.pack({"op": NORMS, "update": update, "norms": [float(n) for n in norms], "rate_bits": rate_bits,
+    return protocol.pack({"op": NORMS, "update": update, "norms": [float(n) for n in norms], "rate_bits": rate_bits,
                    "wire_bits": wire_bits})
 
 
@@ -161,7 +161,7 @@ def unpack_norms(body: bytes, update: int, count: int) -> tuple[list[float], flo
 
 
 def pack_clip(update: int, total_norm: float) -> bytes:
-    return P.pack({"op": CLIP, "update": update, "total_norm": total_norm})
+    return protocol.pack({"op": CLIP, "update": update, "total_norm": total_norm})
 
 
 def unpack_clip(body: bytes, update: int) -> float:
@@ -174,7 +174,7 @@ def unpack_clip(body: bytes, update: int) -> float:
 
 def pack_tensors(op: str, tensors: dict[str, torch.Tensor], **fields) -> bytes:
     """Named float32 tensors (a state dict), as (shape, little-endian bytes) pairs."""
-    return P.pack({"op": op, **fields, "tensors": {
+    return protocol.pack({"op": op, **fields, "tensors": {
         name: [list(t.shape), t.detach().to("cpu", torch.float32).numpy().astype("<f4").tobytes()]
         for name, t in tensors.items()}})
 

@@ -26,12 +26,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from broker import protocol as P
+from broker import protocol
 from broker.peer import BrokerError, Peer
 from channel import ChannelError, frame, load_kernels
 
-from . import learn_wire as W
-from . import lockstep as L
+from . import learn_wire
+from . import lockstep
 from .agent import pick_device
 from .message import MessageChannel, SyncMode
 from .policy import forget
@@ -63,7 +63,7 @@ class Learner:
         load_kernels()
         torch.set_num_threads(1)  # many processes share the cores
         self.index = index
-        self.peer = Peer(endpoint, b"agent", P.agent_id(index), curve=curve)
+        self.peer = Peer(endpoint, b"agent", protocol.agent_id(index), curve=curve)
         self.stats = LearnerStats()
         self.cfg: TrainConfig | None = None
         self.frames: dict[int, bytes] = {}  # latest unconsumed message frame per peer
@@ -82,30 +82,30 @@ class Learner:
         msg = self.peer.recv(timeout_s)
         if msg is None:
             return
-        if P.is_channel_frame(msg[0]):  # peers' messages: one, or a step's bundle
+        if protocol.is_channel_frame(msg[0]):  # peers' messages: one, or a step's bundle
             for data in msg:
                 if len(data) >= 2:
                     self.frames[data[1]] = data  # byte 1 of a channel frame is its sender
             return
-        if msg[0] == P.ERROR:  # the broker refused what this learner sent: no peer will answer it
+        if msg[0] == protocol.ERROR:  # the broker refused what this learner sent: no peer will answer it
             raise BrokerError(f"agent {self.index}: the broker refused a message: "
-                              f"{msg[1][:P.ECHO_BYTES].decode(errors='replace') if len(msg) > 1 else ''}")
-        if msg[0] != P.DELIVER or len(msg) != 3:
+                              f"{msg[1][:protocol.ECHO_BYTES].decode(errors='replace') if len(msg) > 1 else ''}")
+        if msg[0] != protocol.DELIVER or len(msg) != 3:
             return
         src, body = msg[1], msg[2]
-        if src == P.WORLD_ID:
+        if src == protocol.WORLD_ID:
             self.from_world.append(body)
             return
-        j = P.agent_index(src)
+        j = protocol.agent_index(src)
         if j is None or j == self.index:
             return
-        if P.is_channel_frame(body):
-            if len(self.gradients[j]) < W.MAX_PENDING_GRADIENT_FRAMES:
+        if protocol.is_channel_frame(body):
+            if len(self.gradients[j]) < learn_wire.MAX_PENDING_GRADIENT_FRAMES:
                 self.gradients[j].append(body)
             else:  # more than any update sends: a peer gone wrong
                 self.stats.bad_frames += 1
-        elif W.op_of(body) == W.PRIOR:
-            self.priors[j] = P.unpack(body)
+        elif learn_wire.op_of(body) == learn_wire.PRIOR:
+            self.priors[j] = protocol.unpack(body)
 
     def _wait(self, done, what: str) -> None:
         deadline = time.monotonic() + WAIT_S
@@ -121,17 +121,17 @@ class Learner:
         while True:
             self._wait(lambda: self.from_world, what)
             body = self.from_world.popleft()
-            op = None if P.is_channel_frame(body) else W.op_of(body)
-            if op == W.STATE_ASK:
-                self.peer.send_to(P.WORLD_ID, W.pack_tensors(W.STATE, self._state(), agent=self.index))
-            elif op == L.END:
+            op = None if protocol.is_channel_frame(body) else learn_wire.op_of(body)
+            if op == learn_wire.STATE_ASK:
+                self.peer.send_to(protocol.WORLD_ID, learn_wire.pack_tensors(learn_wire.STATE, self._state(), agent=self.index))
+            elif op == lockstep.END:
                 s = self.stats
-                self.peer.send_to(P.WORLD_ID, P.pack({"op": W.LEARNER_STATS, "agent": self.index, **s.__dict__}))
+                self.peer.send_to(protocol.WORLD_ID, protocol.pack({"op": learn_wire.LEARNER_STATS, "agent": self.index, **s.__dict__}))
                 raise Stopped
-            elif op == W.CONFIG and self.cfg is None:
+            elif op == learn_wire.CONFIG and self.cfg is None:
                 return body
-            elif op in (L.HELLO, W.CONFIG):  # a world that missed this agent's JOIN or READY asks again
-                self.peer.send_to(P.WORLD_ID, P.pack({"op": L.JOIN if self.cfg is None else L.READY}))
+            elif op in (lockstep.HELLO, learn_wire.CONFIG):  # a world that missed this agent's JOIN or READY asks again
+                self.peer.send_to(protocol.WORLD_ID, protocol.pack({"op": lockstep.JOIN if self.cfg is None else lockstep.READY}))
             else:
                 return body
 
@@ -158,14 +158,14 @@ class Learner:
         return self.stats
 
     def _join(self) -> None:
-        self.peer.send_to(P.WORLD_ID, P.pack({"op": L.JOIN}))
-        req = W.parse(self._world("the world's config"), W.CONFIG)
-        cfg = TrainConfig(**{k: v for k, v in W.field(req, "config", dict).items()
+        self.peer.send_to(protocol.WORLD_ID, protocol.pack({"op": lockstep.JOIN}))
+        req = learn_wire.parse(self._world("the world's config"), learn_wire.CONFIG)
+        cfg = TrainConfig(**{k: v for k, v in learn_wire.field(req, "config", dict).items()
                              if k in TrainConfig.__dataclass_fields__})
         cfg.device = str(self.device)
-        self.grad_codec = W.field(req, "grad_codec", str)
-        if self.grad_codec not in W.GRAD_CODECS:
-            raise W.WireError(f"unknown gradient codec {self.grad_codec!r}")
+        self.grad_codec = learn_wire.field(req, "grad_codec", str)
+        if self.grad_codec not in learn_wire.GRAD_CODECS:
+            raise learn_wire.WireError(f"unknown gradient codec {self.grad_codec!r}")
         s = setup(cfg)  # every agent's policy and layer, as the in-process trainer builds them
         self.cfg, self.env = cfg, s.env
         self.policy, self.layer = s.policies[self.index], s.layers[self.index]
@@ -176,7 +176,7 @@ class Learner:
                                      {"params": list(self.layer.parameters()), "lr": cfg.prior_lr}], lr=cfg.lr)
         self.gen = generators(cfg.seed, [self.index], self.device)[0]
         self.state = self.policy.initial_state(cfg.batch, self.device)
-        self.peer.send_to(P.WORLD_ID, P.pack({"op": L.READY}))
+        self.peer.send_to(protocol.WORLD_ID, protocol.pack({"op": lockstep.READY}))
         log.info("learner %d ready on %s", self.index, self.device)
 
     def _rollout(self, update: int) -> dict:
@@ -187,7 +187,7 @@ class Learner:
         if self.state is not None:
             self.state = self.state.detach()  # backprop through this rollout only
         for _ in range(cfg.rollout):
-            step, obs, first = L.unpack_obs(frame.unpack(self._world("observations")), batch, self.env.obs_dim)
+            step, obs, first = lockstep.unpack_obs(frame.unpack(self._world("observations")), batch, self.env.obs_dim)
             self.state = forget(self.state, first)
             h, z, self.state = self.policy.speak(torch.from_numpy(obs).to(self.device), self.state)
             r["z_hat"].append(self.layer(z, step, self.index))  # in the graph: the peers' gradients enter here
@@ -197,7 +197,7 @@ class Learner:
             r["bits"] += nbits
             heard = torch.from_numpy(self._hear(step, (batch, dim))).to(self.device).requires_grad_()
             actions, logp, ent = sample(self.policy.act(h, heard), self.gen)
-            self.peer.send_to(P.WORLD_ID, L.pack_actions(self.index, step, actions.cpu().numpy()))
+            self.peer.send_to(protocol.WORLD_ID, lockstep.pack_actions(self.index, step, actions.cpu().numpy()))
             r["logp"].append(logp)
             r["ent"].append(ent)
             r["heard"].append(heard)
@@ -230,15 +230,15 @@ class Learner:
     def _update(self, update: int, r: dict) -> None:
         cfg = self.cfg
         shape = (cfg.rollout, cfg.batch)
-        adv = torch.from_numpy(W.unpack_advantage(self._world("advantages"), update, shape)).to(self.device)
+        adv = torch.from_numpy(learn_wire.unpack_advantage(self._world("advantages"), update, shape)).to(self.device)
         logp, ent, rate = torch.stack(r["logp"]), torch.stack(r["ent"]), torch.stack(r["rate"])
         loss = agent_loss(logp, adv, ent, rate, lam_at(cfg, update), cfg)
         # what each peer's messages did to this agent's loss, for that peer
         said = torch.autograd.grad(loss, r["heard"], retain_graph=True, allow_unused=True)
         said = torch.stack([g if g is not None else torch.zeros_like(h) for g, h in zip(said, r["heard"])])
         for slot, j in enumerate(self.peers):  # a send each: together they could pass the broker's size limit
-            for data in W.gradient_frames(self.index, update, said[:, :, slot], self.grad_codec):
-                self.peer.send_to(P.agent_id(j), data)
+            for data in learn_wire.gradient_frames(self.index, update, said[:, :, slot], self.grad_codec):
+                self.peer.send_to(protocol.agent_id(j), data)
                 self.stats.gradient_frames += 1
         received = self._gradients(update, (*shape, cfg.msg_dim))
         self.opt.zero_grad()
@@ -247,30 +247,30 @@ class Learner:
         params = [p for p in self.policy.parameters() if p.grad is not None]
         norms = torch._foreach_norm([p.grad for p in params])  # what clip_grad_norm_ computes per parameter
         wire_bits = r["bits"] / (cfg.rollout * cfg.batch)
-        self.peer.send_to(P.WORLD_ID, W.pack_norms(update, norms, float(rate.mean().detach()), wire_bits))
-        total = W.unpack_clip(self._world("the gradient norm"), update)
+        self.peer.send_to(protocol.WORLD_ID, learn_wire.pack_norms(update, norms, float(rate.mean().detach()), wire_bits))
+        total = learn_wire.unpack_clip(self._world("the gradient norm"), update)
         torch.nn.utils.clip_grads_with_norm_(params, 1.0, torch.tensor(total, dtype=torch.float32, device=self.device))
         self.opt.step()
         if self.layer.prior is not None and cfg.codec == "range":  # the range coder's model both ends use
-            prior = W.pack_tensors(W.PRIOR, self.layer.prior.state_dict(), update=update)
-            self.peer.send_each((P.agent_id(j), prior) for j in self.peers)
+            prior = learn_wire.pack_tensors(learn_wire.PRIOR, self.layer.prior.state_dict(), update=update)
+            self.peer.send_each((protocol.agent_id(j), prior) for j in self.peers)
 
     def _gradients(self, update: int, shape) -> torch.Tensor:
         """The sum, in peer order, of what every peer sends back for this agent's messages."""
-        chunks = W.gradient_chunks(shape[0], math.prod(shape[1:]))
+        chunks = learn_wire.gradient_chunks(shape[0], math.prod(shape[1:]))
         total = torch.zeros(shape)
         for j in self.peers:
             parts = []
             for steps in chunks:
                 self._wait(lambda: self.gradients[j], f"gradient frame from agent {j}")
                 try:
-                    sender, g = W.unpack_gradient(self.gradients[j].popleft(), update, (steps, *shape[1:]),
+                    sender, g = learn_wire.unpack_gradient(self.gradients[j].popleft(), update, (steps, *shape[1:]),
                                                   self.grad_codec)
                     if sender != j:
-                        raise W.WireError(f"gradient from agent {j} says listener {sender}")
+                        raise learn_wire.WireError(f"gradient from agent {j} says listener {sender}")
                 except ChannelError as e:  # a piece missing: the update cannot be exact
                     self.stats.bad_frames += 1
-                    raise W.WireError(f"bad gradient frame from agent {j}: {e}") from None
+                    raise learn_wire.WireError(f"bad gradient frame from agent {j}: {e}") from None
                 parts.append(g)
             total += torch.from_numpy(np.concatenate(parts))
         return total
@@ -281,6 +281,6 @@ class Learner:
             self._wait(lambda: self.priors.get(j, {}).get("update") == update, f"agent {j}'s prior")
             layer = self.channel.layers[j]
             try:
-                layer.prior.load_state_dict(W.unpack_tensors(self.priors[j], layer.prior.state_dict()))
+                layer.prior.load_state_dict(learn_wire.unpack_tensors(self.priors[j], layer.prior.state_dict()))
             except ChannelError as e:  # its messages will not decode: a run that cannot go on
-                raise W.WireError(f"agent {j}'s prior: {e}") from None
+                raise learn_wire.WireError(f"agent {j}'s prior: {e}") from None

@@ -27,12 +27,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from broker import protocol as P
+from broker import protocol
 from broker.peer import Peer
 from channel import ChannelError, frame, load_kernels
 
-from . import learn_wire as W
-from . import lockstep as L
+from . import learn_wire
+from . import lockstep
 from .train import (PROGRESS_EVERY_S, adv_column, advantages, eval_row, final_summary, live_line, log_row, setup,
                     step_reward, tensorboard_writer, write_run)
 from .train_config import TrainConfig
@@ -49,14 +49,14 @@ class LearningWorld:
         cfg.validate()
         if cfg.share:
             raise ValueError("shared policy weights need every agent's gradient in one place: train them in-process")
-        if grad_codec not in W.GRAD_CODECS:
-            raise ValueError(f"grad codec must be one of {', '.join(W.GRAD_CODECS)}, got {grad_codec!r}")
+        if grad_codec not in learn_wire.GRAD_CODECS:
+            raise ValueError(f"grad codec must be one of {', '.join(learn_wire.GRAD_CODECS)}, got {grad_codec!r}")
         self.cfg, self.out, self.grad_codec, self.progress = cfg, Path(out) if out else None, grad_codec, progress
         self.s = setup(cfg)  # the critic, and every policy and layer for the evaluations
         torch.set_num_threads(1)  # the learners share the cores
         load_kernels()
-        self.peer = Peer(endpoint, b"world", P.WORLD_ID, curve=curve)
-        self.agent_ids = [P.agent_id(k) for k in range(cfg.agents)]
+        self.peer = Peer(endpoint, b"world", protocol.WORLD_ID, curve=curve)
+        self.agent_ids = [protocol.agent_id(k) for k in range(cfg.agents)]
         self.inbox: dict[bytes, list[bytes]] = {a: [] for a in self.agent_ids}  # control bodies per learner
         self.actions: dict[int, bytes] = {}
         self.ready: set[bytes] = set()
@@ -68,15 +68,15 @@ class LearningWorld:
     def _pump(self, timeout_s: float) -> None:
         self.peer.heartbeat_if_idle()
         msg = self.peer.recv(timeout_s)
-        if msg is None or msg[0] != P.DELIVER or len(msg) != 3 or msg[1] not in self.inbox:
+        if msg is None or msg[0] != protocol.DELIVER or len(msg) != 3 or msg[1] not in self.inbox:
             return
         src, body = msg[1], msg[2]
-        if P.is_channel_frame(body):
+        if protocol.is_channel_frame(body):
             if len(body) >= 2:
                 self.actions[self.agent_ids.index(src)] = body
-        elif (op := W.op_of(body)) == L.JOIN:
-            self.peer.send_to(src, P.pack({"op": W.CONFIG, "config": self._config(), "grad_codec": self.grad_codec}))
-        elif op == L.READY:
+        elif (op := learn_wire.op_of(body)) == lockstep.JOIN:
+            self.peer.send_to(src, protocol.pack({"op": learn_wire.CONFIG, "config": self._config(), "grad_codec": self.grad_codec}))
+        elif op == lockstep.READY:
             self.ready.add(src)
         else:
             self.inbox[src].append(body)
@@ -102,7 +102,7 @@ class LearningWorld:
             for k, agent in enumerate(self.agent_ids):
                 while k not in got and self.inbox[agent]:
                     body = self.inbox[agent].pop(0)
-                    if W.op_of(body) != op:
+                    if learn_wire.op_of(body) != op:
                         continue  # a stray or late body of another exchange
                     try:
                         got[k] = parse(k, body)
@@ -123,7 +123,7 @@ class LearningWorld:
                 missing = sorted(a.decode() for a in set(self.agent_ids) - self.ready)
                 raise TimeoutError(f"learners missing after {JOIN_WAIT_S:.0f} s: {missing}")
             if time.monotonic() - last_hello > 1.0:
-                self.peer.send_to(P.ALL_AGENTS, P.pack({"op": L.HELLO}))
+                self.peer.send_to(protocol.ALL_AGENTS, protocol.pack({"op": lockstep.HELLO}))
                 last_hello = time.monotonic()
             self._pump(0.2)
 
@@ -156,7 +156,7 @@ class LearningWorld:
         for update in range(1, cfg.updates + 1):
             values, rewards, dones = [], [], []
             for _ in range(cfg.rollout):
-                self.peer.send_each(zip(self.agent_ids, L.pack_obs(step, obs.cpu().numpy(), first)))
+                self.peer.send_each(zip(self.agent_ids, lockstep.pack_obs(step, obs.cpu().numpy(), first)))
                 values.append(critic(obs))
                 actions = self._actions(step)
                 obs, reward, done, success = env.step(actions.to(s.device))
@@ -167,12 +167,12 @@ class LearningWorld:
                 successes += int(success.sum())
                 step += 1
             returns, values, adv = advantages(critic, obs, rewards, dones, values, cfg)
-            self.peer.send_each((agent, W.pack_advantage(update, adv_column(adv, k)))
+            self.peer.send_each((agent, learn_wire.pack_advantage(update, adv_column(adv, k)))
                                 for k, agent in enumerate(self.agent_ids))
             opt.zero_grad()
             (cfg.value_coef * (returns - values).pow(2).mean()).backward()
             critic_params = [q for q in critic.parameters() if q.grad is not None]
-            reports = self._from_each(W.NORMS, lambda k, body, u=update: W.unpack_norms(
+            reports = self._from_each(learn_wire.NORMS, lambda k, body, u=update: learn_wire.unpack_norms(
                 body, u, sum(1 for _ in s.policies[k].parameters())), "gradient norms")
             norms, rates, bits = [], [], []
             for n, rate, wire in reports:  # in train.py's parameter order: policies, then the critic
@@ -182,7 +182,7 @@ class LearningWorld:
             norms = [torch.tensor(n, dtype=torch.float32) for n in norms]
             norms += [n.cpu() for n in torch._foreach_norm([q.grad for q in critic_params])]
             total = torch.linalg.vector_norm(torch.stack(norms))  # what clip_grad_norm_ computes over them all
-            self.peer.send_each((agent, W.pack_clip(update, float(total))) for agent in self.agent_ids)
+            self.peer.send_each((agent, learn_wire.pack_clip(update, float(total))) for agent in self.agent_ids)
             torch.nn.utils.clip_grads_with_norm_(critic_params, 1.0, total.to(s.device))
             opt.step()
             rate_bits, wire_bits = float(np.mean(rates)), float(np.mean(bits))
@@ -229,7 +229,7 @@ class LearningWorld:
                     f = frame.unpack(body)
                     if f.sender != k or f.stamp != step:
                         raise ChannelError(f"action frame of agent {f.sender} for step {f.stamp}")
-                    out[:, k] = L.unpack_actions(f, cfg.batch, self.s.env.n_actions)
+                    out[:, k] = lockstep.unpack_actions(f, cfg.batch, self.s.env.n_actions)
                     got.add(k)
                 except ChannelError as e:
                     log.warning("bad action frame from agent %d: %s", k, e)
@@ -240,24 +240,24 @@ class LearningWorld:
 
     def gather(self) -> None:
         """Every learner's policy and prior into this process's copies (for an evaluation)."""
-        self.peer.send_each((agent, P.pack({"op": W.STATE_ASK})) for agent in self.agent_ids)
-        states = self._from_each(W.STATE, lambda _k, body: W.parse(body, W.STATE), "learner state")
+        self.peer.send_each((agent, protocol.pack({"op": learn_wire.STATE_ASK})) for agent in self.agent_ids)
+        states = self._from_each(learn_wire.STATE, lambda _k, body: learn_wire.parse(body, learn_wire.STATE), "learner state")
         for k, req in enumerate(states):
             policy, layer = self.s.policies[k], self.s.layers[k]
             mine = dict(policy.state_dict())
             if layer.prior is not None:
                 mine.update({f"prior.{n}": v for n, v in layer.prior.state_dict().items()})
-            got = W.unpack_tensors(req, mine)
+            got = learn_wire.unpack_tensors(req, mine)
             policy.load_state_dict({n: got[n] for n in policy.state_dict()})
             if layer.prior is not None:
                 layer.prior.load_state_dict({n: got[f"prior.{n}"] for n in layer.prior.state_dict()})
 
     def finish(self, updates: int) -> dict:
         """END to every learner, their figures, and the broker's bytes per update by kind."""
-        self.peer.send_each((agent, P.pack({"op": L.END})) for agent in self.agent_ids)
+        self.peer.send_each((agent, protocol.pack({"op": lockstep.END})) for agent in self.agent_ids)
         try:
-            learners = self._from_each(W.LEARNER_STATS, lambda _k, body: W.parse(body, W.LEARNER_STATS),
-                                       "learner figures", P.FINISH_WAIT_S)
+            learners = self._from_each(learn_wire.LEARNER_STATS, lambda _k, body: learn_wire.parse(body, learn_wire.LEARNER_STATS),
+                                       "learner figures", protocol.FINISH_WAIT_S)
         except TimeoutError:
             learners = []
         broker = self.peer.stats()

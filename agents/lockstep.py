@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from broker import protocol as P
+from broker import protocol
 # this exchange's control ops are in the protocol's one table of ops; world and agents
 # read them here, beside the frames they travel with
 from broker.protocol import AGENT_STATS, CONFIG, END, HELLO, JOIN, READY  # noqa: F401
@@ -25,7 +25,7 @@ def pack_obs(step: int, obs: np.ndarray, first: np.ndarray) -> list[bytes]:
     body[:, :, dim] = first
     data = _F32.encode(body)  # one encode: agent k's payload is its slice
     size = len(data) // n
-    return [frame.pack(kind=frame.Kind.OBSERVATION, sender=P.WORLD_SENDER, codec=_F32.wire_id, count=body[k].size,
+    return [frame.pack(kind=frame.Kind.OBSERVATION, sender=protocol.WORLD_SENDER, codec=_F32.wire_id, count=body[k].size,
                        payload=data[size * k:size * (k + 1)], stamp_mode=frame.StampMode.FULL, stamp=step)
             for k in range(n)]
 

@@ -24,13 +24,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from broker import protocol as P
+from broker import protocol
 from broker import trace
 from broker.bus import Publisher
 from broker.peer import BrokerLost, Peer
 from channel import ChannelError, frame, load_kernels
 
-from . import lockstep as L
+from . import lockstep
 from .desync import analyze, clear_oracle
 from .envs import make
 from .run_config import AgentSetup, RunConfig
@@ -96,10 +96,10 @@ class World:
         self.progress = progress
         self.env = make(cfg.env, cfg.batch, cfg.seed, cfg.agents)
         load_kernels()  # before registering: the first actions must not wait for them
-        self.peer = Peer(endpoint, b"world", P.WORLD_ID, curve=curve)
+        self.peer = Peer(endpoint, b"world", protocol.WORLD_ID, curve=curve)
         trace.name("world")
         self.bus = Publisher(bus_url, run, "world", self.peer)
-        self.agent_ids = [P.agent_id(k) for k in range(cfg.agents)]
+        self.agent_ids = [protocol.agent_id(k) for k in range(cfg.agents)]
         self.slot_of = {agent: k for k, agent in enumerate(self.agent_ids)}
         self.ready: set[bytes] = set()
         self.agent_stats: dict[int, dict] = {}
@@ -109,23 +109,23 @@ class World:
 
     def agent_config(self) -> bytes:
         setup = AgentSetup(self.cfg, self.t0, str(self.out.resolve()) if self.out else "")
-        return P.pack({"op": L.CONFIG, "setup": setup.to_wire()})
+        return protocol.pack({"op": lockstep.CONFIG, "setup": setup.to_wire()})
 
     def _control(self, src: bytes, body: bytes) -> None:
-        req = P.unpack(body)
-        if req.get("op") == L.JOIN:
+        req = protocol.unpack(body)
+        if req.get("op") == lockstep.JOIN:
             self.peer.send_to(src, self.agent_config())
-        elif req.get("op") == L.READY:
+        elif req.get("op") == lockstep.READY:
             self.ready.add(src)
-        elif req.get("op") == L.AGENT_STATS:
+        elif req.get("op") == lockstep.AGENT_STATS:
             self.agent_stats[int(req["agent"])] = req
 
     def _pump(self, timeout_s: float, on_frame=None) -> None:
         msg = self.peer.recv(timeout_s)
-        if msg is None or msg[0] != P.DELIVER or len(msg) != 3:
+        if msg is None or msg[0] != protocol.DELIVER or len(msg) != 3:
             return
         src, body = msg[1], msg[2]
-        if P.is_channel_frame(body):
+        if protocol.is_channel_frame(body):
             if on_frame:
                 on_frame(src, body)
         else:
@@ -147,7 +147,7 @@ class World:
                 raise TimeoutError(f"agents missing after {self.cfg.join_timeout_s}s: "
                                    f"{sorted(x.decode() for x in want - self.ready)}")
             if time.monotonic() - last_hello > 1.0:  # agents configured by a world that died ask no more
-                self.peer.send_to(P.ALL_AGENTS, P.pack({"op": L.HELLO}))
+                self.peer.send_to(protocol.ALL_AGENTS, protocol.pack({"op": lockstep.HELLO}))
                 last_hello = time.monotonic()
             self.peer.heartbeat_if_idle()
             self._pump(0.2)
@@ -232,7 +232,7 @@ class World:
             time.sleep(max(0.0, self.t0 + step * self.cfg.tick_s - time.time()))
         sent_at = time.monotonic()
         trace.mark("obs out")
-        self.peer.send_each(zip(self.agent_ids, L.pack_obs(step, obs, first)))
+        self.peer.send_each(zip(self.agent_ids, lockstep.pack_obs(step, obs, first)))
         trace.mark("obs sent")
         return sent_at
 
@@ -252,7 +252,7 @@ class World:
                 if f.stamp != step:
                     self.late += 1  # an answer to a step that already timed out
                     return
-                actions[:, k] = L.unpack_actions(f, cfg.batch, self.env.n_actions)
+                actions[:, k] = lockstep.unpack_actions(f, cfg.batch, self.env.n_actions)
                 got.add(k)
                 trace.mark("action in")
             except ChannelError as e:
@@ -268,9 +268,9 @@ class World:
         return actions
 
     def finish_agents(self) -> None:
-        end = P.pack({"op": L.END})
+        end = protocol.pack({"op": lockstep.END})
         self.peer.send_each((agent, end) for agent in self.agent_ids)
-        deadline = time.monotonic() + P.FINISH_WAIT_S
+        deadline = time.monotonic() + protocol.FINISH_WAIT_S
         while len(self.agent_stats) < self.cfg.agents and (left := deadline - time.monotonic()) > 0:
             self._pump(left)
 

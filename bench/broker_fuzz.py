@@ -27,7 +27,7 @@ import zmq
 
 from agents.launcher import dies_with, free_port, wait_or_kill, wait_port
 from bench.common import table
-from broker import protocol as P
+from broker import protocol
 from broker.peer import Peer
 from channel import codecs, frame
 
@@ -36,7 +36,7 @@ RSS_BOUND_MB = 64  # the most the fuzz may grow the broker's resident memory
 SEND_TIMEOUT_S = 600  # a send that waits this long means the broker stopped reading
 CHECK_RUN = ["--steps", "200", "--batch", "4", "--seed", "3", "--device", "cpu"]
 
-COMMANDS = [P.REGISTER, P.HEARTBEAT, P.SEND, P.STATS, P.CONTROL, P.PUBLISH, P.SUBSCRIBE, P.BYE, b"\x3f", b"\x00"]
+COMMANDS = [protocol.REGISTER, protocol.HEARTBEAT, protocol.SEND, protocol.STATS, protocol.CONTROL, protocol.PUBLISH, protocol.SUBSCRIBE, protocol.BYE, b"\x3f", b"\x00"]
 HOSTILE_IDS = [b"\xc5", b"agent-" + b"9" * 5000, b"agent-007", b"agent-255", b"world\x00", b"x" * 100_000, b"",
                b"agent-3", b"world", b"sync", b"cli-fuzz", "ü".encode() * 50]
 
@@ -58,7 +58,7 @@ class Inputs:
         self.valid = [
             frame.pack(kind=frame.Kind.MESSAGE, sender=k, codec=rice.wire_id, count=4, payload=rice.encode([1, -2, 0, k]))
             for k in range(4)
-        ] + [P.pack({"op": P.FAULT_ADD, "kind": "delay", "target": "*", "value": 5}), P.pack({"op": P.FAULT_LIST})]
+        ] + [protocol.pack({"op": protocol.FAULT_ADD, "kind": "delay", "target": "*", "value": 5}), protocol.pack({"op": protocol.FAULT_LIST})]
 
     def mutate(self, data: bytes) -> bytes:
         b = bytearray(data)
@@ -90,15 +90,15 @@ class Inputs:
         if r < 0.55:
             return "mutated frame", [self.mutate(self.rng.choice(self.valid[:4]))]
         if r < 0.7:
-            return "registration", [P.REGISTER, self.rng.choice(list(P.ROLES) + [b"wizard"]), self.rng.choice(HOSTILE_IDS)]
+            return "registration", [protocol.REGISTER, self.rng.choice(list(protocol.ROLES) + [b"wizard"]), self.rng.choice(HOSTILE_IDS)]
         if r < 0.85:
             topic = b"ddcl/fuzz/%d" % self.rng.randrange(100_000)
-            return "retained publish", [P.PUBLISH, topic, self.rng.randbytes(self.rng.randint(1, 1024)), b"1"]
+            return "retained publish", [protocol.PUBLISH, topic, self.rng.randbytes(self.rng.randint(1, 1024)), b"1"]
         if r < 0.87:
-            return "oversize", [P.STATS, b"\x00" * (MAX_MESSAGE + self.rng.randint(1, MAX_MESSAGE))]
+            return "oversize", [protocol.STATS, b"\x00" * (MAX_MESSAGE + self.rng.randint(1, MAX_MESSAGE))]
         if r < 0.95:
-            return "control", [P.CONTROL, self.mutate(self.rng.choice(self.valid[4:]))]
-        return "subscribe", [P.SUBSCRIBE, self.rng.choice([b"#", b"ddcl/#", b"a/#/b", b"+", self.rng.randbytes(8)])]
+            return "control", [protocol.CONTROL, self.mutate(self.rng.choice(self.valid[4:]))]
+        return "subscribe", [protocol.SUBSCRIBE, self.rng.choice([b"#", b"ddcl/#", b"a/#/b", b"+", self.rng.randbytes(8)])]
 
 
 def drive_dealers(endpoint: str, inputs: Inputs, count: int, connections: int, progress) -> tuple[dict, float]:
@@ -220,7 +220,7 @@ def run(inputs: int = 100_000, seed: int = 0, connections: int = 32, raw: int = 
         time.sleep(1.0)
         report["rss_after_mb"] = rss_mb(broker.pid)
         with Peer(endpoint, b"cli") as cli:  # faults the fuzz added are its input, not the check run's
-            cli.request([P.CONTROL, P.pack({"op": P.FAULT_CLEAR, "id": None})], P.CONTROL_REPLY, 60)
+            cli.request([protocol.CONTROL, protocol.pack({"op": protocol.FAULT_CLEAR, "id": None})], protocol.CONTROL_REPLY, 60)
         with tempfile.TemporaryDirectory() as tmp:
             progress("a normal run against the fuzzed broker, then the same run with a fresh one")
             after = checked_run(endpoint, Path(tmp) / "after-fuzz")

@@ -27,7 +27,7 @@ from urllib.parse import urlparse
 import zmq
 import zmq.asyncio
 
-from . import protocol as P
+from . import protocol
 
 EMBEDDED = "embedded"
 # a clean exit sends what it queued: on a loaded machine the MQTT thread may need seconds
@@ -77,20 +77,20 @@ class BusRefused(ValueError):
 
 def topic_text(raw: bytes, what: str, wildcards: bool) -> str:
     """A topic or filter from the network, checked before it is decoded or kept."""
-    if not 0 < len(raw) <= P.MAX_TOPIC_BYTES:
-        raise BusRefused(f"{what} must be 1..{P.MAX_TOPIC_BYTES} bytes, got {len(raw)}")
+    if not 0 < len(raw) <= protocol.MAX_TOPIC_BYTES:
+        raise BusRefused(f"{what} must be 1..{protocol.MAX_TOPIC_BYTES} bytes, got {len(raw)}")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
-        raise BusRefused(f"{what} is not UTF-8: {P.shown(raw)}") from None
+        raise BusRefused(f"{what} is not UTF-8: {protocol.shown(raw)}") from None
     if "\0" in text:
         raise BusRefused(f"{what} holds a NUL")
     levels = text.split("/")
     if not wildcards and any(c in text for c in "+#"):
-        raise BusRefused(f"a topic holds no wildcards: {P.shown(text)}")
+        raise BusRefused(f"a topic holds no wildcards: {protocol.shown(text)}")
     if wildcards and any(("#" in lv and (lv != "#" or i != len(levels) - 1)) or ("+" in lv and lv != "+")
                          for i, lv in enumerate(levels)):
-        raise BusRefused(f"bad filter {P.shown(text)}: '#' only as the last level, '+' only as a whole level")
+        raise BusRefused(f"bad filter {protocol.shown(text)}: '#' only as the last level, '+' only as a whole level")
     return text
 
 
@@ -105,28 +105,28 @@ class Hub:
         self.subs: dict[bytes, set[str]] = {}  # routing id -> filters
 
     def publish(self, raw_topic: bytes | str, payload: bytes, retain: bool,
-                publisher: bytes = P.BROKER_ID) -> list[tuple[bytes, list[bytes]]]:
+                publisher: bytes = protocol.BROKER_ID) -> list[tuple[bytes, list[bytes]]]:
         """(routing id, parts) for every subscriber this publication reaches; BusRefused
         for a bad topic or a retained message over the caps."""
         topic = raw_topic if isinstance(raw_topic, str) else topic_text(raw_topic, "topic", wildcards=False)
         topic = topic if topic.startswith("ddcl/") else full_topic(self.run, topic)
         if retain:
             self._retain(topic, payload, publisher)
-        msg = [P.BUS_MESSAGE, topic.encode(), payload, b"0"]
+        msg = [protocol.BUS_MESSAGE, topic.encode(), payload, b"0"]
         return [(r, msg) for r, fs in self.subs.items() if any(topic_matches(f, topic) for f in fs)]
 
     def _retain(self, topic: str, payload: bytes, publisher: bytes) -> None:
         old = self.retained.get(topic)
         if payload:
-            if len(payload) > P.MAX_RETAINED_BYTES:
-                raise BusRefused(f"retained payload of {len(payload)} bytes over {P.MAX_RETAINED_BYTES}")
+            if len(payload) > protocol.MAX_RETAINED_BYTES:
+                raise BusRefused(f"retained payload of {len(payload)} bytes over {protocol.MAX_RETAINED_BYTES}")
             # the broker's own (status of each id, the fault table) are bounded by the id
             # grammar, and must not be crowded out by peers' topics
-            if publisher != P.BROKER_ID and (old is None or old[1] != publisher):
-                if old is None and len(self.retained) >= P.MAX_RETAINED:
-                    raise BusRefused(f"the hub holds {P.MAX_RETAINED} retained topics already")
-                if self.retained_by.get(publisher, 0) >= P.MAX_RETAINED_PER_PEER:
-                    raise BusRefused(f"{P.shown(publisher)} holds {P.MAX_RETAINED_PER_PEER} retained topics already")
+            if publisher != protocol.BROKER_ID and (old is None or old[1] != publisher):
+                if old is None and len(self.retained) >= protocol.MAX_RETAINED:
+                    raise BusRefused(f"the hub holds {protocol.MAX_RETAINED} retained topics already")
+                if self.retained_by.get(publisher, 0) >= protocol.MAX_RETAINED_PER_PEER:
+                    raise BusRefused(f"{protocol.shown(publisher)} holds {protocol.MAX_RETAINED_PER_PEER} retained topics already")
             self._forget_retained(topic)
             self.retained[topic] = (payload, publisher)
             self.retained_by[publisher] = self.retained_by.get(publisher, 0) + 1
@@ -148,19 +148,19 @@ class Hub:
         BusRefused for a bad filter or one over the caps (see `full`)."""
         pattern = topic_text(raw_pattern, "filter", wildcards=True)
         known = self.subs.get(routing)
-        ack = [P.SUBSCRIBED, raw_pattern]
+        ack = [protocol.SUBSCRIBED, raw_pattern]
         if known is not None and pattern in known:
             return [ack]
         if known is None and self.full():
-            raise BusRefused(f"the hub serves {P.MAX_SUBSCRIBERS} subscribers already")
-        if known is not None and len(known) >= P.MAX_FILTERS:
-            raise BusRefused(f"{P.MAX_FILTERS} subscriptions per connection at most")
+            raise BusRefused(f"the hub serves {protocol.MAX_SUBSCRIBERS} subscribers already")
+        if known is not None and len(known) >= protocol.MAX_FILTERS:
+            raise BusRefused(f"{protocol.MAX_FILTERS} subscriptions per connection at most")
         self.subs.setdefault(routing, set()).add(pattern)
-        return [ack] + [[P.BUS_MESSAGE, t.encode(), v, b"1"] for t, (v, _) in self.retained.items()
+        return [ack] + [[protocol.BUS_MESSAGE, t.encode(), v, b"1"] for t, (v, _) in self.retained.items()
                         if topic_matches(pattern, t)]
 
     def full(self) -> bool:
-        return len(self.subs) >= P.MAX_SUBSCRIBERS
+        return len(self.subs) >= protocol.MAX_SUBSCRIBERS
 
     def drop(self, routing: bytes) -> None:
         self.subs.pop(routing, None)
@@ -191,7 +191,7 @@ class Publisher:
         if self._q is not None:
             self._q.put((full, payload, retain))
         elif self.peer is not None:
-            self.peer.send_parts([P.PUBLISH, full.encode(), payload, b"1" if retain else b"0"])
+            self.peer.send_parts([protocol.PUBLISH, full.encode(), payload, b"1" if retain else b"0"])
 
     def close(self) -> None:
         self.publish(f"status/{self.identifier}", b"offline", retain=True)
@@ -227,7 +227,7 @@ class BusClient:
     again: that proves the broker alive (`silent_s`) and restores the subscriptions on a
     broker restarted in place. On MQTT, a lost server raises BusError."""
 
-    def __init__(self, url: str, run: str, broker: str = P.DEFAULT_ENDPOINT, identifier: str = "ddcl-client",
+    def __init__(self, url: str, run: str, broker: str = protocol.DEFAULT_ENDPOINT, identifier: str = "ddcl-client",
                  timeout_s: float = 3.0):
         self.server = parse_url(url)
         self.url = url
@@ -259,7 +259,7 @@ class BusClient:
             except zmq.ZMQError as e:
                 self._sock.close(0)
                 self._ctx.term()
-                raise BusError(P.bad_endpoint(self.broker, e.strerror)) from None
+                raise BusError(protocol.bad_endpoint(self.broker, e.strerror)) from None
             self._heard = self._probed = asyncio.get_running_loop().time()
         return self
 
@@ -279,22 +279,22 @@ class BusClient:
             await self._mqtt.publish(full, payload, qos=1, retain=retain)
             return
         loop = asyncio.get_running_loop()
-        if loop.time() - self._published > (P.LIVENESS - 1) * P.HEARTBEAT_S:
+        if loop.time() - self._published > (protocol.LIVENESS - 1) * protocol.HEARTBEAT_S:
             await self._register()
-        await self._sock.send_multipart([P.PUBLISH, full.encode(), payload, b"1" if retain else b"0"])
+        await self._sock.send_multipart([protocol.PUBLISH, full.encode(), payload, b"1" if retain else b"0"])
         self._published = loop.time()
 
     async def _register(self) -> None:
-        await self._sock.send_multipart([P.REGISTER, b"cli", self._id])
+        await self._sock.send_multipart([protocol.REGISTER, b"cli", self._id])
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout_s
         while (left := deadline - loop.time()) > 0:
             parts = await self._receive(left)
-            if parts == [P.REGISTERED, self._id]:
+            if parts == [protocol.REGISTERED, self._id]:
                 return
-            if parts and parts[0] == P.ERROR:
+            if parts and parts[0] == protocol.ERROR:
                 raise BusError(f"the broker at {self.broker} refused to register {self._id.decode()}: "
-                               f"{P.shown(parts[1:])}")
+                               f"{protocol.shown(parts[1:])}")
             if (m := _bus_message(parts)) is not None:
                 self._early.append(m)
         raise BusError(f"no reply from the broker at {self.broker} in {self.timeout_s:.1f}s")
@@ -305,11 +305,11 @@ class BusClient:
             await self._mqtt.subscribe(full, qos=1)
             return
         self._filters.append(full.encode())
-        await self._sock.send_multipart([P.SUBSCRIBE, full.encode()])
+        await self._sock.send_multipart([protocol.SUBSCRIBE, full.encode()])
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout_s
         while (left := deadline - loop.time()) > 0:
-            if (parts := await self._receive(left)) == [P.SUBSCRIBED, full.encode()]:
+            if (parts := await self._receive(left)) == [protocol.SUBSCRIBED, full.encode()]:
                 return
             if (m := _bus_message(parts)) is not None:
                 self._early.append(m)
@@ -337,11 +337,11 @@ class BusClient:
         deadline = loop.time() + timeout_s
         while (left := deadline - loop.time()) > 0:
             quiet = loop.time() - max(self._heard, self._probed)
-            if quiet >= P.HEARTBEAT_S and self._filters:
+            if quiet >= protocol.HEARTBEAT_S and self._filters:
                 for f in self._filters:
-                    await self._sock.send_multipart([P.SUBSCRIBE, f])
+                    await self._sock.send_multipart([protocol.SUBSCRIBE, f])
                 self._probed, quiet = loop.time(), 0.0
-            parts = await self._receive(min(left, P.HEARTBEAT_S - quiet))
+            parts = await self._receive(min(left, protocol.HEARTBEAT_S - quiet))
             if (m := _bus_message(parts)) is not None:
                 return m
         return None
@@ -357,6 +357,6 @@ class BusClient:
 
 
 def _bus_message(parts: list[bytes] | None) -> BusMessage | None:
-    if parts and parts[0] == P.BUS_MESSAGE and len(parts) == 4:
+    if parts and parts[0] == protocol.BUS_MESSAGE and len(parts) == 4:
         return BusMessage(parts[1].decode(errors="replace"), parts[2], parts[3] == b"1")
     return None

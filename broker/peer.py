@@ -13,7 +13,7 @@ from collections.abc import Iterable
 
 import zmq
 
-from . import protocol as P
+from . import protocol
 from .zmtp import ZmtpDealer, ZmtpError
 
 log = logging.getLogger("ddcl.peer")
@@ -55,17 +55,17 @@ class Peer:
         if self.sock.closed:
             return
         if bye and self.id:
-            self.sock.send([P.BYE])
+            self.sock.send([protocol.BYE])
         self.sock.close()
 
     def _register(self, wanted_id: bytes, timeout_s: float) -> bytes:
-        self.sock.send([P.REGISTER, self.role, wanted_id])
+        self.sock.send([protocol.REGISTER, self.role, wanted_id])
         parts = self.recv(timeout_s)
         if parts is None:
             raise BrokerError(f"no answer from the broker at {self.endpoint} in {timeout_s}s")
-        if parts[0] == P.ERROR:
+        if parts[0] == protocol.ERROR:
             raise BrokerError(parts[1].decode(errors="replace"))
-        if parts[0] != P.REGISTERED:
+        if parts[0] != protocol.REGISTERED:
             raise BrokerError(f"unexpected reply to REGISTER: {parts[0]!r}")
         return parts[1]
 
@@ -78,16 +78,16 @@ class Peer:
         self.send_parts([frame])
 
     def send_to(self, dest: bytes, body: bytes) -> None:
-        self.send_parts([P.SEND, dest, body])
+        self.send_parts([protocol.SEND, dest, body])
 
     def send_each(self, items: Iterable[tuple[bytes, bytes]]) -> None:
         """(destination, body) pairs in one message: one send here and one receive in the
         broker, however many destinations."""
-        self.send_parts([P.SEND, *(x for item in items for x in item)])
+        self.send_parts([protocol.SEND, *(x for item in items for x in item)])
 
     def heartbeat_if_idle(self) -> None:
-        if time.monotonic() - self.last_sent >= P.HEARTBEAT_S:
-            self.send_parts([P.HEARTBEAT])
+        if time.monotonic() - self.last_sent >= protocol.HEARTBEAT_S:
+            self.send_parts([protocol.HEARTBEAT])
 
     def recv(self, timeout_s: float | None) -> list[bytes] | None:
         """The next message for the role, or None after timeout_s (None: wait forever).
@@ -99,7 +99,7 @@ class Peer:
             except ZmtpError as e:  # the broker wants what this socket cannot speak: no answer would come
                 raise BrokerError(str(e)) from None
             if parts is None:
-                if self.id and not self._missed and self.silent_s() > P.LIVENESS * P.HEARTBEAT_S:
+                if self.id and not self._missed and self.silent_s() > protocol.LIVENESS * protocol.HEARTBEAT_S:
                     self._missed = True
                     log.warning("no word from the broker at %s for %.0f s; waiting for it", self.endpoint,
                                 self.silent_s())
@@ -113,20 +113,20 @@ class Peer:
 
     def _liveness(self, parts: list[bytes]) -> bool:
         """Consume the broker's own liveness traffic (True), or leave a message to the role."""
-        if len(parts) == 1 and parts[0] == P.HEARTBEAT:
+        if len(parts) == 1 and parts[0] == protocol.HEARTBEAT:
             return True
         if not self.id or len(parts) != 2:
             return False
-        if parts[0] == P.ERROR and parts[1] == P.REPLACED:
+        if parts[0] == protocol.ERROR and parts[1] == protocol.REPLACED:
             raise BrokerError(f"{self.id.decode()} was taken over by a newer connection to the broker at "
                               f"{self.endpoint} (a restarted or second process with the same id): this one stops")
-        if parts[0] == P.ERROR and parts[1] == P.NOT_REGISTERED:
+        if parts[0] == protocol.ERROR and parts[1] == protocol.NOT_REGISTERED:
             # the broker restarted, or gave this peer up for dead: one REGISTER answers a burst
             if self._asked_again is None or self.last_heard - self._asked_again > 0.5:
                 self._asked_again = self.last_heard
-                self.send_parts([P.REGISTER, self.role, self.id])
+                self.send_parts([protocol.REGISTER, self.role, self.id])
             return True
-        if parts[0] == P.REGISTERED and parts[1] == self.id:
+        if parts[0] == protocol.REGISTERED and parts[1] == self.id:
             if self._asked_again is not None:
                 self._asked_again = None
                 self.reregistrations += 1
@@ -148,14 +148,14 @@ class Peer:
             msg = self.recv(left)
             if msg is None:
                 break
-            if msg[0] == P.ERROR:
+            if msg[0] == protocol.ERROR:
                 raise BrokerError(msg[1].decode(errors="replace"))
             if msg[0] == reply_cmd:
-                return P.unpack(msg[1])
+                return protocol.unpack(msg[1])
         raise BrokerError(f"no reply from the broker at {self.endpoint} in {timeout_s}s")
 
     def stats(self, timeout_s: float = 5.0) -> dict:
-        return self.request([P.STATS], P.STATS_REPLY, timeout_s)
+        return self.request([protocol.STATS], protocol.STATS_REPLY, timeout_s)
 
 
 class LibzmqDealer:
@@ -167,13 +167,13 @@ class LibzmqDealer:
         self.sock = (ctx or zmq.Context.instance()).socket(zmq.DEALER)
         if curve is not None:
             curve.connect(self.sock)
-        for opt, val in ((zmq.LINGER, 0), (zmq.SNDHWM, P.HWM), (zmq.RCVHWM, P.HWM), (zmq.MAXMSGSIZE, P.MAX_MSG_BYTES)):
+        for opt, val in ((zmq.LINGER, 0), (zmq.SNDHWM, protocol.HWM), (zmq.RCVHWM, protocol.HWM), (zmq.MAXMSGSIZE, protocol.MAX_MSG_BYTES)):
             self.sock.setsockopt(opt, val)
         try:
             self.sock.connect(endpoint)
         except zmq.ZMQError as e:
             self.sock.close(0)
-            raise BrokerError(P.bad_endpoint(endpoint, e.strerror)) from None
+            raise BrokerError(protocol.bad_endpoint(endpoint, e.strerror)) from None
 
     @property
     def closed(self) -> bool:
@@ -181,14 +181,14 @@ class LibzmqDealer:
 
     def send(self, parts: list[bytes]) -> None:
         try:
-            P.send_parts(self.sock, parts, P.NOBLOCK)
+            protocol.send_parts(self.sock, parts, protocol.NOBLOCK)
         except zmq.Again:
             self.dropped += 1
 
     def recv(self, timeout_s: float | None) -> list[bytes] | None:
-        P.set_timeout(self.sock, -1 if timeout_s is None else int(timeout_s * 1000))
+        protocol.set_timeout(self.sock, -1 if timeout_s is None else int(timeout_s * 1000))
         try:
-            return P.recv_parts(self.sock)
+            return protocol.recv_parts(self.sock)
         except zmq.Again:
             return None
 
@@ -202,5 +202,5 @@ def dealer(endpoint: str, curve=None, ctx=None) -> ZmtpDealer | LibzmqDealer:
         try:
             return ZmtpDealer(endpoint)
         except ValueError as e:
-            raise BrokerError(P.bad_endpoint(endpoint, str(e))) from None
+            raise BrokerError(protocol.bad_endpoint(endpoint, str(e))) from None
     return LibzmqDealer(endpoint, curve, ctx)

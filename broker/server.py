@@ -23,7 +23,7 @@ import zmq
 
 from channel import ChannelError, frame
 
-from . import protocol as P
+from . import protocol
 from . import trace
 from .accounting import Accounting
 from .bus import Hub, Publisher
@@ -55,8 +55,8 @@ def router(ctx, endpoint: str, max_message: int, curve) -> zmq.Socket:
         # one frame over twice the limit never reaches memory: libzmq reads its size and
         # closes the connection; between the two, the broker counts and drops it
         (zmq.MAXMSGSIZE, 2 * max_message),
-        (zmq.SNDHWM, P.BROKER_HWM),
-        (zmq.RCVHWM, P.BROKER_HWM),
+        (zmq.SNDHWM, protocol.BROKER_HWM),
+        (zmq.RCVHWM, protocol.BROKER_HWM),
     ):
         sock.setsockopt(opt, val)
     if curve:
@@ -70,9 +70,9 @@ def router(ctx, endpoint: str, max_message: int, curve) -> zmq.Socket:
 
 
 class Broker:
-    def __init__(self, endpoint: str = P.DEFAULT_ENDPOINT, heartbeat_s: float = P.HEARTBEAT_S, ctx=None,
+    def __init__(self, endpoint: str = protocol.DEFAULT_ENDPOINT, heartbeat_s: float = protocol.HEARTBEAT_S, ctx=None,
                  log_dir: Path | None = None, bus: Publisher | None = None, run: str = "default", curve=None,
-                 max_message: int = P.MAX_MSG_BYTES, bundle: float | None = None):
+                 max_message: int = protocol.MAX_MSG_BYTES, bundle: float | None = None):
         self.ctx = ctx or zmq.Context.instance()
         self.sock = router(self.ctx, endpoint, max_message, curve)
         self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
@@ -89,14 +89,14 @@ class Broker:
         self.control = Control(self, log_dir)
         self.telemetry = Telemetry(self, bus, run)
         self.verbs = {  # command -> its verb; every shape and rule checked in handle()
-            P.REGISTER: Verb(self.on_register, lambda n: n == 3, open=True),
-            P.HEARTBEAT: Verb(self.on_heartbeat, lambda n: n == 1),
-            P.SEND: Verb(self.on_send, lambda n: n >= 3 and n % 2 == 1),
-            P.STATS: Verb(self.control.on_stats, lambda n: n == 1, open=True),
-            P.CONTROL: Verb(self.control.on_control, lambda n: n == 2, open=True),
-            P.PUBLISH: Verb(self.telemetry.on_publish, lambda n: n == 4),
-            P.SUBSCRIBE: Verb(self.telemetry.on_subscribe, lambda n: n == 2, open=True),
-            P.BYE: Verb(self.on_bye, lambda n: n == 1),
+            protocol.REGISTER: Verb(self.on_register, lambda n: n == 3, open=True),
+            protocol.HEARTBEAT: Verb(self.on_heartbeat, lambda n: n == 1),
+            protocol.SEND: Verb(self.on_send, lambda n: n >= 3 and n % 2 == 1),
+            protocol.STATS: Verb(self.control.on_stats, lambda n: n == 1, open=True),
+            protocol.CONTROL: Verb(self.control.on_control, lambda n: n == 2, open=True),
+            protocol.PUBLISH: Verb(self.telemetry.on_publish, lambda n: n == 4),
+            protocol.SUBSCRIBE: Verb(self.telemetry.on_subscribe, lambda n: n == 2, open=True),
+            protocol.BYE: Verb(self.on_bye, lambda n: n == 1),
         }
         trace.name("broker")
         self.telemetry.publish_faults()  # none yet: a listing an earlier broker retained on MQTT says otherwise
@@ -136,19 +136,19 @@ class Broker:
 
     def receive(self, wait_s: float) -> None:
         """Wait up to wait_s for a message, then handle it and what is queued behind it."""
-        P.set_timeout(self.sock, int(wait_s * 1000))
+        protocol.set_timeout(self.sock, int(wait_s * 1000))
         flags = 0
         for _ in range(DRAIN):
-            if flags and not P.readable(self.sock):
+            if flags and not protocol.readable(self.sock):
                 break
             try:
-                msg = P.recv_parts(self.sock, flags)
+                msg = protocol.recv_parts(self.sock, flags)
             except zmq.Again:
                 break
             trace.mark("recv")
             self.handle(msg[0], msg[1:])
             trace.mark("handled")
-            flags = P.NOBLOCK
+            flags = protocol.NOBLOCK
 
     def handle(self, routing: bytes, parts: list[bytes]) -> None:
         """One message from one connection: checked, then dispatched on its command."""
@@ -160,7 +160,7 @@ class Broker:
         peer = self.registry.of(routing)
         if peer:
             peer.last_seen = time.monotonic()
-        if len(parts) == 1 and P.is_channel_frame(parts[0]):
+        if len(parts) == 1 and protocol.is_channel_frame(parts[0]):
             self.relay.on_agent_message(routing, peer, parts)
             return
         verb = self.verbs.get(parts[0])
@@ -173,7 +173,7 @@ class Broker:
 
     def oversized(self, routing: bytes, parts: list[bytes]) -> bool:
         """Too many parts or bytes: refused before anything reads them."""
-        if not parts or len(parts) > P.MAX_PARTS:
+        if not parts or len(parts) > protocol.MAX_PARTS:
             self.break_rule(routing, "malformed", parts, b"no parts, or too many")
             return True
         size = 0
@@ -194,18 +194,18 @@ class Broker:
         (self.acct.messages if agent_message else self.acct.other)["rejected"] += 1
         strikes = self.strikes.get(routing, 0) + 1
         self.strikes.note(routing, strikes)
-        if strikes > P.STRIKES:
+        if strikes > protocol.STRIKES:
             self.ignore(routing)
         elif reply is not None:
-            self.reply(routing, "?", [P.ERROR, reply])
+            self.reply(routing, "?", [protocol.ERROR, reply])
 
     def ignore(self, routing: bytes) -> None:
         pid = self.registry.by_routing.get(routing)
         log.warning("connection %s (%s) broke the rules %d times: ignored from now on", routing.hex(),
-                    pid.decode() if pid else "unregistered", P.STRIKES)
+                    pid.decode() if pid else "unregistered", protocol.STRIKES)
         self.ignored.note(routing, True)
         self.strikes.pop(routing, None)
-        self.reply(routing, "?", [P.ERROR, b"too many bad messages: ignored from now on"])
+        self.reply(routing, "?", [protocol.ERROR, b"too many bad messages: ignored from now on"])
         if pid:
             self.registry.forget(pid)
             self.telemetry.publish_status(pid, "offline")
@@ -214,10 +214,10 @@ class Broker:
         self.relay.release_due()
 
     def expire_dead(self) -> None:
-        limit = time.monotonic() - P.LIVENESS * self.heartbeat_s
+        limit = time.monotonic() - protocol.LIVENESS * self.heartbeat_s
         for pid, info in list(self.peers.items()):
             if info.last_seen < limit:
-                log.warning("peer %s silent for %d intervals: dead", pid.decode(), P.LIVENESS)
+                log.warning("peer %s silent for %d intervals: dead", pid.decode(), protocol.LIVENESS)
                 self.registry.forget(pid)
                 self.telemetry.publish_status(pid, "offline")  # the last will
 
@@ -227,7 +227,7 @@ class Broker:
         quiet = time.monotonic() - self.heartbeat_s
         for peer in list(self.peers.values()):
             if peer.last_sent < quiet:
-                self.deliver(peer, [P.HEARTBEAT], "control", 0)
+                self.deliver(peer, [protocol.HEARTBEAT], "control", 0)
 
     # -- registration -------------------------------------------------------------
 
@@ -241,7 +241,7 @@ class Broker:
             self.break_rule(routing, "malformed", parts, e.why)
             return
         self.strikes.pop(routing, None)
-        self.reply(routing, peer.link, [P.REGISTERED, pid])
+        self.reply(routing, peer.link, [protocol.REGISTERED, pid])
         if role != b"cli":  # a tool's id is not a component's status
             self.telemetry.publish_status(pid, "online")
         if role == b"agent" and any(self.faults.clock_of(peer.link).values()):
@@ -252,7 +252,7 @@ class Broker:
         told so, or it would register again and take the id back, and two live processes
         would trade one id forever."""
         self.break_rule(routing, "unregistered", parts,
-                        P.REPLACED if routing in self.registry.replaced else P.NOT_REGISTERED)
+                        protocol.REPLACED if routing in self.registry.replaced else protocol.NOT_REGISTERED)
 
     def on_heartbeat(self, _routing: bytes, peer: PeerInfo, parts: list[bytes]) -> None:
         self.acct.record("up", "control", peer.link, parts)
@@ -285,26 +285,26 @@ class Broker:
     def sent_frame(self, sender: PeerInfo, body: bytes) -> frame.Frame | None:
         """A SEND body as a channel frame, None for a msgpack map. The world's first
         observation with a new stamp marks the step."""
-        if not P.is_channel_frame(body):
+        if not protocol.is_channel_frame(body):
             return None
         f = frame.unpack(body)
-        if sender.id == P.WORLD_ID and f.kind == frame.Kind.OBSERVATION and f.stamp != self.acct.step:
+        if sender.id == protocol.WORLD_ID and f.kind == frame.Kind.OBSERVATION and f.stamp != self.acct.step:
             self.new_step(f.stamp)
         return f
 
     def deliver_body(self, sender: PeerInfo, dest: bytes, body: bytes, kind: str, payload: int) -> None:
-        if dest == P.ALL_AGENTS:
+        if dest == protocol.ALL_AGENTS:
             for peer in self.registry.agents():
-                if sender.id == P.SYNC_ID and self.faults.blocks_beacon(peer.link):
+                if sender.id == protocol.SYNC_ID and self.faults.blocks_beacon(peer.link):
                     self.acct.other["beacons_lost"] = self.acct.other.get("beacons_lost", 0) + 1
                     continue
-                self.deliver(peer, [P.DELIVER, sender.id, body], kind, payload)
+                self.deliver(peer, [protocol.DELIVER, sender.id, body], kind, payload)
             return
         peer = self.peers.get(dest)
         if peer is None:
             self.acct.other["unknown_destination"] += 1
             return
-        if not self.deliver(peer, [P.DELIVER, sender.id, body], kind, payload):
+        if not self.deliver(peer, [protocol.DELIVER, sender.id, body], kind, payload):
             self.acct.other["dropped"] += 1
 
     def new_step(self, step: int) -> None:
@@ -313,17 +313,17 @@ class Broker:
         self.acct.mark_step(step)
         self.relay.new_step()
         self.control.run_scheduled(step)
-        sync = self.peers.get(P.SYNC_ID)
+        sync = self.peers.get(protocol.SYNC_ID)
         if sync and self.relay_every and step % self.relay_every == 0:
             # the sync service keeps time by the world's steps, only those it asked for:
             # waking it every step costs the lockstep a context switch on small machines
-            self.deliver(sync, [P.STEP, P.pack(step)], "control", 0)
+            self.deliver(sync, [protocol.STEP, protocol.pack(step)], "control", 0)
 
     # -- sending --------------------------------------------------------------------
 
     def deliver(self, peer: PeerInfo, parts: list[bytes], kind: str, payload: int) -> bool:
         try:
-            P.send_parts(self.sock, [peer.routing, *parts], P.NOBLOCK)
+            protocol.send_parts(self.sock, [peer.routing, *parts], protocol.NOBLOCK)
         except zmq.ZMQError:  # EHOSTUNREACH (gone) or EAGAIN (its queue is full)
             return False
         peer.last_sent = time.monotonic()
@@ -333,7 +333,7 @@ class Broker:
     def reply(self, routing: bytes, link: str, parts: list[bytes]) -> bool:
         """Whether it went: a connection that is gone or reads nothing gets none."""
         try:
-            P.send_parts(self.sock, [routing, *parts], P.NOBLOCK)
+            protocol.send_parts(self.sock, [routing, *parts], protocol.NOBLOCK)
         except zmq.ZMQError:
             return False
         self.acct.record("down", "control", link, parts)

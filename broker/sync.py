@@ -17,7 +17,7 @@ import logging
 import math
 import time
 
-from . import protocol as P
+from . import protocol
 from .peer import Peer
 
 log = logging.getLogger("ddcl.sync")
@@ -53,14 +53,14 @@ def serve(endpoint: str, run_seed: int, base_seed: int, epoch_steps: int = 0, be
 
     schedule = Schedule(run_seed, base_seed, epoch_steps)
     step = 0
-    with Peer(endpoint, b"sync", P.SYNC_ID, curve=curve) as peer:
+    with Peer(endpoint, b"sync", protocol.SYNC_ID, curve=curve) as peer:
         # only the steps that matter: beacon times and epoch boundaries (multiples of the gcd)
-        relay = [P.CONTROL, P.pack({"op": P.STEP_RELAY, "every": math.gcd(beacon_every, epoch_steps)})]
-        peer.request(relay, P.CONTROL_REPLY)
+        relay = [protocol.CONTROL, protocol.pack({"op": protocol.STEP_RELAY, "every": math.gcd(beacon_every, epoch_steps)})]
+        peer.request(relay, protocol.CONTROL_REPLY)
         bus = Publisher(bus_url, run, "sync", peer)
 
         def publish_epoch(at: int) -> None:
-            bus.publish("epoch", P.pack(schedule.announcement(at)), retain=True)
+            bus.publish("epoch", protocol.pack(schedule.announcement(at)), retain=True)
 
         publish_epoch(0)
         log.info("sync service up: run seed %d, epoch seed %d, E=%d, beacons every %d", run_seed, base_seed,
@@ -77,22 +77,22 @@ def serve(endpoint: str, run_seed: int, base_seed: int, epoch_steps: int = 0, be
                 msg = peer.recv(0.2)
                 if not msg:
                     continue
-                if msg[0] == P.STEP and len(msg) == 2:
-                    new = int(P.unpack(msg[1]))
+                if msg[0] == protocol.STEP and len(msg) == 2:
+                    new = int(protocol.unpack(msg[1]))
                     if schedule.epoch_at(new) != schedule.epoch_at(step):
                         publish_epoch(new)
                     step = new
                     if beacon_every and step % beacon_every == 0:
-                        beacon = {"op": P.BEACON, "ref_step": step, "ref_time": time.time(),
+                        beacon = {"op": protocol.BEACON, "ref_step": step, "ref_time": time.time(),
                                   **schedule.announcement(step)}
-                        peer.send_to(P.ALL_AGENTS, P.pack(beacon))
-                elif msg[0] == P.DELIVER and len(msg) == 3:
+                        peer.send_to(protocol.ALL_AGENTS, protocol.pack(beacon))
+                elif msg[0] == protocol.DELIVER and len(msg) == 3:
                     try:
-                        req = P.unpack(msg[2])
+                        req = protocol.unpack(msg[2])
                     except Exception:  # msgpack raises several types on garbage
                         continue
-                    if isinstance(req, dict) and req.get("op") == P.EPOCH:
-                        peer.send_to(msg[1], P.pack({"op": P.EPOCH, "ref_step": step, **schedule.announcement(step)}))
+                    if isinstance(req, dict) and req.get("op") == protocol.EPOCH:
+                        peer.send_to(msg[1], protocol.pack({"op": protocol.EPOCH, "ref_step": step, **schedule.announcement(step)}))
         finally:
             bus.close()
 
@@ -102,12 +102,12 @@ def fetch_epoch(peer: Peer, timeout_s: float = 60.0) -> dict:
     loaded machine takes a while to import torch in every process at once)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        peer.send_to(P.SYNC_ID, P.pack({"op": P.EPOCH}))
+        peer.send_to(protocol.SYNC_ID, protocol.pack({"op": protocol.EPOCH}))
         until = time.monotonic() + 1.0
         while (left := until - time.monotonic()) > 0:
             msg = peer.recv(left)
-            if msg and msg[0] == P.DELIVER and msg[1] == P.SYNC_ID:
-                reply = P.unpack(msg[2])
-                if reply.get("op") == P.EPOCH:
+            if msg and msg[0] == protocol.DELIVER and msg[1] == protocol.SYNC_ID:
+                reply = protocol.unpack(msg[2])
+                if reply.get("op") == protocol.EPOCH:
                     return reply
     raise TimeoutError(f"no answer from the sync service in {timeout_s}s")

@@ -28,7 +28,7 @@ import socket
 import struct
 import time
 
-from . import protocol as P
+from . import protocol
 
 log = logging.getLogger("ddcl.zmtp")
 
@@ -53,11 +53,11 @@ class Malformed(ZmtpError):
 
 
 def _head(flags: int, size: int) -> bytes:
-    return bytes((flags, size)) if size <= P.SHORT_FRAME_MAX else bytes((flags | LONG,)) + size.to_bytes(8, "big")
+    return bytes((flags, size)) if size <= protocol.SHORT_FRAME_MAX else bytes((flags | LONG,)) + size.to_bytes(8, "big")
 
 
 def encode(parts: list[bytes]) -> bytes:
-    """One message as ZMTP frames (P.zmtp_framing bytes of head each)."""
+    """One message as ZMTP frames (protocol.zmtp_framing bytes of head each)."""
     last = len(parts) - 1
     return b"".join(_head(MORE if i < last else 0, len(p)) + p for i, p in enumerate(parts))
 
@@ -79,7 +79,7 @@ class Decoder:
     greeting, commands and messages. Raises Malformed (or ZmtpError, for a mechanism it
     cannot speak) on a stream that breaks the protocol."""
 
-    def __init__(self, max_frame: int = P.MAX_MSG_BYTES):
+    def __init__(self, max_frame: int = protocol.MAX_MSG_BYTES):
         self.max_frame = max_frame
         self.buf = bytearray()
         self.pos = 0

@@ -95,13 +95,15 @@ def add_broker_fault(sub) -> None:
 
 
 def _fault_request(args) -> dict:
+    from broker import protocol
+
     if args.fault_cmd == "list":
-        return {"op": "fault-list"}
+        return {"op": protocol.FAULT_LIST}
     if args.fault_cmd == "clear":
         if args.all == (args.id is not None):
             raise Refused("give a fault ID or --all")
-        return {"op": "fault-clear", "id": args.id}
-    return {"op": "fault-add", "kind": args.fault_cmd, "target": getattr(args, "agent", None) or args.link,
+        return {"op": protocol.FAULT_CLEAR, "id": args.id}
+    return {"op": protocol.FAULT_ADD, "kind": args.fault_cmd, "target": getattr(args, "agent", None) or args.link,
             "value": args.value, **{name: getattr(args, name) for name, _, _ in BURST_OPTIONS if hasattr(args, name)}}
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import zmq
 
-from broker import protocol as P
+from broker import protocol
 from broker.peer import BrokerError, LibzmqDealer, Peer
 from broker.zmtp import ZmtpDealer
 from channel import codecs, frame
@@ -28,15 +28,15 @@ def message(sender: int, values) -> bytes:
 
 def test_assigns_ids_routes_broadcasts_and_counts(procs):
     ep = procs.broker()
-    with Peer(ep, b"agent") as a0, Peer(ep, b"agent") as a1, Peer(ep, b"agent") as a2, Peer(ep, b"world", P.WORLD_ID) as w:
+    with Peer(ep, b"agent") as a0, Peer(ep, b"agent") as a1, Peer(ep, b"agent") as a2, Peer(ep, b"world", protocol.WORLD_ID) as w:
         assert (a0.id, a1.id, a2.id) == (b"agent-0", b"agent-1", b"agent-2")
         data = message(0, [1, -2, 0, 3])
         a0.broadcast_frame(data)
         assert a1.recv(5) == [data] and a2.recv(5) == [data]
         assert a0.recv(0.2) is None  # not echoed to the sender, nor sent to the world
         assert w.recv(0.2) is None
-        a1.send_to(P.WORLD_ID, b"\x81\xa2op\xa1x")
-        assert w.recv(5) == [P.DELIVER, b"agent-1", b"\x81\xa2op\xa1x"]
+        a1.send_to(protocol.WORLD_ID, b"\x81\xa2op\xa1x")
+        assert w.recv(5) == [protocol.DELIVER, b"agent-1", b"\x81\xa2op\xa1x"]
         a1.send_to(b"agent-9", b"\x80")  # unknown destination: counted, not fatal
         s = stats(ep)
     assert s["messages"] == {"sent": 1, "delivered": 1, "dropped": 0, "rejected": 0}
@@ -49,11 +49,11 @@ def test_assigns_ids_routes_broadcasts_and_counts(procs):
 
 def test_one_send_reaches_several_destinations_and_a_bad_frame_refuses_it_whole(procs):
     ep = procs.broker()
-    obs = [frame.pack(kind=frame.Kind.OBSERVATION, sender=P.WORLD_SENDER, codec=0, count=1,
+    obs = [frame.pack(kind=frame.Kind.OBSERVATION, sender=protocol.WORLD_SENDER, codec=0, count=1,
                       payload=np.float32(k).tobytes(), stamp_mode=frame.StampMode.FULL, stamp=7) for k in range(2)]
-    with Peer(ep, b"agent") as a0, Peer(ep, b"agent") as a1, Peer(ep, b"world", P.WORLD_ID) as w:
+    with Peer(ep, b"agent") as a0, Peer(ep, b"agent") as a1, Peer(ep, b"world", protocol.WORLD_ID) as w:
         w.send_each([(b"agent-0", obs[0]), (b"agent-1", obs[1])])
-        assert a0.recv(5) == [P.DELIVER, P.WORLD_ID, obs[0]] and a1.recv(5) == [P.DELIVER, P.WORLD_ID, obs[1]]
+        assert a0.recv(5) == [protocol.DELIVER, protocol.WORLD_ID, obs[0]] and a1.recv(5) == [protocol.DELIVER, protocol.WORLD_ID, obs[1]]
         s = stats(ep)
         assert s["step"] == 7 and s["steps"] == 1  # the step boundary, marked once
         up = s["totals"]["up"]["env"]
@@ -62,10 +62,10 @@ def test_one_send_reaches_several_destinations_and_a_bad_frame_refuses_it_whole(
                       "total": 1 + 2 * 7 + sum(len(o) for o in obs) + 2 * 5}
         assert s["totals"]["down"]["env"]["total"] == sum(1 + 5 + len(o) + 2 * 3 for o in obs)
         w.send_each([(b"agent-0", obs[0]), (b"agent-1", b"\x40\x01")])  # the second frame is truncated
-        assert w.recv(5) == [P.ERROR, b"malformed frame"]
+        assert w.recv(5) == [protocol.ERROR, b"malformed frame"]
         assert a0.recv(0.3) is None  # nothing of a refused message is delivered
-        w.send_parts([P.SEND, b"agent-0", obs[0], b"agent-1"])  # a destination without a body
-        assert w.recv(5) == [P.ERROR, b"malformed command"]
+        w.send_parts([protocol.SEND, b"agent-0", obs[0], b"agent-1"])  # a destination without a body
+        assert w.recv(5) == [protocol.ERROR, b"malformed command"]
         s = stats(ep)
     assert s["other"]["rejected"] == 2
 
@@ -82,9 +82,9 @@ def test_malformed_input_is_counted_and_the_broker_keeps_serving(procs):
         a0.broadcast_frame(message(5, [1, 2]))  # claims another sender id
         a0.send_parts([b"\x3f", b"junk"])  # unknown command
         err = a0.recv(5)
-        assert err[0] == P.ERROR
-        a0.send_to(P.WORLD_ID, b"\x40\x01")  # truncated observation frame
-        assert a0.recv(5)[0] == P.ERROR
+        assert err[0] == protocol.ERROR
+        a0.send_to(protocol.WORLD_ID, b"\x40\x01")  # truncated observation frame
+        assert a0.recv(5)[0] == protocol.ERROR
         good = message(0, [0, 0, 1, 0])
         a0.broadcast_frame(good)
         assert a1.recv(5) == [good]
@@ -104,8 +104,8 @@ def test_unregistered_and_bad_registrations_are_refused(procs):
     s = ctx.socket(zmq.DEALER)
     s.setsockopt(zmq.LINGER, 0)
     s.connect(ep)
-    s.send_multipart([P.SEND, P.WORLD_ID, b"\x80"])
-    assert s.poll(5000) and s.recv_multipart() == [P.ERROR, b"register first"]
+    s.send_multipart([protocol.SEND, protocol.WORLD_ID, b"\x80"])
+    assert s.poll(5000) and s.recv_multipart() == [protocol.ERROR, b"register first"]
     s.close()
 
 
@@ -116,7 +116,7 @@ def test_dead_peers_expire_and_restarted_agents_reclaim_their_id(procs):
     until(ep, lambda s: "agent-3" not in s["peers"])  # after LIVENESS silent heartbeats; later when loaded
     with Peer(ep, b"agent", b"agent-3") as again, Peer(ep, b"agent") as other:
         assert again.id == b"agent-3"
-        other.broadcast_frame(message(P.agent_index(other.id), [1]))
+        other.broadcast_frame(message(protocol.agent_index(other.id), [1]))
         assert again.recv(5) is not None
 
 
@@ -124,7 +124,7 @@ def test_a_peer_given_up_for_dead_registers_again_under_its_id(procs):
     ep = procs.broker()
     with Peer(ep, b"agent", b"agent-2") as stalled:
         until(ep, lambda s: "agent-2" not in s["peers"])  # nothing sent, nothing read: a stopped process
-        stalled.send_to(P.WORLD_ID, b"\x80")  # answered with ERROR register first
+        stalled.send_to(protocol.WORLD_ID, b"\x80")  # answered with ERROR register first
         deadline = time.monotonic() + SLOW_S
         while stalled.reregistrations == 0 and time.monotonic() < deadline:
             assert stalled.recv(0.1) is None  # the error and the new REGISTERED stay inside Peer
@@ -135,10 +135,10 @@ def test_a_peer_given_up_for_dead_registers_again_under_its_id(procs):
 def test_a_replaced_peer_is_told_so_instead_of_taking_its_id_back(procs):
     ep = procs.broker()
     with Peer(ep, b"agent", b"agent-4") as old, Peer(ep, b"agent", b"agent-4") as new, Peer(ep, b"agent") as other:
-        old.send_to(P.WORLD_ID, b"\x80")
+        old.send_to(protocol.WORLD_ID, b"\x80")
         with pytest.raises(BrokerError, match="taken over"):
             old.recv(5)
-        data = message(P.agent_index(other.id), [1, 2])
+        data = message(protocol.agent_index(other.id), [1, 2])
         other.broadcast_frame(data)
         assert new.recv(5) == [data] and new.reregistrations == 0
 
@@ -150,13 +150,13 @@ def test_an_idle_peer_hears_the_brokers_heartbeats(procs):
     raw = zmq.Context.instance().socket(zmq.DEALER)
     raw.setsockopt(zmq.LINGER, 0)
     raw.connect(ep)
-    raw.send_multipart([P.REGISTER, b"agent", b"agent-5"])
-    assert raw.poll(5000) and raw.recv_multipart() == [P.REGISTERED, b"agent-5"]
-    assert raw.poll(int(2.5 * P.HEARTBEAT_S * 1000)) and raw.recv_multipart() == [P.HEARTBEAT]
+    raw.send_multipart([protocol.REGISTER, b"agent", b"agent-5"])
+    assert raw.poll(5000) and raw.recv_multipart() == [protocol.REGISTERED, b"agent-5"]
+    assert raw.poll(int(2.5 * protocol.HEARTBEAT_S * 1000)) and raw.recv_multipart() == [protocol.HEARTBEAT]
     raw.close()
     with Peer(ep, b"agent") as quiet:
-        assert quiet.recv(2.5 * P.HEARTBEAT_S) is None
-        assert quiet.silent_s() < 2 * P.HEARTBEAT_S
+        assert quiet.recv(2.5 * protocol.HEARTBEAT_S) is None
+        assert quiet.silent_s() < 2 * protocol.HEARTBEAT_S
 
 
 class CountingRelay:
@@ -206,14 +206,14 @@ def test_broker_byte_count_equals_the_bytes_on_the_socket(procs, dealer):
             s.recv(0.05)  # a ZmtpDealer connects and greets in here
         greeting = relay.settle()  # ZMTP greeting + READY handshake, which the broker cannot see
         assert greeting[0] > 64 and greeting[1] > 64
-        s.send([P.REGISTER, b"agent", b"agent-7"])
-        assert s.recv(5) == [P.REGISTERED, b"agent-7"]
+        s.send([protocol.REGISTER, b"agent", b"agent-7"])
+        assert s.recv(5) == [protocol.REGISTERED, b"agent-7"]
         rng = np.random.default_rng(0)
         for n in (1, 4, 100, 700):  # small and > 255-byte frames
             s.send([message(7, np.round(rng.laplace(0, 30, n)).astype(int))])
-            other.broadcast_frame(message(P.agent_index(other.id), np.round(rng.laplace(0, 3, n)).astype(int)))
-        s.send([P.HEARTBEAT])
-        s.send([P.SEND, b"agent-0", b"\x80"])
+            other.broadcast_frame(message(protocol.agent_index(other.id), np.round(rng.laplace(0, 3, n)).astype(int)))
+        s.send([protocol.HEARTBEAT])
+        s.send([protocol.SEND, b"agent-0", b"\x80"])
         for _ in range(4):
             assert s.recv(5) is not None
         assert other.recv(5) is not None and other.recv(0.2) is not None
@@ -226,7 +226,7 @@ def test_broker_byte_count_equals_the_bytes_on_the_socket(procs, dealer):
 
 def control(endpoint: str, **req) -> dict:
     with Peer(endpoint, b"cli") as p:
-        return p.request([P.CONTROL, P.pack(req)], P.CONTROL_REPLY)
+        return p.request([protocol.CONTROL, protocol.pack(req)], protocol.CONTROL_REPLY)
 
 
 def test_link_faults_drop_duplicate_delay_and_reorder_agent_messages(procs):
@@ -290,8 +290,8 @@ def test_partition_corrupt_bandwidth_and_burst_loss_from_the_cli(procs):
 def test_malformed_control_requests_get_errors_and_change_nothing(procs):
     ep = procs.broker()
     with Peer(ep, b"cli") as p:
-        for body in (b"\xc1garbage", P.pack([1, 2]), P.pack({"op": "explode"}), P.pack({"op": "fault-clear", "id": "x"})):
-            reply = p.request([P.CONTROL, body], P.CONTROL_REPLY)
+        for body in (b"\xc1garbage", protocol.pack([1, 2]), protocol.pack({"op": "explode"}), protocol.pack({"op": "fault-clear", "id": "x"})):
+            reply = p.request([protocol.CONTROL, body], protocol.CONTROL_REPLY)
             assert reply["ok"] is False and reply["error"]
     assert control(ep, op="fault-list")["faults"] == []
 
@@ -308,7 +308,7 @@ def test_beacons_from_anyone_but_the_sync_service_are_ignored_and_counted(procs,
     # registered only now: a silent peer would be declared dead after 3 heartbeats
     with Peer(ep, b"agent", b"agent-9") as rogue:  # registered, but not the sync service
         for _ in range(5):
-            rogue.send_to(P.ALL_AGENTS, P.pack({"op": "beacon", "ref_step": 0, "ref_time": 0.0, "run_seed": 0,
+            rogue.send_to(protocol.ALL_AGENTS, protocol.pack({"op": "beacon", "ref_step": 0, "ref_time": 0.0, "run_seed": 0,
                                                 "epoch": 9, "epochs": [[0, 12345]]}))
         # the run's length, not a fixed window: 3000 steps take 5 s alone and over a minute
         # beside seven other test workers on two cores (seen failing at 60 s under -n 8)

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from broker import protocol as P
+from broker import protocol
 from broker.bus import BusRefused, Hub
 from broker.linkline import LinkLine
 from broker.server import Broker
@@ -23,25 +23,25 @@ RICE = codecs.get("rice")
 
 @given(st.binary(max_size=40))
 def test_agent_index_takes_any_bytes_and_accepts_only_canonical_ids(raw):
-    k = P.agent_index(raw)
+    k = protocol.agent_index(raw)
     if k is None:
-        assert not P.valid_id(b"agent", raw)
+        assert not protocol.valid_id(b"agent", raw)
     else:
-        assert 0 <= k < P.MAX_AGENTS and P.agent_id(k) == raw
+        assert 0 <= k < protocol.MAX_AGENTS and protocol.agent_id(k) == raw
 
 
 def test_agent_ids_round_trip_and_the_grammar_holds_at_its_edges():
-    assert all(P.agent_index(P.agent_id(k)) == k for k in range(P.MAX_AGENTS))
+    assert all(protocol.agent_index(protocol.agent_id(k)) == k for k in range(protocol.MAX_AGENTS))
     for bad in (b"agent-255", b"agent-007", b"agent--1", b"agent-1 ", b"agent-" + b"9" * 5000, b"agent-\xd9\xa3"):
-        assert P.agent_index(bad) is None
-    assert P.valid_id(b"world", b"world") and not P.valid_id(b"world", b"\xc5")
-    assert P.valid_id(b"cli", b"cli-0a9z") and not P.valid_id(b"cli", b"cli-" + b"a" * 17)
+        assert protocol.agent_index(bad) is None
+    assert protocol.valid_id(b"world", b"world") and not protocol.valid_id(b"world", b"\xc5")
+    assert protocol.valid_id(b"cli", b"cli-0a9z") and not protocol.valid_id(b"cli", b"cli-" + b"a" * 17)
 
 
-@given(st.sampled_from(P.ROLES + (b"x",)), st.binary(max_size=64))
+@given(st.sampled_from(protocol.ROLES + (b"x",)), st.binary(max_size=64))
 def test_every_valid_id_is_short_ascii(role, raw):
-    if P.valid_id(role, raw):
-        assert len(raw) <= P.MAX_ID_BYTES and raw.decode("ascii")
+    if protocol.valid_id(role, raw):
+        assert len(raw) <= protocol.MAX_ID_BYTES and raw.decode("ascii")
 
 
 @given(st.binary(max_size=600), st.binary(max_size=300), st.booleans())
@@ -52,7 +52,7 @@ def test_the_hub_takes_any_topic_bytes_and_raises_only_bus_refused(topic, payloa
     except BusRefused:
         assert not hub.retained
         return
-    assert len(topic) <= P.MAX_TOPIC_BYTES and b"#" not in topic and b"+" not in topic
+    assert len(topic) <= protocol.MAX_TOPIC_BYTES and b"#" not in topic and b"+" not in topic
 
 
 @given(st.binary(max_size=600))
@@ -63,31 +63,31 @@ def test_the_hub_takes_any_filter_bytes_and_raises_only_bus_refused(pattern):
     except BusRefused:
         assert not hub.subs
         return
-    assert replies[0] == [P.SUBSCRIBED, pattern]
+    assert replies[0] == [protocol.SUBSCRIBED, pattern]
 
 
 def test_the_hub_caps_subscribers_filters_and_retained_topics():
     hub = Hub("r")
-    for k in range(P.MAX_SUBSCRIBERS):
+    for k in range(protocol.MAX_SUBSCRIBERS):
         hub.subscribe(b"c%d" % k, b"ddcl/#")
     with pytest.raises(BusRefused, match="subscribers"):
         hub.subscribe(b"one more", b"ddcl/#")
-    for k in range(P.MAX_FILTERS - 1):
+    for k in range(protocol.MAX_FILTERS - 1):
         hub.subscribe(b"c0", b"ddcl/%d" % k)
     with pytest.raises(BusRefused, match="per connection"):
         hub.subscribe(b"c0", b"ddcl/x")
-    publishers = [b"agent-%d" % k for k in range(P.MAX_RETAINED // P.MAX_RETAINED_PER_PEER + 1)]
+    publishers = [b"agent-%d" % k for k in range(protocol.MAX_RETAINED // protocol.MAX_RETAINED_PER_PEER + 1)]
     for pub in publishers:
-        for k in range(P.MAX_RETAINED_PER_PEER):
+        for k in range(protocol.MAX_RETAINED_PER_PEER):
             try:
                 hub.publish(b"%s/%d" % (pub, k), b"v", True, pub)
             except BusRefused as e:
                 assert "retained topics already" in str(e)
-    assert len(hub.retained) == P.MAX_RETAINED
+    assert len(hub.retained) == protocol.MAX_RETAINED
     hub.publish("status/agent-0", b"online", True)  # the broker's own are never crowded out
-    assert len(hub.retained) == P.MAX_RETAINED + 1
+    assert len(hub.retained) == protocol.MAX_RETAINED + 1
     hub.publish(b"agent-0/0", b"", True, b"agent-0")  # an empty retained payload clears
-    assert len(hub.retained) == P.MAX_RETAINED and hub.retained_by[b"agent-0"] == P.MAX_RETAINED_PER_PEER - 1
+    assert len(hub.retained) == protocol.MAX_RETAINED and hub.retained_by[b"agent-0"] == protocol.MAX_RETAINED_PER_PEER - 1
 
 
 def test_a_reorder_window_releases_its_copies_shuffled_and_delays_hold_in_order():
@@ -109,19 +109,19 @@ def _frame(sender: int, values: list[int]) -> bytes:
                       payload=RICE.encode(values))
 
 
-COMMANDS = [P.REGISTER, P.HEARTBEAT, P.SEND, P.STATS, P.CONTROL, P.PUBLISH, P.SUBSCRIBE, P.BYE, b"\x3f", b""]
+COMMANDS = [protocol.REGISTER, protocol.HEARTBEAT, protocol.SEND, protocol.STATS, protocol.CONTROL, protocol.PUBLISH, protocol.SUBSCRIBE, protocol.BYE, b"\x3f", b""]
 IDS = [b"", b"agent-0", b"agent-1", b"agent-254", b"agent-255", b"agent-01", b"world", b"sync", b"cli-ab",
        b"\xc5", b"agent-" + b"9" * 5000, b"*"]
 part = st.one_of(
-    st.sampled_from(COMMANDS + IDS + list(P.ROLES)),
+    st.sampled_from(COMMANDS + IDS + list(protocol.ROLES)),
     st.binary(max_size=40),
     st.builds(_frame, st.integers(0, 255), st.lists(st.integers(-50, 50), min_size=1, max_size=6)),
-    st.builds(P.pack, st.dictionaries(st.sampled_from(["op", "kind", "target", "value", "id", "every"]),
-                                      st.one_of(st.sampled_from(list(P.CONTROL_OPS) + ["skew", "delay", "*"]),
+    st.builds(protocol.pack, st.dictionaries(st.sampled_from(["op", "kind", "target", "value", "id", "every"]),
+                                      st.one_of(st.sampled_from(list(protocol.CONTROL_OPS) + ["skew", "delay", "*"]),
                                                 st.integers(-5, 10**9), st.floats(), st.binary(max_size=8)))),
 )
 message = st.one_of(
-    st.tuples(st.sampled_from([P.REGISTER]), st.sampled_from(P.ROLES + (b"x",)), st.sampled_from(IDS)).map(list),
+    st.tuples(st.sampled_from([protocol.REGISTER]), st.sampled_from(protocol.ROLES + (b"x",)), st.sampled_from(IDS)).map(list),
     st.lists(part, min_size=0, max_size=7),
 )
 
@@ -141,14 +141,14 @@ class BrokerUnderFire(RuleBasedStateMachine):
 
     @rule(conn=st.integers(0, 5), k=st.integers(0, 3))
     def register_agent(self, conn, k):
-        self.broker.handle(b"\x00conn%d" % conn, [P.REGISTER, b"agent", P.agent_id(k)])
+        self.broker.handle(b"\x00conn%d" % conn, [protocol.REGISTER, b"agent", protocol.agent_id(k)])
 
     @rule(conn=st.integers(0, 5), kind=st.sampled_from(["skew", "drift", "delay", "drop", "duplicate", "reorder",
                                                          "beacon-loss", "stale-seed"]),
           where=st.sampled_from(["*", "agent-0", "agent-1", "agent-0>agent-1"]), value=st.integers(0, 5))
     def add_fault(self, conn, kind, where, value):
-        req = {"op": P.FAULT_ADD, "kind": kind, "target": where, "value": value}
-        self.broker.handle(b"\x00conn%d" % conn, [P.CONTROL, P.pack(req)])
+        req = {"op": protocol.FAULT_ADD, "kind": kind, "target": where, "value": value}
+        self.broker.handle(b"\x00conn%d" % conn, [protocol.CONTROL, protocol.pack(req)])
 
     @rule(conn=st.integers(0, 5), sender=st.integers(0, 3), values=st.lists(st.integers(-9, 9), min_size=1, max_size=4))
     def agent_message(self, conn, sender, values):
@@ -167,8 +167,8 @@ class BrokerUnderFire(RuleBasedStateMachine):
         b = self.broker
         m = b.acct.messages
         assert m["sent"] == m["delivered"] + m["dropped"] + m["rejected"]
-        assert len(b.peers) <= P.MAX_PEERS and len(b.hub.retained) <= P.MAX_RETAINED + P.MAX_PEERS + 1
-        assert all(P.valid_id(p.role, p.id) for p in b.peers.values())
+        assert len(b.peers) <= protocol.MAX_PEERS and len(b.hub.retained) <= protocol.MAX_RETAINED + protocol.MAX_PEERS + 1
+        assert all(protocol.valid_id(p.role, p.id) for p in b.peers.values())
         assert b.stats()["steps"] >= 0
 
     def teardown(self):

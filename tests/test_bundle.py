@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from broker import protocol as P
+from broker import protocol
 from broker import bundle
 from broker.bundle import Bundler, Spoken
 from broker.peer import Peer

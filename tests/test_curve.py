@@ -6,7 +6,7 @@ import pytest
 import zmq
 import zmq.auth
 
-from broker import protocol as P
+from broker import protocol
 from broker.curve import Curve, generate
 from broker.peer import BrokerError, Peer
 from tests.conftest import ROOT, free_port, wait_port
@@ -32,7 +32,7 @@ def test_only_authorized_keys_get_through(procs, tmp_path):
     plain = zmq.Context.instance().socket(zmq.DEALER)  # no CURVE at all
     plain.setsockopt(zmq.LINGER, 0)
     plain.connect(ep)
-    plain.send_multipart([P.REGISTER, b"agent", b""])
+    plain.send_multipart([protocol.REGISTER, b"agent", b""])
     assert plain.poll(1500) == 0
     plain.close()
     with Peer(ep, b"cli", curve=Curve(keys)) as cli:

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 import torch
 
-from agents import lockstep as L
+from agents import lockstep
 from agents.desync import desync_by_step
 from agents.inprocess import run_inprocess
 from agents.run_config import RunConfig
-from broker import protocol as P
+from broker import protocol
 from broker.peer import Peer
 from channel import frame
 from tests.conftest import DEVICES, ROOT, SLOW_S, ddcl, free_port, steps_done, wait_registered, wait_row, wait_steps
@@ -247,7 +247,7 @@ def test_step_0_waits_until_every_agent_is_ready(procs):
     wait_registered(ep, "world", world)
     with Peer(ep, b"agent", b"agent-0") as a0, Peer(ep, b"agent", b"agent-1") as a1:
         def ops(got: list[bytes]) -> list[str | None]:
-            return [None if P.is_channel_frame(b) else P.unpack(b)["op"] for b in got]  # None: an observation
+            return [None if protocol.is_channel_frame(b) else protocol.unpack(b)["op"] for b in got]  # None: an observation
 
         def from_world(seconds: float, until=lambda ops: False) -> list[bytes]:
             """What the world sent either stand-in within `seconds`, or until `until(their
@@ -257,20 +257,20 @@ def test_step_0_waits_until_every_agent_is_ready(procs):
                 for a in (a0, a1):
                     a.heartbeat_if_idle()
                     msg = a.recv(0.05)
-                    if msg and msg[0] == P.DELIVER and msg[1] == P.WORLD_ID:
+                    if msg and msg[0] == protocol.DELIVER and msg[1] == protocol.WORLD_ID:
                         got.append(msg[2])
             return got
 
         for a in (a0, a1):
-            a.send_to(P.WORLD_ID, P.pack({"op": L.JOIN}))
-        joined = ops(from_world(SLOW_S, until=lambda ops: ops.count(L.CONFIG) >= 2))
-        assert joined.count(L.CONFIG) >= 2 and None not in joined, joined
-        a0.send_to(P.WORLD_ID, P.pack({"op": L.READY}))
+            a.send_to(protocol.WORLD_ID, protocol.pack({"op": lockstep.JOIN}))
+        joined = ops(from_world(SLOW_S, until=lambda ops: ops.count(lockstep.CONFIG) >= 2))
+        assert joined.count(lockstep.CONFIG) >= 2 and None not in joined, joined
+        a0.send_to(protocol.WORLD_ID, protocol.pack({"op": lockstep.READY}))
         assert None not in ops(from_world(2.0))  # ten deadlines: still no observation
-        a1.send_to(P.WORLD_ID, P.pack({"op": L.READY}))
+        a1.send_to(protocol.WORLD_ID, protocol.pack({"op": lockstep.READY}))
         got = from_world(SLOW_S, until=lambda ops: None in ops)
         assert None in ops(got), f"no observation {SLOW_S} s after both agents were ready: {ops(got)}"
-        first = frame.unpack(next(b for b in got if P.is_channel_frame(b)))
+        first = frame.unpack(next(b for b in got if protocol.is_channel_frame(b)))
         assert (first.kind, first.stamp) == (frame.Kind.OBSERVATION, 0)
     assert world.wait(SLOW_S) == 0, procs.log("world")  # no actions: every step passed its deadline
 

@@ -11,7 +11,7 @@ import zmq
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from broker import protocol as P
+from broker import protocol
 from broker.curve import generate
 from broker.peer import BrokerError, Peer
 from broker.zmtp import GREETING, READY, Decoder, Malformed, ZmtpDealer, ZmtpError, command, encode, tcp_address
@@ -48,7 +48,7 @@ def test_frames_are_what_zmtp_and_the_broker_count():
     assert encode([b"ab", b"c"]) == b"\x01\x02ab\x00\x01c"
     assert encode([b"x" * 256]) == b"\x02" + (256).to_bytes(8, "big") + b"x" * 256
     for size in (0, 255, 256, 70000):
-        assert len(encode([b"y" * size])) - size == P.zmtp_framing(size)
+        assert len(encode([b"y" * size])) - size == protocol.zmtp_framing(size)
     assert command(b"PONG", b"ctx") == b"\x04\x08\x04PONGctx"
 
 

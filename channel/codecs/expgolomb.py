@@ -11,7 +11,7 @@ import torch
 
 from ..errors import CodecError
 from ..frame import CODEC_IDS
-from . import bits as B
+from . import bits
 from .base import Codec
 
 MAX_PREFIX = 32  # x < 2**33 for |m| < 2**31
@@ -22,25 +22,25 @@ class ExpGolombCodec(Codec):
     wire_id = CODEC_IDS["expgolomb"]
 
     def encode_bits(self, values):
-        m = B.as_values(values)
+        m = bits.as_values(values)
         x = np.where(m > 0, 2 * m - 1, -2 * m).astype(np.uint64) + np.uint64(1)
-        widths = 2 * B.bit_length(x) - 1
+        widths = 2 * bits.bit_length(x) - 1
         ends = np.cumsum(widths)
         total = int(ends[-1]) if m.size else 0
         out = np.zeros(-(-total // 8) * 8, dtype=np.uint8)
-        B.scatter_fields(out, x, widths, ends - widths)
-        return B.pack(out), total
+        bits.scatter_fields(out, x, widths, ends - widths)
+        return bits.pack(out), total
 
     def decode(self, data, count):
-        n = B.check_count(count)
+        n = bits.check_count(count)
         nbytes = len(data)
         if nbytes * 8 < n:
             raise CodecError(f"{nbytes} bytes cannot hold {n} exp-Golomb values")
-        bits = B.unpack(data)
-        size = bits.size
+        stream = bits.unpack(data)
+        size = stream.size
         # next_one[j]: position of the first 1 at or after bit j (size when none).
         marks = np.full(size + 1, size, dtype=np.int64)
-        ones = np.nonzero(bits.view(bool))[0]
+        ones = np.nonzero(stream.view(bool))[0]
         marks[ones] = ones
         next_one = np.minimum.accumulate(marks[::-1])[::-1].tolist()
         lead = np.empty(n, dtype=np.int64)
@@ -53,11 +53,11 @@ class ExpGolombCodec(Codec):
                 raise CodecError(f"truncated or oversized exp-Golomb codeword {i}")
             lead[i], width[i] = p, w
             s = p + w
-        B.check_padding(bits, s, nbytes)
-        x = B.gather_fields(bits, lead, width).astype(np.int64)
+        bits.check_padding(stream, s, nbytes)
+        x = bits.gather_fields(stream, lead, width).astype(np.int64)
         c = x - 1
         m = np.where(c & 1 == 1, (c + 1) >> 1, -(c >> 1))
-        if n and np.abs(m).max() > B.VALUE_LIMIT:
+        if n and np.abs(m).max() > bits.VALUE_LIMIT:
             raise CodecError("exp-Golomb value out of range")
         return m
 

@@ -7,7 +7,7 @@ import torch
 
 from ..errors import CodecError
 from ..frame import CODEC_IDS
-from . import bits as B
+from . import bits
 from .base import Codec
 
 
@@ -17,14 +17,14 @@ class Float32Codec(Codec):
 
     def encode_bits(self, values):
         a = np.asarray(values, dtype=np.float32).reshape(-1)
-        B.check_count(a.size)
+        bits.check_count(a.size)
         if not np.all(np.isfinite(a)):
             raise CodecError("float32 codec refuses NaN and infinity")
         data = a.astype("<f4", copy=False).tobytes()
         return data, 8 * len(data)
 
     def decode(self, data, count):
-        n = B.check_count(count)
+        n = bits.check_count(count)
         if len(data) != 4 * n:
             raise CodecError(f"float32 message of {n} values needs {4 * n} bytes, got {len(data)}")
         a = np.frombuffer(data, dtype="<f4").astype(np.float32)

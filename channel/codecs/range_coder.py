@@ -15,7 +15,7 @@ import constriction
 
 from ..errors import CodecError
 from ..frame import CODEC_IDS
-from . import bits as B
+from . import bits
 from .base import Codec
 from .categorical import CategoricalModel
 
@@ -60,7 +60,7 @@ class RangeCodec(Codec):
         return type(self), (self.model,)
 
     def encode_bits(self, values):
-        m = B.as_values(values)
+        m = bits.as_values(values)
         k = self.model.size
         sym = m - self.model.lo
         escaped = (sym < 0) | (sym >= k)
@@ -72,7 +72,7 @@ class RangeCodec(Codec):
             if part.size:
                 _guard(enc.encode, part, row)
         if escaped.any():
-            u = B.zigzag(m[escaped])
+            u = bits.zigzag(m[escaped])
             halves = np.stack([u >> np.uint64(16), u & np.uint64(0xFFFF)], axis=1)
             _guard(enc.encode, halves.reshape(-1).astype(np.int32), self._raw)
         data = enc.get_compressed().astype("<u4").tobytes().rstrip(b"\0")
@@ -82,7 +82,7 @@ class RangeCodec(Codec):
         return data, 8 * len(data) - ((last & -last).bit_length() - 1)
 
     def decode(self, data, count):
-        n = B.check_count(count)
+        n = bits.check_count(count)
         data = bytes(data)
         if data and data[-1] == 0:
             raise CodecError("range stream has a trailing zero byte")
@@ -104,8 +104,8 @@ class RangeCodec(Codec):
         if escaped.any():
             raw = _guard(dec.decode, self._raw, 2 * int(escaped.sum())).astype(np.uint64)
             u = (raw[0::2] << np.uint64(16)) | raw[1::2]
-            m[escaped] = B.unzigzag(u)
-        if np.abs(m).max() > B.VALUE_LIMIT or self.encode(m) != data:
+            m[escaped] = bits.unzigzag(u)
+        if np.abs(m).max() > bits.VALUE_LIMIT or self.encode(m) != data:
             raise CodecError("range stream is not a valid encoding of any message")
         return m
 

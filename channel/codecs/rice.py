@@ -24,7 +24,7 @@ from numba import njit
 
 from ..errors import CodecError
 from ..frame import CODEC_IDS
-from . import bits as B
+from . import bits
 from .base import Codec
 
 K_BITS = 5
@@ -183,13 +183,13 @@ class RiceCodec(Codec):
     wire_id = CODEC_IDS["rice"]
 
     def encode_bits(self, values):
-        out, nbits = _encode(B.as_values(values, check_limit=False), B.VALUE_LIMIT)
+        out, nbits = _encode(bits.as_values(values, check_limit=False), bits.VALUE_LIMIT)
         if nbits < 0:
-            raise CodecError(f"values must satisfy |m| <= {B.VALUE_LIMIT}")
+            raise CodecError(f"values must satisfy |m| <= {bits.VALUE_LIMIT}")
         return out.tobytes(), nbits
 
     def decode(self, data, count):
-        n = B.check_count(count)
+        n = bits.check_count(count)
         nbytes = len(data)
         if not K_BITS + n <= nbytes * 8 < K_BITS + n * MAX_BITS_PER_VALUE + 8:
             raise CodecError(f"{nbytes} bytes cannot be {n} Rice values")
