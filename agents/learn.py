@@ -19,7 +19,7 @@ import argparse
 import json
 import signal
 import sys
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from pathlib import Path
 
 from .launcher import ProcessGroup, ddcl, exit_reason, free_port, last_words, wait_port, wait_world
@@ -31,7 +31,6 @@ STOP_GRACE_S = 300.0  # a stopped world ends its update, evaluates on held-out i
 # dead misses some, and the run stalls. Setting up, a first CUDA call or a large backward
 # pass keeps a process from heartbeating for seconds, so the broker waits longer for one.
 BROKER_HEARTBEAT_S = 10.0
-UP_DEFAULTS = {"batch": 1, "codec": "rice"}  # `ddcl up`'s defaults where `ddcl train`'s differ
 
 
 def role(*args: str) -> list[str]:
@@ -104,26 +103,9 @@ def render(s: dict) -> str:
     return "\n".join(lines)
 
 
-def add_train_flags(p: argparse.ArgumentParser) -> None:
-    """`ddcl up --train` and TrainConfig's options that `ddcl up` does not have already
-    (its --env, --agents, --batch, --codec, --seed, --core, --aggregate, --device mean
-    the same for training; --batch and --codec default to `ddcl train`'s when left out)."""
-    p.add_argument("--train", action="store_true", help="train networked (`ddcl train` over the broker), write OUT")
-    p.add_argument("--grad-codec", default="float32", choices=GRAD_CODECS,
-                   help="--train: gradient frames' floats (default float32)")
-    have = {a.dest for a in p._actions}
-    for f in fields(TrainConfig):
-        if f.name not in have:
-            kind = {"action": argparse.BooleanOptionalAction} if isinstance(f.default, bool) else {"type": type(f.default)}
-            p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=None, **kind,
-                           help=f"--train: TrainConfig.{f.name} (default {f.default})")
-
-
-def config_from(args) -> TrainConfig:
-    """TrainConfig from `ddcl up --train`'s flags (ValueError for a bad one): --batch and
-    --codec left at `ddcl up`'s defaults take `ddcl train`'s."""
-    given = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
-             if getattr(args, f.name, None) is not None and getattr(args, f.name) != UP_DEFAULTS.get(f.name)}
+def config_for(given: dict) -> TrainConfig:
+    """TrainConfig of the fields `ddcl up --train` was given, the rest `ddcl train`'s
+    defaults (ValueError for a bad one)."""
     cfg = TrainConfig(**given)
     if cfg.share:
         raise ValueError("--share needs every agent's gradient in one place: train it with `ddcl train`")

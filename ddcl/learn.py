@@ -40,9 +40,9 @@ def _train(args) -> int:
 def train_networked(args) -> int:
     """`ddcl up --train`: `ddcl train` over the broker, its roles as processes."""
     from agents.agent import pick_device
-    from agents.learn import config_from, read_summary, render, train_up
+    from agents.learn import config_for, read_summary, render, train_up
 
-    cfg = checked(config_from, args)
+    cfg = checked(config_for, given(args, TrainConfig))
     checked(pick_device, cfg.device)
     rc = train_up(cfg, out_folder(args.out), args.grad_codec, cfg.device)
     if rc in (0, 130) and (s := read_summary(args.out)):

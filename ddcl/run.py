@@ -49,10 +49,20 @@ def add_up(sub) -> None:
     p.add_argument("--checkpoint", help="policy checkpoint for the agents (default: untrained, seeded)")
     p.add_argument("--faults", help="TOML file of faults triggered by step (see docs/running.md#faults)")
     add_schedule(p)
-    from agents.learn import add_train_flags
-
-    add_train_flags(p)  # --train and TrainConfig's options
+    add_train_flags(p)
     p.set_defaults(func=_up)
+
+
+def add_train_flags(p) -> None:
+    """--train, --grad-codec, and a flag for each TrainConfig field `ddcl up` has none for
+    (its --env, --agents, --batch, --codec, --seed, --core, --device mean the same)."""
+    from agents.learn import GRAD_CODECS
+    from agents.train_config import TrainConfig
+
+    p.add_argument("--train", action="store_true", help="train networked (`ddcl train` over the broker), write OUT")
+    p.add_argument("--grad-codec", default="float32", choices=GRAD_CODECS,
+                   help="--train: gradient frames' floats (default float32)")
+    add_config_flags(p, TrainConfig, skip={a.dest for a in p._actions})
 
 
 def _up(args) -> int:
