@@ -9,13 +9,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 from agents.launcher import dies_with
 
-from .common import table
+from .common import table, up_command
 
 CHECKPOINT = "deploy/checkpoint/goal.pt"
 DEADLINE_S = 0.2  # the agents' peer wait is half: a copy held over 100 ms is heard as silence
@@ -50,9 +49,8 @@ def faults_file(faults: list[dict], clear_at: int | None) -> str:
 def one_run(name: str, steps: int, batch: int, tmp: Path) -> list:
     folder = tmp / f"run{len(list(tmp.iterdir()))}"
     folder.mkdir()
-    cmd = [sys.executable, "-m", "ddcl", "up", "--env", "goal", "--agents", "2", "--batch", str(batch),
-           "--steps", str(steps), "--codec", "range", "--checkpoint", CHECKPOINT, "--deadline", str(DEADLINE_S),
-           "--out", str(folder / "out")]
+    cmd = up_command(2, batch, steps, folder / "out", "cpu") + [
+        "--env", "goal", "--codec", "range", "--checkpoint", CHECKPOINT, "--deadline", str(DEADLINE_S)]
     if FAULTS[name]:
         (folder / "faults.toml").write_text(faults_file(FAULTS[name], CLEARED_AT.get(name)))
         cmd += ["--faults", str(folder / "faults.toml")]
