@@ -308,7 +308,7 @@ class Agent:
                 continue
             try:
                 sender, zh, (rx_step, rx_seed) = self.channel.hear(data_j, view, self.epochs.seed_for,
-                                                                   (batch, self.pcfg.msg_dim))
+                                                                   (batch, self.pcfg.msg_dim), tick=step)
             except ChannelError:
                 self.stats.bad_frames += 1
                 continue

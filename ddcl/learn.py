@@ -6,7 +6,9 @@ from __future__ import annotations
 from agents.train_config import CODECS, TrainConfig
 
 from .options import (POSITIVE, COUNT, Refused, add_config_flags, add_device, checked, given, int_list, out_folder,
-                      stop_flag)
+                      positive_float, stop_flag)
+
+TARGETS = ("one", "all-but-one")  # agents.desync_grid.TARGETS, without its torch import
 
 
 def add_train(sub) -> None:
@@ -114,23 +116,94 @@ def _report(args) -> int:
 
 
 def add_sweep_skew(sub) -> None:
-    p = sub.add_parser("skew", help="success and bits against clock skew, one line per sync mode")
-    p.add_argument("--values", type=int_list(), default="0,1,2,4,8,16", help="skews of agent-1, in steps (default 0,1,2,4,8,16)")
+    p = sub.add_parser("skew", help="networked runs: success and bits against clock skew, one line per sync mode")
+    p.add_argument("--values", type=int_list(), default="0,1,2,4,8,16", help="skews in steps (default 0,1,2,4,8,16)")
+    p.add_argument("--target", choices=TARGETS, default="one",
+                   help="skew agent-1 (one) or agents 1..N-1 (all-but-one) (default one)")
     p.add_argument("--sync", default="implicit,stamped,checked:2", help="sync modes (default implicit,stamped,checked:2)")
     p.add_argument("--steps", type=POSITIVE, default=300, help="steps per run (default 300)")
     p.add_argument("--batch", type=POSITIVE, default=32, help="env instances per run (default 32)")
     p.add_argument("--codec", default="rice", choices=CODECS, help="message codec (default rice)")
-    p.add_argument("--checkpoint", help="trained policy (default: untrained)")
-    p.add_argument("--out", default="runs/sweep-skew", help="folder for runs, CSV and PNG (default runs/sweep-skew)")
+    p.add_argument("--env", help="environment of an untrained run (default goal); a checkpoint names its own")
+    p.add_argument("--checkpoint", help="trained policy; its env and agent count come from it (default: untrained)")
+    p.add_argument("--out", default="runs/sweep-skew",
+                   help="folder for runs, CSV and PNG; a run already there is not run again (default runs/sweep-skew)")
     p.set_defaults(func=_sweep_skew)
 
 
-def _sweep_skew(args) -> int:
+def _sync_modes(text: str) -> None:
     from agents.message import SyncMode
 
+    for mode in text.split(","):  # refused here, not by a run halfway through the grid
+        checked(SyncMode.parse, mode)
+
+
+def _sweep_skew(args) -> int:
     from .sweep import sweep_skew
 
-    for mode in args.sync.split(","):  # refused here, not by a run halfway through the grid
-        checked(SyncMode.parse, mode)
+    _sync_modes(args.sync)
     out_folder(args.out)
     return sweep_skew(args)
+
+
+def add_sweep_desync(sub) -> None:
+    p = sub.add_parser("desync", help="the desync grid in-process: skew, drift x beacons, a clock jump with beacons "
+                                      "lost, a stale seed; per sync mode and seed (resumable)")
+    p.add_argument("--checkpoints", default="deploy/checkpoint/tj-easy.pt,deploy/checkpoint/goal-tight.pt",
+                   help="trained policies, comma-separated (default tj-easy.pt and goal-tight.pt)")
+    p.add_argument("--batch", type=int_list(1), default="32,256", help="env instances per policy, in the same order "
+                                                                        "(default 32,256)")
+    p.add_argument("--skews", type=int_list(), default="0,1,2,4,8,16,64,-64", help="skews in steps (default "
+                                                                                   "0,1,2,4,8,16,64,-64)")
+    p.add_argument("--beacons", type=int_list(0), default="1,10,100,0",
+                   help="beacon periods for drift and the clock jump, 0 = none (default 1,10,100,0)")
+    p.add_argument("--lost", type=int_list(0), default="2",
+                   help="beacons lost after the clock jump, beacons every 10 (default 2)")
+    p.add_argument("--sync", default="implicit,stamped,checked:2,checked:6,healing:32",
+                   help="sync modes (default implicit,stamped,checked:2,checked:6,healing:32)")
+    p.add_argument("--seeds", type=POSITIVE, default=3, help="run seeds 0..N-1 per cell (default 3)")
+    p.add_argument("--steps", type=POSITIVE, default=150, help="steps per cell (default 150)")
+    p.add_argument("--codec", default="range", choices=CODECS,
+                   help="message codec; range takes each checkpoint's own models (default range)")
+    p.add_argument("--only-skew", action="store_true", help="the skew cells alone")
+    p.add_argument("--out", default="runs/sweep-desync",
+                   help="folder for results.jsonl, the CSV and PNGs; cells already in results.jsonl are skipped "
+                        "(default runs/sweep-desync)")
+    p.set_defaults(func=_sweep_desync)
+
+
+def _sweep_desync(args) -> int:
+    from pathlib import Path
+
+    from .sweep import sweep_desync
+
+    _sync_modes(args.sync)
+    checkpoints = args.checkpoints.split(",")
+    if len(args.batch) != len(checkpoints):
+        raise Refused(f"--batch needs one value per checkpoint ({len(checkpoints)}), got {len(args.batch)}")
+    for ck in checkpoints:
+        if not Path(ck).is_file():
+            raise Refused(f"no checkpoint {ck}")
+    out_folder(args.out)
+    return sweep_desync(args)
+
+
+def add_sweep_wall_clock(sub) -> None:
+    p = sub.add_parser("wall-clock", help="networked wall-clock runs, agent-1's clock offset and drifting "
+                                          "through libfaketime, per beacon period")
+    p.add_argument("--faketime", default="+2s x1.01",
+                   help="agent-1's FAKETIME: offset and rate (default '+2s x1.01': 2 s ahead, 1 %% fast)")
+    p.add_argument("--beacons", type=int_list(0), default="0,10", help="beacon periods, 0 = none (default 0,10)")
+    p.add_argument("--steps", type=POSITIVE, default=300, help="steps per run (default 300)")
+    p.add_argument("--tick", type=positive_float, default=0.1, help="seconds per step (default 0.1)")
+    p.add_argument("--batch", type=POSITIVE, default=16, help="env instances (default 16)")
+    p.add_argument("--out", default="runs/sweep-wall-clock",
+                   help="folder for runs, CSV and PNG; a run already there is not run again (default runs/sweep-wall-clock)")
+    p.set_defaults(func=_sweep_wall_clock)
+
+
+def _sweep_wall_clock(args) -> int:
+    from .sweep import sweep_wall_clock
+
+    out_folder(args.out)
+    return sweep_wall_clock(args)

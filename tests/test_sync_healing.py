@@ -1,0 +1,89 @@
+"""The healing sync mode: the sender stamps its full step only when its clock jumped and
+every K steps; the receiver anchors on stamps and counts its own ticks between them. Real
+frames through the real message path, clocks that jump as hypothesis likes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agents.message import MessageChannel, SyncMode
+from channel import codecs, frame
+
+SHAPE = (2, 3)
+
+
+def pair(mode: str):
+    """A sender's channel and a receiver's: each end keeps its own anchors."""
+    build = lambda: MessageChannel.build([codecs.get("rice")] * 2, SHAPE[1], 0.2, 7, SyncMode.parse(mode))  # noqa: E731
+    return build(), build()
+
+
+def seed_for(step: int) -> int:
+    return 5 + (step // 50) % 3  # epochs, so a wrong step can also mean a wrong seed
+
+
+# a clock view per world step: a walk whose steps are mostly +1, with jumps either way
+views = st.lists(st.one_of(st.just(1), st.just(1), st.just(1), st.integers(-80, 80)), min_size=1, max_size=60).map(
+    lambda d: list(np.cumsum([0, *d[1:]]) + d[0]))
+
+
+@settings(max_examples=60, deadline=None)
+@given(tx=views, rx_offset=st.integers(-100, 100), every=st.integers(1, 40))
+def test_every_frame_decodes_with_the_senders_noise_however_its_clock_jumps(tx, rx_offset, every):
+    sender, receiver = pair(f"healing:{every}")
+    z = np.linspace(-1, 1, SHAPE[0] * SHAPE[1], dtype=np.float32).reshape(SHAPE)
+    for tick, view in enumerate(tx):
+        view = int(view)
+        z_hat, data, _ = sender.speak(z, 1, view, seed_for(view))
+        _, heard, used = receiver.hear(data, tick + rx_offset, seed_for, SHAPE, tick=tick)
+        assert used == (view, seed_for(view))
+        assert np.array_equal(heard, z_hat)
+
+
+def test_stamps_only_at_jumps_and_every_k_and_a_lost_stamp_heals_at_the_next():
+    sender, receiver = pair("healing:8")
+    z = np.zeros(SHAPE, dtype=np.float32)
+    stamped, wrong = [], []
+    for tick in range(40):
+        view = tick + (5 if tick >= 13 else 0)  # the sender's clock jumps 5 steps at tick 13
+        _, data, _ = sender.speak(z, 1, view, 5)
+        if frame.unpack(data).stamp_mode == frame.StampMode.FULL:
+            stamped.append(tick)
+        if tick == 13:
+            continue  # the jump's stamped frame is lost
+        _, _, (step, _) = receiver.hear(data, tick, lambda s: 5, SHAPE, tick=tick)
+        if step != view:
+            wrong.append(tick)
+    # the first message, every view divisible by 8, and the jump
+    assert stamped == [0, 8, 13, 19, 27, 35]
+    assert wrong == [14, 15, 16, 17, 18]  # until the view-24 stamp at tick 19
+
+
+def test_healing_frames_cost_a_stamp_only_when_sent_and_the_mode_parses_strictly():
+    sender, _ = pair("healing:4")
+    z = np.zeros(SHAPE, dtype=np.float32)
+    sizes = [len(sender.speak(z, 1, v, 5)[1]) for v in range(1, 9)]
+    plain = len(pair("implicit")[0].speak(z, 1, 1, 5)[1])
+    assert sizes[0] > plain and sizes[1] == plain and sizes[3] > plain  # first, then view 2 plain, view 4 stamped
+    assert str(SyncMode.parse("healing:32")) == "healing:32"
+    for bad in ("healing:0", "healing:", "healing:-3", "healing:x"):
+        with pytest.raises(ValueError):
+            SyncMode.parse(bad)
+
+
+def test_a_healing_receiver_refuses_a_low_stamp_and_takes_a_hostile_full_one():
+    _, receiver = pair("healing:8")
+    payload = codecs.get("rice").encode(np.zeros(6, dtype=np.int64))
+    low = frame.pack(kind=frame.Kind.MESSAGE, sender=1, codec=frame.CODEC_IDS["rice"], count=6, payload=payload,
+                     stamp_mode=frame.StampMode.LOW, stamp=3, stamp_bits=4)
+    from channel import ChannelError
+
+    with pytest.raises(ChannelError):
+        receiver.hear(low, 0, seed_for, SHAPE, tick=0)
+    far = frame.pack(kind=frame.Kind.MESSAGE, sender=1, codec=frame.CODEC_IDS["rice"], count=6, payload=payload,
+                     stamp_mode=frame.StampMode.FULL, stamp=2**62 - 1)
+    _, _, (step, _) = receiver.hear(far, 0, seed_for, SHAPE, tick=0)
+    assert step == 2**62 - 1
