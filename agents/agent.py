@@ -75,6 +75,14 @@ class Epochs:
     def seed_for(self, step: int) -> int:
         return self.seeds[self.starts[max(bisect.bisect_right(self.starts, step) - 1, 0)]]
 
+    def stale_at(self, step: int) -> int | None:
+        """The start of an epoch `step` is in that no announcement named (epochs are of
+        equal length, so the last two starts say where the next begins); None if none."""
+        if len(self.starts) < 2:
+            return None
+        length = self.starts[-1] - self.starts[-2]
+        return self.starts[-1] + length if step >= self.starts[-1] + length else None
+
 
 # A Kubernetes StatefulSet names its pods NAME-0, NAME-1, ... (DNS labels): the ordinal is the
 # pod's stable index, which a restarted pod keeps, so it is the agent's K.
@@ -120,6 +128,7 @@ class Agent:
         self.epochs.update(reply)
         self.run_seed = int(reply["run_seed"])
         self.clock = Clock()
+        self.asked_for = None  # healing sync: the unannounced epoch start last asked the sync service about
         self.peer.on_reregistered = self._taken_back
         self.run_config: RunConfig | None = None  # the world's, once it has sent it
         self.oracle = None
@@ -234,6 +243,8 @@ class Agent:
             self.stats.beacons += 1
             self.epochs.update(req)
             self.clock.on_beacon(int(req["ref_step"]), float(req["ref_time"]))
+        elif op == protocol.EPOCH and src == protocol.SYNC_ID:  # the answer to a healing agent's question
+            self.epochs.update(req)
         elif op == protocol.CLOCK and src == protocol.BROKER_ID:
             self.clock.set_faults(float(req["skew"]), float(req["drift_ppm"]), self.world_step)
         return True
@@ -281,6 +292,10 @@ class Agent:
         self.state = forget(self.state, first)  # a new episode starts with empty memory
         h, z, self.state = self.policy.speak(torch.from_numpy(np.ascontiguousarray(obs)).to(self.device), self.state)
         seed = self.epochs.seed_for(view)
+        if self.channel.sync.every and (start := self.epochs.stale_at(view)) is not None and start != self.asked_for:
+            # healing: beacons missed an epoch's rotation; its seed, asked once, comes in a step or two
+            self.asked_for = start
+            self.peer.send_to(protocol.SYNC_ID, protocol.pack({"op": protocol.EPOCH}))
         z_hat, data, nbits = self.channel.speak(z, self.index, view, seed)
         trace.mark("encoded")
         self.peer.broadcast_frame(data)

@@ -114,6 +114,7 @@ def run_cell(cell: Cell, codec: str = "range") -> dict:
     hit = targets(cell.target, n)
     lost_left = {k: cell.lost for k in hit}
     beacons_sent = 0
+    asked: list[int] = []  # agents that asked the sync service for the epoch
 
     obs = env.reset().numpy()
     states = [p.initial_state(cell.batch) for p in policies]
@@ -138,9 +139,14 @@ def run_cell(cell: Cell, codec: str = "range") -> dict:
                     continue
                 epochs[k].update(schedule.announcement(step))
                 clocks[k].on_beacon(step, 0.0)
+        for k in asked:  # healing: the sync service's answer to last step's question
+            epochs[k].update(schedule.announcement(step))
+        asked = []
         for layer in layers:
             layer.memo.clear()
         views = [c.view(step) for c in clocks]
+        if sync.every:
+            asked = [k for k in range(n) if epochs[k].stale_at(views[k]) is not None]
         sent = []
         for k, p in enumerate(policies):
             h, z, states[k] = p.speak(torch.from_numpy(np.ascontiguousarray(obs[:, k])), states[k])

@@ -9,6 +9,8 @@ The sync mode decides what the frame carries so the receiver finds the sender's 
 skew, a drift step, a beacon's correction) and on every K-th step as a re-anchor, and
 nothing otherwise: the receiver anchors on each stamp and counts its own lockstep ticks
 from there, so a skew of any size costs one stamped frame instead of a stamp a message.
+A healing agent also asks the sync service for the epoch once its clock passes a
+rotation no beacon announced (agents/agent.py), which a stamp alone cannot heal.
 """
 
 from __future__ import annotations

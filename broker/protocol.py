@@ -81,7 +81,9 @@ STEP_RELAY = "step-relay"  # sync -> broker: relay every Nth world step only; a 
 CONTROL_OPS = (FAULT_ADD, FAULT_LIST, FAULT_CLEAR, STEP_RELAY)
 # broker and sync service -> agents, in DELIVER:
 CLOCK = "clock"  # broker -> agent: its clock faults, again after a restart, which would lose them
-EPOCH = "epoch"  # agent <-> sync: the current and next epoch seeds, asked at start or after a restart
+# agent <-> sync: the current and next epoch seeds, asked at start, after a restart, or by a
+# healing agent whose clock passed a rotation no beacon announced
+EPOCH = "epoch"
 BEACON = "beacon"  # sync -> all agents: a reference step and time to keep clocks honest, the next epoch ahead
 # world <-> agents, in DELIVER (agents/lockstep.py carries the rest of that exchange):
 HELLO = "hello"  # world -> all: JOIN, so agents a dead world left configured join this one

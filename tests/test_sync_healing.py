@@ -87,3 +87,14 @@ def test_a_healing_receiver_refuses_a_low_stamp_and_takes_a_hostile_full_one():
                      stamp_mode=frame.StampMode.FULL, stamp=2**62 - 1)
     _, _, (step, _) = receiver.hear(far, 0, seed_for, SHAPE, tick=0)
     assert step == 2**62 - 1
+
+
+def test_an_epoch_table_knows_when_a_rotation_went_unannounced():
+    from agents.agent import Epochs
+
+    e = Epochs()
+    assert e.stale_at(10**6) is None  # one epoch known: no rotations at all
+    e.update({"epochs": [[0, 1], [50, 9]]})
+    assert [e.stale_at(s) for s in (0, 49, 99, 100, 180)] == [None, None, None, 100, 100]
+    e.update({"epochs": [[100, 4], [150, 8]]})
+    assert e.stale_at(180) is None and e.stale_at(200) == 200 and e.seed_for(180) == 8
