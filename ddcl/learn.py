@@ -193,9 +193,11 @@ def add_sweep_wall_clock(sub) -> None:
                                           "through libfaketime, per beacon period")
     p.add_argument("--faketime", default="+2s x1.01",
                    help="agent-1's FAKETIME: offset and rate (default '+2s x1.01': 2 s ahead, 1 %% fast)")
-    p.add_argument("--beacons", type=int_list(0), default="0,10", help="beacon periods, 0 = none (default 0,10)")
-    p.add_argument("--steps", type=POSITIVE, default=300, help="steps per run (default 300)")
-    p.add_argument("--tick", type=positive_float, default=0.1, help="seconds per step (default 0.1)")
+    p.add_argument("--beacons", type=int_list(0), default="0,10,100", help="beacon periods, 0 = none (default 0,10,100)")
+    p.add_argument("--steps", type=POSITIVE, default=200, help="steps per run (default 200)")
+    # a loaded machine delays a step's read of the clock: a tick well above that keeps the
+    # lateness out of the offset measured
+    p.add_argument("--tick", type=positive_float, default=0.25, help="seconds per step (default 0.25)")
     p.add_argument("--batch", type=POSITIVE, default=16, help="env instances (default 16)")
     p.add_argument("--out", default="runs/sweep-wall-clock",
                    help="folder for runs, CSV and PNG; a run already there is not run again (default runs/sweep-wall-clock)")

@@ -25,7 +25,8 @@ from agents.launcher import ddcl
 
 DRIFT_PPM = 50_000  # desync: one step in twenty, so a 150-step cell sees it
 JUMP = 4  # desync: the jump scenario's clock jump, in steps
-METRICS = ("success_rate", "bits_per_message", "header_bytes", "desynced_fraction", "mean_error", "steps_to_recover")
+METRICS = ("success_rate", "episode_steps", "bits_per_message", "header_bytes", "desynced_fraction", "mean_error",
+           "steps_to_recover")
 
 
 def _progress(text: str) -> None:
@@ -188,6 +189,8 @@ def summarize(records: list[dict]) -> list[dict]:
               if r["scenario"] == "skew" and r["value"] == 0 and r["sync"] == "implicit"}
     groups: dict[tuple, list[dict]] = {}
     for r in records:
+        # what a noisier message costs where success holds: the steps an episode takes
+        r["episode_steps"] = r["steps"] * r["batch"] / r["episodes"] if r["episodes"] else None
         key = (Path(r["checkpoint"]).stem, r["scenario"], r["target"], r["value"], r["beacon_every"], r["lost"], r["sync"])
         groups.setdefault(key, []).append(r)
     rows = []
@@ -216,7 +219,7 @@ def plot_desync(rows: list[dict], out: Path) -> list[Path]:
     paths = []
 
     # success, desynced fraction, error against skew; a row per policy
-    fig, axes = plt.subplots(len(policies), 3, figsize=(16, 3.6 * len(policies)), squeeze=False)
+    fig, axes = plt.subplots(len(policies), 4, figsize=(20, 3.6 * len(policies)), squeeze=False)
     for i, pol in enumerate(policies):
         for mode in modes:
             for target, style in (("one", "-"), ("all-but-one", "--")):
@@ -226,11 +229,12 @@ def plot_desync(rows: list[dict], out: Path) -> list[Path]:
                     continue
                 x = [r["value"] for r in rs]
                 label = f"{mode}" + ("" if target == "one" else " (all but one)")
-                for ax, m in zip(axes[i], ("success_rate", "desynced_fraction", "mean_error")):
+                for ax, m in zip(axes[i], ("success_rate", "episode_steps", "desynced_fraction", "mean_error")):
                     y = [r[m] for r in rs]
                     err = [[r[m] - r[m + "_min"] for r in rs], [r[m + "_max"] - r[m] for r in rs]]
                     ax.errorbar(x, y, yerr=err, marker="o", ms=3, capsize=2, ls=style, color=colors[mode], label=label)
-        for ax, (yl, t) in zip(axes[i], (("success rate", "task success"), ("desynced fraction", "decodes off"),
+        for ax, (yl, t) in zip(axes[i], (("success rate", "task success"), ("steps per episode", "episode length"),
+                                         ("desynced fraction", "decodes off"),
                                          ("mean |z_hat - ideal|", "reconstruction error"))):
             ax.set(xlabel="skew (steps)", ylabel=yl, title=f"{pol}: {t}")
             ax.set_xscale("symlog", linthresh=1)
