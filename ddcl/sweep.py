@@ -231,7 +231,8 @@ def plot_desync(rows: list[dict], out: Path) -> list[Path]:
                 label = f"{mode}" + ("" if target == "one" else " (all but one)")
                 for ax, m in zip(axes[i], ("success_rate", "episode_steps", "desynced_fraction", "mean_error")):
                     y = [r[m] for r in rs]
-                    err = [[r[m] - r[m + "_min"] for r in rs], [r[m + "_max"] - r[m] for r in rs]]
+                    # clipped at 0: a mean of equal values can sit an ulp outside them
+                    err = [[max(r[m] - r[m + "_min"], 0) for r in rs], [max(r[m + "_max"] - r[m], 0) for r in rs]]
                     ax.errorbar(x, y, yerr=err, marker="o", ms=3, capsize=2, ls=style, color=colors[mode], label=label)
         for ax, (yl, t) in zip(axes[i], (("success rate", "task success"), ("steps per episode", "episode length"),
                                          ("desynced fraction", "decodes off"),

@@ -98,3 +98,42 @@ def test_an_epoch_table_knows_when_a_rotation_went_unannounced():
     assert [e.stale_at(s) for s in (0, 49, 99, 100, 180)] == [None, None, None, 100, 100]
     e.update({"epochs": [[100, 4], [150, 8]]})
     assert e.stale_at(180) is None and e.stale_at(200) == 200 and e.seed_for(180) == 8
+
+
+def test_the_grid_cell_desyncs_heals_and_recovers_as_its_clocks_say():
+    """The desync grid's in-process cell on the shipped goal policy: implicit sync off on
+    every decode under a skew, healing on none; a clock jump at step 23 recovers at the
+    beacon of step 30; a stale seed is healed at the rotation, not at the next beacon."""
+    from agents.desync_grid import Cell, run_cell
+
+    def cell(scenario, sync, value=0.0, beacons=0):
+        return run_cell(Cell("deploy/checkpoint/goal.pt", scenario, "one", value, beacons, 0, sync, 0, 140, 8))
+
+    assert cell("skew", "implicit", 4)["desynced_fraction"] == 1.0
+    healed = cell("skew", "healing:32", -64)
+    assert healed["desynced_fraction"] == 0.0 and healed["header_bytes"] < cell("skew", "stamped", -64)["header_bytes"]
+    assert cell("jump", "implicit", 4, 10)["steps_to_recover"] == 7
+    stale, heals = cell("stale-seed", "implicit", beacons=10), cell("stale-seed", "healing:32", beacons=10)
+    assert stale["steps_to_recover"] == 5 and heals["desynced_fraction"] < stale["desynced_fraction"] / 10
+
+
+def test_a_healing_agent_asks_for_the_epoch_its_beacons_missed(tmp_path):
+    """Real processes: agent-1's beacons are blocked from step 10 to 60, so it never hears
+    of epoch 2 (step 50). Under implicit sync it is off until the beacon after the clear
+    (tests/test_faults.py); a healing agent asks the sync service as its clock passes 50."""
+    import json
+
+    from agents.desync import desync_by_step
+    from tests.conftest import ddcl
+
+    faults = tmp_path / "f.toml"
+    faults.write_text('[[fault]]\nstep = 10\nkind = "stale-seed"\ntarget = "agent-1"\n[[clear]]\nstep = 60\nid = 1\n')
+    run = tmp_path / "run"
+    r = ddcl("up", "--steps", "70", "--epoch-steps", "25", "--beacon-every", "5", "--sync", "healing:8",
+             "--faults", str(faults), "--out", str(run), timeout=600)
+    assert r.returncode == 0, r.stderr
+    by_step = desync_by_step(run, 1)
+    assert all(by_step[s] == 0 for s in range(0, 50))
+    assert by_step[59] == 0  # healed before the clear: the answer came within the epoch's first steps
+    assert all(by_step[s] == 0 for s in range(60, 70))
+    assert json.loads((run / "summary.json").read_text())["broker"]["other"].get("beacons_lost", 0) > 0
