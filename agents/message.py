@@ -5,8 +5,8 @@ they produce the same bits and the same z_hat.
 The sync mode decides what the frame carries so the receiver finds the sender's noise:
 `implicit` nothing (the receiver's own clock view), `stamped` the full step,
 `checked:K` its K low bits, resolved within +-2**(K-1) of the receiver's view;
-`healing:K` the full step only when the sender's clock jumped (its first message, a
-skew, a drift step, a beacon's correction) and on every K-th step as a re-anchor, and
+`healing:K` the full step only when the sender's clock jumped (a skew, a drift step, a
+beacon's correction), on its first messages and on every K-th step as a re-anchor, and
 nothing otherwise: the receiver anchors on each stamp and counts its own lockstep ticks
 from there, so a skew of any size costs one stamped frame instead of a stamp a message.
 A healing agent also asks the sync service for the epoch once its clock passes a
@@ -53,6 +53,10 @@ class SyncMode:
 
 
 MAX_HEAL_EVERY = 1 << 20  # steps between re-anchors: beyond a long run's length
+# healing: a sender's first messages are all stamped. A run's first step is its slowest
+# (every process still warming up), and a peer that missed its first frame would have no
+# anchor until the K-th step: 40 steps of tj-easy decoded off at -64 skew, networked
+STARTUP_STAMPS = 8
 
 
 @dataclass
@@ -61,12 +65,13 @@ class Anchors:
     stamp); the receiver, per sender, the last stamped step and its own tick then."""
 
     last_view: int | None = None
+    sent: int = 0
     at: dict[int, tuple[int, int]] = field(default_factory=dict)  # sender -> (stamped step, receiver tick)
 
     def must_stamp(self, view: int, every: int) -> bool:
         jumped = self.last_view is None or view != self.last_view + 1
-        self.last_view = view
-        return jumped or view % every == 0
+        self.last_view, self.sent = view, self.sent + 1
+        return jumped or view % every == 0 or self.sent <= STARTUP_STAMPS
 
     def resolve(self, sender: int, stamp: int | None, tick: int, own_step: int) -> int:
         """The sender's step: its stamp (anchoring on it), else the anchor moved on by the
