@@ -120,7 +120,8 @@ def add_sweep_skew(sub) -> None:
     p.add_argument("--values", type=int_list(), default="0,1,2,4,8,16", help="skews in steps (default 0,1,2,4,8,16)")
     p.add_argument("--target", choices=TARGETS, default="one",
                    help="skew agent-1 (one) or agents 1..N-1 (all-but-one) (default one)")
-    p.add_argument("--sync", default="implicit,stamped,checked:2", help="sync modes (default implicit,stamped,checked:2)")
+    p.add_argument("--sync", default="implicit,stamped,checked:2",
+                   help="sync modes (default implicit,stamped,checked:2)")
     p.add_argument("--steps", type=POSITIVE, default=300, help="steps per run (default 300)")
     p.add_argument("--batch", type=POSITIVE, default=32, help="env instances per run (default 32)")
     p.add_argument("--codec", default="rice", choices=CODECS, help="message codec (default rice)")
@@ -193,14 +194,16 @@ def add_sweep_wall_clock(sub) -> None:
                                           "through libfaketime, per beacon period")
     p.add_argument("--faketime", default="+2s x1.01",
                    help="agent-1's FAKETIME: offset and rate (default '+2s x1.01': 2 s ahead, 1 %% fast)")
-    p.add_argument("--beacons", type=int_list(0), default="0,10,100", help="beacon periods, 0 = none (default 0,10,100)")
+    p.add_argument("--beacons", type=int_list(0), default="0,10,100",
+                   help="beacon periods, 0 = none (default 0,10,100)")
     p.add_argument("--steps", type=POSITIVE, default=200, help="steps per run (default 200)")
     # a loaded machine delays a step's read of the clock: a tick well above that keeps the
     # lateness out of the offset measured
     p.add_argument("--tick", type=positive_float, default=0.25, help="seconds per step (default 0.25)")
     p.add_argument("--batch", type=POSITIVE, default=16, help="env instances (default 16)")
     p.add_argument("--out", default="runs/sweep-wall-clock",
-                   help="folder for runs, CSV and PNG; a run already there is not run again (default runs/sweep-wall-clock)")
+                   help="folder for runs, CSV and PNG; a run already there is not run again "
+                        "(default runs/sweep-wall-clock)")
     p.set_defaults(func=_sweep_wall_clock)
 
 

@@ -53,7 +53,8 @@ def sweep_skew(args) -> int:
         if not (run / "summary.json").exists():
             faults = out / f"faults-{args.target}-skew{skew}.toml"
             hit = targets(args.target, n) if skew else []
-            faults.write_text("".join(f'[[fault]]\nstep = 0\nkind = "skew"\ntarget = "agent-{k}"\nvalue = {skew}\n' for k in hit))
+            faults.write_text("".join(f'[[fault]]\nstep = 0\nkind = "skew"\ntarget = "agent-{k}"\nvalue = {skew}\n'
+                                      for k in hit))
             cmd = ddcl("up", "--steps", str(args.steps), "--batch", str(args.batch), "--codec", args.codec, *env,
                        "--sync", mode, "--beacon-every", "0", "--out", str(run), "--faults", str(faults))
             if args.checkpoint:
@@ -64,7 +65,8 @@ def sweep_skew(args) -> int:
                 return r.returncode
         s = json.loads((run / "summary.json").read_text())
         row = {"sync": mode, "skew": skew, "success_rate": s["success_rate"], "bits_per_message": s["bits_per_message"],
-               "bytes_per_step": s["bytes_per_step"]["sum"]["total"], "desynced_fraction": s["desync"]["desynced_fraction"],
+               "bytes_per_step": s["bytes_per_step"]["sum"]["total"],
+               "desynced_fraction": s["desync"]["desynced_fraction"],
                "mean_error": s["desync"]["mean_error"]}
         rows.append(row)
         _progress(f"[sweep {i + 1}/{len(cells)}] {mode:<11} skew {skew:>3}: success {row['success_rate']}, "
@@ -166,7 +168,8 @@ def sweep_desync(args) -> int:
             left = (time.monotonic() - t0) / (i + 1) * (len(todo) - i - 1)
             _progress(f"[desync {i + 1}/{len(todo)}] {Path(c.checkpoint).stem} {c.scenario} {c.target} {c.value:g} "
                       f"beacons {c.beacon_every} lost {c.lost} {c.sync} seed {c.seed}: success "
-                      f"{_fmt(r['success_rate'])}, desynced {100 * r['desynced_fraction']:.0f}%, eta {left / 60:.1f} min")
+                      f"{_fmt(r['success_rate'])}, desynced {100 * r['desynced_fraction']:.0f}%, "
+                      f"eta {left / 60:.1f} min")
     rows = summarize([done[c.key()] for c in cells])
     path = out / "desync_grid.csv"
     with open(path, "w", newline="") as fh:
@@ -191,7 +194,8 @@ def summarize(records: list[dict]) -> list[dict]:
     for r in records:
         # what a noisier message costs where success holds: the steps an episode takes
         r["episode_steps"] = r["steps"] * r["batch"] / r["episodes"] if r["episodes"] else None
-        key = (Path(r["checkpoint"]).stem, r["scenario"], r["target"], r["value"], r["beacon_every"], r["lost"], r["sync"])
+        key = (Path(r["checkpoint"]).stem, r["scenario"], r["target"], r["value"], r["beacon_every"], r["lost"],
+               r["sync"])
         groups.setdefault(key, []).append(r)
     rows = []
     for (policy, scenario, target, value, beacons, lost, sync), rs in groups.items():
@@ -209,6 +213,13 @@ def summarize(records: list[dict]) -> list[dict]:
         row["success_vs_synced_worst"] = min(diffs) if diffs else None
         rows.append(row)
     return rows
+
+
+def _save(plt, fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 def plot_desync(rows: list[dict], out: Path) -> list[Path]:
@@ -245,10 +256,7 @@ def plot_desync(rows: list[dict], out: Path) -> list[Path]:
             ax.set_xscale("symlog", linthresh=1)
         axes[i][0].axhspan(-0.5, 0.5, color="grey", alpha=0.15, lw=0)
         axes[i][0].legend(fontsize=7)
-    fig.tight_layout()
-    paths.append(out / "desync_skew.png")
-    fig.savefig(paths[-1], dpi=100)
-    plt.close(fig)
+    paths.append(_save(plt, fig, out / "desync_skew.png"))
 
     # protection against its cost: header bytes per frame, worst success loss over skews
     fig, axes = plt.subplots(1, 2, figsize=(12, 4))
@@ -268,10 +276,7 @@ def plot_desync(rows: list[dict], out: Path) -> list[Path]:
                 title="decodes off: skew, drift, jump, stale seed")
     axes[0].axhline(-0.5, color="grey", lw=0.8, ls=":")
     axes[0].legend(fontsize=6, ncol=2)
-    fig.tight_layout()
-    paths.append(out / "desync_bits.png")
-    fig.savefig(paths[-1], dpi=100)
-    plt.close(fig)
+    paths.append(_save(plt, fig, out / "desync_bits.png"))
 
     # recovery after a clock jump against the beacon period; drift's desync the same way
     fig, axes = plt.subplots(1, 2, figsize=(12, 4))
@@ -288,10 +293,7 @@ def plot_desync(rows: list[dict], out: Path) -> list[Path]:
     axes[1].set(xscale="log", xlabel="beacon period (steps)", ylabel="desynced fraction",
                 title=f"under {DRIFT_PPM:,} ppm of drift")
     axes[0].legend(fontsize=6)
-    fig.tight_layout()
-    paths.append(out / "desync_recovery.png")
-    fig.savefig(paths[-1], dpi=100)
-    plt.close(fig)
+    paths.append(_save(plt, fig, out / "desync_recovery.png"))
     return paths
 
 
@@ -322,12 +324,13 @@ def sweep_wall_clock(args) -> int:
                 wait_port(port)
                 group.start("sync", ddcl("sync", "serve", "--broker", ep, "--beacon-every", str(beacons)))
                 # agent-1's time, and only its wall clock: its deadlines stay true
-                fake = ["env", f"LD_PRELOAD={FAKETIME_LIB}", f"FAKETIME={args.faketime}", "FAKETIME_DONT_FAKE_MONOTONIC=1"]
+                fake = ["env", f"LD_PRELOAD={FAKETIME_LIB}", f"FAKETIME={args.faketime}",
+                        "FAKETIME_DONT_FAKE_MONOTONIC=1"]
                 for k in range(2):
                     agent = ddcl("agent", "--broker", ep, "--id", f"agent-{k}", "--device", "cpu")
                     group.start(f"agent-{k}", fake + agent if k == 1 else agent)
-                world = group.start("world", ddcl("world", "--broker", ep, "--steps", str(args.steps), "--clock", "wall",
-                                                  "--tick", str(args.tick), "--deadline", "30", "--batch",
+                world = group.start("world", ddcl("world", "--broker", ep, "--steps", str(args.steps), "--clock",
+                                                  "wall", "--tick", str(args.tick), "--deadline", "30", "--batch",
                                                   str(args.batch), "--out", str(run)))
                 rc = world.wait()
             finally:
@@ -338,7 +341,8 @@ def sweep_wall_clock(args) -> int:
         rows.append(wall_row(run, beacons, args.tick))
         r = rows[-1]
         _progress(f"[wall-clock] beacons every {beacons}: agent-1 off by {r['mean_abs_offset']:.2f} steps on average, "
-                  f"exact on {100 * r['exact_fraction']:.0f}% of steps, {r['beacon_bytes_per_step']:.1f} beacon bytes/step")
+                  f"exact on {100 * r['exact_fraction']:.0f}% of steps, "
+                  f"{r['beacon_bytes_per_step']:.1f} beacon bytes/step")
     with open(out / "wall_clock.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=[k for k in rows[0] if k != "offsets"])
         w.writeheader()
