@@ -123,6 +123,7 @@ class Agent:
         self.peer.on_reregistered = self._taken_back
         self.run_config: RunConfig | None = None  # the world's, once it has sent it
         self.oracle = None
+        self.should_stop = lambda: False
         self.world_step = 0
         self.inbox: dict[int, bytes] = {}  # latest unconsumed message per peer sender
         # the world's messages that came while this agent waited for its peers (the world
@@ -179,6 +180,7 @@ class Agent:
         self.policy.act(h, torch.zeros((batch, peers, self.policy.cfg.msg_dim), device=self.device)).argmax(-1).cpu()
 
     def run(self, should_stop=lambda: False) -> AgentStats:
+        self.should_stop = should_stop  # asked mid-step too: a peer wait lasts up to the deadline
         try:
             self._serve(should_stop)
         finally:
@@ -290,7 +292,9 @@ class Agent:
         peers = self.peer_slots
         deadline = time.monotonic() + self.run_config.peer_wait_s
         while any(j not in self.inbox for j in peers) and (left := deadline - time.monotonic()) > 0:
-            msg = self.peer.recv(left)
+            if self.should_stop():  # the step is left unfinished: no actions for it
+                return
+            msg = self.peer.recv(min(left, lockstep.STOP_POLL_S))
             if msg is None:
                 continue
             if protocol.is_channel_frame(msg[0]):  # peers' messages: one, or a step's bundle

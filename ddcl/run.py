@@ -110,7 +110,7 @@ def add_world(sub) -> None:
     add_common(p)
     add_broker(p)
     p.add_argument("--out", help="run folder for metrics.jsonl and summary.json (default: print the summary)")
-    p.set_defaults(func=_world)
+    p.set_defaults(func=_world, quick_exit=True)  # a role: see cli.quick_exit
 
 
 def _world(args) -> int:
@@ -147,7 +147,7 @@ def add_agent(sub) -> None:
     p.add_argument("--checkpoint", help="policy checkpoint (default: untrained, seeded from the world's config)")
     p.add_argument("--record", help="pickle every step's z_hat, received z_hat and actions here (for tests)")
     add_common(p)
-    p.set_defaults(func=_agent)
+    p.set_defaults(func=_agent, quick_exit=True)  # a role: see cli.quick_exit
 
 
 def _agent(args) -> int:
@@ -181,7 +181,7 @@ def add_broker_serve(sub) -> None:
     p.add_argument("--bundle-wait", type=positive_float, default=20.0,
                    help="milliseconds a bundle waits for a step's last speaker before it goes out as it is (default 20)")
     add_common(p)
-    p.set_defaults(func=_broker_serve)
+    p.set_defaults(func=_broker_serve, quick_exit=True)  # a role: see cli.quick_exit
 
 
 def _broker_serve(args) -> int:
@@ -222,7 +222,7 @@ def add_sync_serve(sub) -> None:
     p.add_argument("--epoch-seed", type=int_in(0, 0xFFFFFF), default=1, help="seed of epoch 0 (default 1)")
     add_schedule(p)
     add_common(p)
-    p.set_defaults(func=_sync_serve)
+    p.set_defaults(func=_sync_serve, quick_exit=True)  # a role: see cli.quick_exit
 
 
 def _sync_serve(args) -> int:
