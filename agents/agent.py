@@ -132,6 +132,7 @@ class Agent:
         self.peer.on_reregistered = self._taken_back
         self.run_config: RunConfig | None = None  # the world's, once it has sent it
         self.oracle = None
+        self.should_stop = lambda: False
         self.world_step = 0
         self.inbox: dict[int, bytes] = {}  # latest unconsumed message per peer sender
         # the world's messages that came while this agent waited for its peers (the world
@@ -188,6 +189,7 @@ class Agent:
         self.policy.act(h, torch.zeros((batch, peers, self.policy.cfg.msg_dim), device=self.device)).argmax(-1).cpu()
 
     def run(self, should_stop=lambda: False) -> AgentStats:
+        self.should_stop = should_stop  # asked mid-step too: a peer wait lasts up to the deadline
         try:
             self._serve(should_stop)
         finally:
@@ -284,6 +286,24 @@ class Agent:
         self.step(step, obs, first)
         return True
 
+    def _await_peers(self) -> bool:
+        """Until every peer's message of this step is in, or its deadline passed (a silent
+        peer is counted later); False when told to stop meanwhile."""
+        deadline = time.monotonic() + self.run_config.peer_wait_s
+        while any(j not in self.inbox for j in self.peer_slots) and (left := deadline - time.monotonic()) > 0:
+            if self.should_stop():
+                return False
+            msg = self.peer.recv(min(left, lockstep.STOP_POLL_S))
+            if msg is None:
+                continue
+            if protocol.is_channel_frame(msg[0]):  # peers' messages: one, or a step's bundle
+                self._buffer(msg)
+            elif msg[0] == protocol.DELIVER and len(msg) == 3 and msg[1] == protocol.WORLD_ID:
+                self.from_world.append(msg)  # the next step's observations, or the end
+            elif msg[0] == protocol.DELIVER and len(msg) == 3:
+                self._delivered(msg[1], msg[2])  # a beacon or clock fault mid-step
+        return True
+
     def step(self, step: int, obs: np.ndarray, first: np.ndarray) -> None:
         """One lockstep step (inside _serve's inference mode)."""
         batch = self.run_config.batch
@@ -303,17 +323,8 @@ class Agent:
         self.stats.messages += 1
         self.stats.payload_bits += nbits
         peers = self.peer_slots
-        deadline = time.monotonic() + self.run_config.peer_wait_s
-        while any(j not in self.inbox for j in peers) and (left := deadline - time.monotonic()) > 0:
-            msg = self.peer.recv(left)
-            if msg is None:
-                continue
-            if protocol.is_channel_frame(msg[0]):  # peers' messages: one, or a step's bundle
-                self._buffer(msg)
-            elif msg[0] == protocol.DELIVER and len(msg) == 3 and msg[1] == protocol.WORLD_ID:
-                self.from_world.append(msg)  # the next step's observations, or the end
-            elif msg[0] == protocol.DELIVER and len(msg) == 3:
-                self._delivered(msg[1], msg[2])  # a beacon or clock fault mid-step
+        if not self._await_peers():  # stopped: the step is left unfinished, no actions for it
+            return
         trace.mark("peers heard")
         heard, received, decoded = np.zeros((batch, len(peers), self.pcfg.msg_dim), dtype=np.float32), {}, []
         for slot, j in enumerate(peers):

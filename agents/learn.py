@@ -25,7 +25,7 @@ from pathlib import Path
 from .launcher import ProcessGroup, ddcl, exit_reason, free_port, last_words, wait_port, wait_world
 from .train_config import TrainConfig
 
-GRAD_CODECS = ("float32", "float16")  # learn_wire.GRAD_CODECS (torch-free here: the CLI imports this)
+GRAD_CODECS = ("float32", "float16", "ddcl")  # learn_wire.GRAD_CODECS (torch-free here: the CLI imports this)
 STOP_GRACE_S = 300.0  # a stopped world ends its update, evaluates on held-out instances and writes OUT
 # A learning step can do without none of its messages: a peer the broker gives up for
 # dead misses some, and the run stalls. Setting up, a first CUDA call or a large backward

@@ -18,6 +18,7 @@ Per update, after the rollout's cfg.rollout lockstep steps:
 from __future__ import annotations
 
 import math
+import struct
 
 import numpy as np
 import torch
@@ -27,13 +28,24 @@ from broker import protocol
 # HELLO / END are lockstep's); learners and the learning world read them here
 from broker.protocol import ADVANTAGE, CLIP, LEARNER_STATS, PRIOR, STATE, STATE_ASK  # noqa: F401
 from broker.protocol import GRAD_NORMS as NORMS, LEARN_CONFIG as CONFIG  # noqa: F401
-from channel import ChannelError, frame
+from channel import ChannelError, codecs, frame
+from channel.noise import DOMAIN_GRADIENT, NoiseKey, uniform_numpy
+from channel.quantizer import dequantize_numpy, quantize_numpy
 
-# gradient payloads: little-endian IEEE floats; the frame's codec field says float32's id
-# for both (raw floats), the run's --grad-codec says the width, checked against the length
-GRAD_CODECS = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2")}
+# Gradient payloads. float32 / float16: little-endian IEEE floats, the frame's codec field
+# float32's id for both (raw floats), the run's --grad-codec says the width, checked
+# against the length. ddcl: the chunk's largest magnitude s (a float32), then the values
+# DDCL-quantized with step s / DDCL_LEVELS and a dither both ends draw (DOMAIN_GRADIENT),
+# Rice-coded; subtractive dither keeps the gradient unbiased, its error within step / 2.
+FLOAT_WIDTHS = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2")}
+GRAD_CODECS = (*FLOAT_WIDTHS, "ddcl")
+DDCL_LEVELS = 64  # the chunk's largest value sits at level 64: a relative step of 1/64
 _F16_MAX = float(np.finfo(np.float16).max)
 _F32_ID = frame.CODEC_IDS["float32"]
+_RICE = codecs.get("rice")
+_SCALE = struct.Struct("<f")
+# a gradient's dither counter: (update, speaker, chunk) in one 64-bit step
+_SPEAKER_SHIFT, _UPDATE_SHIFT = 20, 28
 MAX_TENSORS = 64  # a policy's and a prior's named tensors: a few dozen at most
 # values per gradient frame: 1 MiB of float32, well under the broker's message limit
 # (4 MiB by default); a rollout's gradient goes in frames of whole steps, in step order
@@ -56,41 +68,82 @@ def gradient_chunks(steps: int, per_step: int) -> list[int]:
     return [min(size, steps - t) for t in range(0, steps, size)]
 
 
-def gradient_frames(listener: int, update: int, grad: torch.Tensor, codec: str) -> list[bytes]:
-    """dL/dz_hat of one speaker's messages of one update, (T, B, D), as the frames
-    `gradient_chunks` sizes, in step order."""
-    t, per_step = grad.shape[0], math.prod(grad.shape[1:])
-    starts = np.cumsum([0] + gradient_chunks(t, per_step))
-    return [pack_gradient(listener, update, grad[a:b], codec) for a, b in zip(starts[:-1], starts[1:])]
+class GradCodec:
+    """How one run's gradients travel: the codec, and the run seed that keys the ddcl
+    codec's dither (both ends know it from the run's config)."""
 
+    def __init__(self, name: str, run_seed: int = 0):
+        if name not in GRAD_CODECS:
+            raise WireError(f"unknown gradient codec {str(name)[:MAX_NAME]!r}")
+        self.name, self.run_seed = name, run_seed
 
-def pack_gradient(listener: int, update: int, grad: torch.Tensor, codec: str) -> bytes:
-    """dL/dz_hat of one speaker's messages of one update, (T, B, D), as a channel frame
-    from `listener`, stamped with the update. float16 saturates at its largest finite
-    value (a gradient beyond it would be infinity, which the receiver refuses)."""
-    values = grad.detach().to("cpu", torch.float32).numpy().reshape(-1)
-    if codec == "float16":
-        values = np.clip(values, -_F16_MAX, _F16_MAX)
-    payload = values.astype(GRAD_CODECS[codec]).tobytes()
-    return frame.pack(kind=frame.Kind.GRADIENT, sender=listener, codec=_F32_ID, count=values.size, payload=payload,
-                      stamp_mode=frame.StampMode.FULL, stamp=update)
+    def _dither(self, n: int, listener: int, speaker: int, update: int, chunk: int) -> np.ndarray:
+        step = (update << _UPDATE_SHIFT) | (speaker << _SPEAKER_SHIFT) | chunk
+        return uniform_numpy(n, NoiseKey(self.run_seed, 0, listener), step, DOMAIN_GRADIENT)
 
+    def frames(self, listener: int, speaker: int, update: int, grad: torch.Tensor) -> list[bytes]:
+        """dL/dz_hat of one speaker's messages of one update, (T, B, D), as the frames
+        `gradient_chunks` sizes, in step order."""
+        t, per_step = grad.shape[0], math.prod(grad.shape[1:])
+        starts = np.cumsum([0] + gradient_chunks(t, per_step))
+        return [self.pack(listener, speaker, update, k, grad[a:b])
+                for k, (a, b) in enumerate(zip(starts[:-1], starts[1:]))]
 
-def unpack_gradient(data: bytes, update: int, shape: tuple[int, ...], codec: str) -> tuple[int, np.ndarray]:
-    """-> (listener, float32 array shaped `shape`) of a gradient frame for `update`."""
-    f = frame.unpack(data)
-    if f.kind != frame.Kind.GRADIENT or f.stamp_mode != frame.StampMode.FULL or f.codec != _F32_ID:
-        raise WireError(f"not a gradient frame: kind {f.kind}, stamp {f.stamp_mode}, codec {f.codec}")
-    if f.stamp != update:
-        raise WireError(f"gradient for update {f.stamp}, expected {update}")
-    dtype = GRAD_CODECS[codec]
-    if f.count != math.prod(shape) or len(f.payload) != f.count * dtype.itemsize:
-        raise WireError(f"gradient of {f.count} values in {len(f.payload)} bytes; expected {math.prod(shape)} "
-                        f"{codec} values")
-    values = np.frombuffer(f.payload, dtype=dtype).astype(np.float32)
-    if not np.all(np.isfinite(values)):
-        raise WireError("gradient holds NaN or infinity")
-    return f.sender, values.reshape(shape)
+    def pack(self, listener: int, speaker: int, update: int, chunk: int, grad: torch.Tensor) -> bytes:
+        """One frame of gradient from `listener`, stamped with the update. float16
+        saturates at its largest finite value (beyond it would be infinity, which the
+        receiver refuses)."""
+        values = grad.detach().to("cpu", torch.float32).numpy().reshape(-1)
+        if self.name == "ddcl":
+            scale = float(np.abs(values).max(initial=0.0))
+            if scale > 0:
+                u = self._dither(values.size, listener, speaker, update, chunk)
+                _, m = quantize_numpy(values, np.float32(scale) / DDCL_LEVELS, u)
+            else:
+                m = np.zeros(values.size, dtype=np.int64)
+            payload, codec = _SCALE.pack(scale) + _RICE.encode(m), _RICE.wire_id
+        else:
+            if self.name == "float16":
+                values = np.clip(values, -_F16_MAX, _F16_MAX)
+            payload, codec = values.astype(FLOAT_WIDTHS[self.name]).tobytes(), _F32_ID
+        return frame.pack(kind=frame.Kind.GRADIENT, sender=listener, codec=codec, count=values.size,
+                          payload=payload, stamp_mode=frame.StampMode.FULL, stamp=update)
+
+    def unpack(self, data: bytes, speaker: int, update: int, chunk: int, shape: tuple[int, ...]) -> tuple[int, np.ndarray]:
+        """-> (listener, float32 array shaped `shape`) of chunk `chunk` of a gradient frame
+        for this speaker's messages of `update`."""
+        f = frame.unpack(data)
+        codec = _RICE.wire_id if self.name == "ddcl" else _F32_ID
+        if f.kind != frame.Kind.GRADIENT or f.stamp_mode != frame.StampMode.FULL or f.codec != codec:
+            raise WireError(f"not a {self.name} gradient frame: kind {f.kind}, stamp {f.stamp_mode}, codec {f.codec}")
+        if f.stamp != update:
+            raise WireError(f"gradient for update {f.stamp}, expected {update}")
+        if f.count != math.prod(shape):
+            raise WireError(f"gradient of {f.count} values; expected {math.prod(shape)}")
+        if self.name == "ddcl":
+            values = self._dequantize(f, speaker, update, chunk)
+        else:
+            dtype = FLOAT_WIDTHS[self.name]
+            if len(f.payload) != f.count * dtype.itemsize:
+                raise WireError(f"gradient of {f.count} values in {len(f.payload)} bytes; expected {self.name}")
+            values = np.frombuffer(f.payload, dtype=dtype).astype(np.float32)
+        if not np.all(np.isfinite(values)):
+            raise WireError("gradient holds NaN or infinity")
+        return f.sender, values.reshape(shape)
+
+    def _dequantize(self, f: frame.Frame, speaker: int, update: int, chunk: int) -> np.ndarray:
+        if len(f.payload) < _SCALE.size:
+            raise WireError("a ddcl gradient frame holds no scale")
+        (scale,) = _SCALE.unpack_from(f.payload)
+        if not (math.isfinite(scale) and scale >= 0):
+            raise WireError(f"a ddcl gradient's scale must be finite and non-negative, got {scale!r}")
+        m = _RICE.decode(f.payload[_SCALE.size:], f.count)  # a CodecError is a ChannelError
+        if m.size and int(np.abs(m).max()) > DDCL_LEVELS + 1:  # |g| <= scale and |u| <= 1/2
+            raise WireError(f"a ddcl gradient level beyond {DDCL_LEVELS + 1}")
+        if scale == 0:
+            return np.zeros(f.count, dtype=np.float32)
+        u = self._dither(f.count, f.sender, speaker, update, chunk)
+        return dequantize_numpy(m, np.float32(scale) / DDCL_LEVELS, u)
 
 
 def field(req, name: str, kind):

@@ -163,9 +163,7 @@ class Learner:
         cfg = TrainConfig(**{k: v for k, v in learn_wire.field(req, "config", dict).items()
                              if k in TrainConfig.__dataclass_fields__})
         cfg.device = str(self.device)
-        self.grad_codec = learn_wire.field(req, "grad_codec", str)
-        if self.grad_codec not in learn_wire.GRAD_CODECS:
-            raise learn_wire.WireError(f"unknown gradient codec {self.grad_codec!r}")
+        self.grad = learn_wire.GradCodec(learn_wire.field(req, "grad_codec", str), cfg.seed)
         s = setup(cfg)  # every agent's policy and layer, as the in-process trainer builds them
         self.cfg, self.env = cfg, s.env
         self.policy, self.layer = s.policies[self.index], s.layers[self.index]
@@ -237,7 +235,7 @@ class Learner:
         said = torch.autograd.grad(loss, r["heard"], retain_graph=True, allow_unused=True)
         said = torch.stack([g if g is not None else torch.zeros_like(h) for g, h in zip(said, r["heard"])])
         for slot, j in enumerate(self.peers):  # a send each: together they could pass the broker's size limit
-            for data in learn_wire.gradient_frames(self.index, update, said[:, :, slot], self.grad_codec):
+            for data in self.grad.frames(self.index, j, update, said[:, :, slot]):
                 self.peer.send_to(protocol.agent_id(j), data)
                 self.stats.gradient_frames += 1
         received = self._gradients(update, (*shape, cfg.msg_dim))
@@ -261,11 +259,11 @@ class Learner:
         total = torch.zeros(shape)
         for j in self.peers:
             parts = []
-            for steps in chunks:
+            for chunk, steps in enumerate(chunks):
                 self._wait(lambda: self.gradients[j], f"gradient frame from agent {j}")
                 try:
-                    sender, g = learn_wire.unpack_gradient(self.gradients[j].popleft(), update, (steps, *shape[1:]),
-                                                  self.grad_codec)
+                    sender, g = self.grad.unpack(self.gradients[j].popleft(), self.index, update, chunk,
+                                                 (steps, *shape[1:]))
                     if sender != j:
                         raise learn_wire.WireError(f"gradient from agent {j} says listener {sender}")
                 except ChannelError as e:  # a piece missing: the update cannot be exact

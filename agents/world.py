@@ -38,7 +38,6 @@ from .run_config import AgentSetup, RunConfig
 log = logging.getLogger("ddcl.world")
 
 METRICS_EVERY_S = 0.1  # metrics rows go out (file, and bus as JSON lines) this often
-STOP_POLL_S = 0.05  # the longest a wait for actions goes without asking whether to give up
 
 
 class Metrics:
@@ -238,7 +237,7 @@ class World:
 
     def collect_actions(self, step: int, give_up=lambda: False) -> np.ndarray | None:
         """This step's actions, as they come until the deadline; None when give_up()
-        came true first, which it is asked every STOP_POLL_S."""
+        came true first, which it is asked every lockstep.STOP_POLL_S."""
         cfg = self.cfg
         actions = np.zeros((cfg.batch, cfg.agents), dtype=np.int64)  # 0 is the default action
         got: set[int] = set()
@@ -262,7 +261,7 @@ class World:
         while len(got) < cfg.agents and (left := deadline - time.monotonic()) > 0:
             if give_up():
                 return None
-            self._pump(min(left, STOP_POLL_S), on_frame)
+            self._pump(min(left, lockstep.STOP_POLL_S), on_frame)
         for k in set(range(cfg.agents)) - got:
             self.misses[k] += 1
         return actions

@@ -71,10 +71,13 @@ def test_every_service_runs_one_valid_ddcl_command(compose):
 def test_knobs_reach_the_commands():
     """DDCL_AGENTS sets the replicas and the world's --agents together; an empty
     DDCL_CHECKPOINT means untrained policies (which fit any number of agents)."""
-    env = {"DDCL_AGENTS": "4", "DDCL_CHECKPOINT": "", "DDCL_STEPS": "9", "DDCL_PUBLISH": "127.0.0.1:0"}
+    env = {"DDCL_AGENTS": "4", "DDCL_CHECKPOINT": "", "DDCL_STEPS": "9", "DDCL_PUBLISH": "127.0.0.1:0",
+           "DDCL_BEACON_EVERY": "7", "DDCL_EPOCH_STEPS": "70"}
     s = interpolate(yaml.safe_load(COMPOSE.read_text()), env)["services"]
     world = s["world"]["command"]
     assert world[world.index("--agents") + 1] == "4" and world[world.index("--steps") + 1] == "9"
+    for cmd in (world, s["sync"]["command"]):  # the sync service's schedule, recorded by the world too
+        assert cmd[cmd.index("--beacon-every") + 1] == "7" and cmd[cmd.index("--epoch-steps") + 1] == "70"
     assert int(s["agent"]["deploy"]["replicas"]) == 4
     agent = s["agent"]["command"]
     assert agent[agent.index("--checkpoint") + 1] == ""
