@@ -331,7 +331,7 @@ def sweep_wall_clock(args) -> int:
                     group.start(f"agent-{k}", fake + agent if k == 1 else agent)
                 world = group.start("world", ddcl("world", "--broker", ep, "--steps", str(args.steps), "--clock",
                                                   "wall", "--tick", str(args.tick), "--deadline", "30", "--batch",
-                                                  str(args.batch), "--out", str(run)))
+                                                  str(args.batch), "--beacon-every", str(beacons), "--out", str(run)))
                 rc = world.wait()
             finally:
                 group.stop(first=("world",), grace_s=10.0)
