@@ -38,7 +38,7 @@ def role(*args: str) -> list[str]:
 
 
 def train_up(cfg: TrainConfig, out: Path, grad_codec: str = "float32", device: str = "auto",
-             progress: bool = True) -> int:
+             progress: bool = True, desync: dict | None = None) -> int:
     """Runs the networked training to its end (or Ctrl-C / SIGTERM); the world's status."""
     out = Path(out)
     logs = out / "logs"
@@ -60,7 +60,8 @@ def train_up(cfg: TrainConfig, out: Path, grad_codec: str = "float32", device: s
             print(f"[learn] the broker did not start{last_words(logs / 'broker.log')}", file=sys.stderr)
             return 2
         world = group.start("world", role("world", "--broker", endpoint, "--out", str(out), "--grad-codec", grad_codec,
-                                          "--config", json.dumps(asdict(cfg))) + ([] if progress else ["--quiet"]),
+                                          "--config", json.dumps(asdict(cfg)), "--desync", json.dumps(desync or {}))
+                            + ([] if progress else ["--quiet"]),
                             progress=progress)
         learners = {f"agent-{k}": group.start(f"agent-{k}", role("learner", "--broker", endpoint, "--id", str(k),
                                                                   "--device", device))
@@ -125,6 +126,8 @@ def main(argv=None) -> int:
     w.add_argument("--config", default="{}", help="TrainConfig fields as JSON")
     w.add_argument("--grad-codec", default="float32", choices=GRAD_CODECS)
     w.add_argument("--quiet", action="store_true", help="no progress lines")
+    w.add_argument("--desync", default="{}", help="a clock fault and the gradient probe, as JSON: "
+                                                  "agents/learn_desync.py's LearnDesync fields")
     a = sub.add_parser("learner", help="one learning agent")
     a.add_argument("--broker", required=True)
     a.add_argument("--id", type=int, required=True, help="agent index K (registers as agent-K)")
@@ -147,7 +150,11 @@ def main(argv=None) -> int:
     out = Path(args.out) if args.out else None
     if out:
         out.mkdir(parents=True, exist_ok=True)
-    summary = LearningWorld(args.broker, cfg, out, args.grad_codec, progress=not args.quiet).run(stop_flag())
+    from .learn_desync import LearnDesync
+
+    desync = LearnDesync.from_dict(json.loads(args.desync))
+    summary = LearningWorld(args.broker, cfg, out, args.grad_codec, progress=not args.quiet,
+                            desync=desync).run(stop_flag())
     if summary is None:
         return 130
     print(render(summary))

@@ -33,6 +33,7 @@ from channel import ChannelError, frame, load_kernels
 from . import learn_wire
 from . import lockstep
 from .agent import pick_device
+from .learn_desync import LearnDesync
 from .message import MessageChannel, SyncMode
 from .policy import forget
 from .sampling import generators, sample
@@ -55,6 +56,7 @@ class LearnerStats:
     payload_bits: int = 0
     gradient_frames: int = 0
     bad_frames: int = 0  # peer frames (messages, gradients, priors) that failed to parse, dropped
+    desynced: int = 0  # decodes that used another noise step than their sender's (a clock fault)
 
 
 class Learner:
@@ -166,11 +168,16 @@ class Learner:
         self.grad_codec = learn_wire.field(req, "grad_codec", str)
         if self.grad_codec not in learn_wire.GRAD_CODECS:
             raise learn_wire.WireError(f"unknown gradient codec {self.grad_codec!r}")
+        try:
+            self.desync = LearnDesync.from_dict(req.get("desync"))
+            self.desync.validate(cfg.agents)
+        except ValueError as e:
+            raise learn_wire.WireError(str(e)) from None
         s = setup(cfg)  # every agent's policy and layer, as the in-process trainer builds them
         self.cfg, self.env = cfg, s.env
         self.policy, self.layer = s.policies[self.index], s.layers[self.index]
         # every sender's layer: a peer's learned range model arrives as PRIOR after each update
-        self.channel = MessageChannel(s.layers, SyncMode())
+        self.channel = MessageChannel(s.layers, SyncMode.parse(self.desync.sync))
         self.peers = [j for j in range(cfg.agents) if j != self.index]
         self.opt = torch.optim.Adam([{"params": list(self.policy.parameters())},
                                      {"params": list(self.layer.parameters()), "lr": cfg.prior_lr}], lr=cfg.lr)
@@ -183,33 +190,45 @@ class Learner:
         cfg, batch, dim = self.cfg, self.cfg.batch, self.cfg.msg_dim
         if update > 1 and self.layer.prior is not None and cfg.codec == "range":
             self._take_priors(update - 1)
-        r = {"logp": [], "ent": [], "rate": [], "z_hat": [], "heard": [], "bits": 0}
+        r = {"logp": [], "ent": [], "rate": [], "z_hat": [], "heard": [], "bits": 0, "decodes": 0, "desynced": 0,
+             "ideal": [], "logp_ideal": [], "ent_ideal": []}
         if self.state is not None:
             self.state = self.state.detach()  # backprop through this rollout only
         for _ in range(cfg.rollout):
             step, obs, first = lockstep.unpack_obs(frame.unpack(self._world("observations")), batch, self.env.obs_dim)
+            view = self.desync.view(self.index, step, cfg.rollout)  # the step this learner keys its noise by
             self.state = forget(self.state, first)
             h, z, self.state = self.policy.speak(torch.from_numpy(obs).to(self.device), self.state)
-            r["z_hat"].append(self.layer(z, step, self.index))  # in the graph: the peers' gradients enter here
+            r["z_hat"].append(self.layer(z, view, self.index))  # in the graph: the peers' gradients enter here
             r["rate"].append(self.layer.rate_loss("none"))
-            _, data, nbits = self.channel.speak(z.detach(), self.index, step, EPOCH_SEED)  # the same z_hat, encoded
+            _, data, nbits = self.channel.speak(z.detach(), self.index, view, EPOCH_SEED)  # the same z_hat, encoded
             self.peer.broadcast_frame(data)
             r["bits"] += nbits
-            heard = torch.from_numpy(self._hear(step, (batch, dim))).to(self.device).requires_grad_()
+            heard, ideal = self._hear(step, view, (batch, dim), r)
+            heard = torch.from_numpy(heard).to(self.device).requires_grad_()
             actions, logp, ent = sample(self.policy.act(h, heard), self.gen)
             self.peer.send_to(protocol.WORLD_ID, lockstep.pack_actions(self.index, step, actions.cpu().numpy()))
             r["logp"].append(logp)
             r["ent"].append(ent)
             r["heard"].append(heard)
+            if self.desync.probe:  # the synchronized listener, on the same observations and actions
+                ideal = torch.from_numpy(ideal).to(self.device).requires_grad_()
+                dist = torch.distributions.Categorical(logits=self.policy.act(h, ideal).contiguous())
+                r["ideal"].append(ideal)
+                r["logp_ideal"].append(dist.log_prob(actions))
+                r["ent_ideal"].append(dist.entropy())
             self.stats.steps += 1
             self.stats.messages += 1
             self.stats.payload_bits += nbits
         return r
 
-    def _hear(self, step: int, shape) -> np.ndarray:
-        """Every peer's message of this step, decoded, stacked in peer order: (B, peers, D).
-        A frame that fails to decode is dropped and its sender waited for again."""
+    def _hear(self, step: int, view: int, shape, r: dict) -> tuple[np.ndarray, np.ndarray]:
+        """Every peer's message of this step, decoded with the noise this learner's clock
+        and the frame's stamp say, stacked in peer order: (B, peers, D); and, with the
+        probe, the same messages decoded with their senders' own noise (else the first
+        again). A frame that fails to decode is dropped and its sender waited for again."""
         heard = np.zeros((shape[0], len(self.peers), shape[1]), dtype=np.float32)
+        ideal = heard if not self.desync.probe else np.zeros_like(heard)
         todo = dict(enumerate(self.peers))
         while todo:
             self._wait(lambda: any(j in self.frames for j in todo.values()), "peer message")
@@ -217,7 +236,7 @@ class Learner:
                 if (data := self.frames.pop(j, None)) is None:
                     continue
                 try:
-                    sender, heard[:, slot], _ = self.channel.hear(data, step, lambda _s: EPOCH_SEED, shape)
+                    sender, heard[:, slot], (used, _) = self.channel.hear(data, view, lambda _s: EPOCH_SEED, shape)
                     if sender != j:
                         raise ChannelError(f"frame from agent {j} says sender {sender}")
                 except ChannelError as e:
@@ -225,7 +244,13 @@ class Learner:
                     log.warning("bad message frame from agent %d: %s", j, e)
                     continue
                 del todo[slot]
-        return heard
+                true = self.desync.view(j, step, self.cfg.rollout)  # the oracle's: never on the wire
+                r["decodes"] += 1
+                r["desynced"] += used != true
+                if self.desync.probe:
+                    ideal[:, slot] = (heard[:, slot] if used == true else
+                                      self.channel.layers[j].decode(frame.unpack(data).payload, shape, true, j, EPOCH_SEED))
+        return heard, ideal
 
     def _update(self, update: int, r: dict) -> None:
         cfg = self.cfg
@@ -236,6 +261,14 @@ class Learner:
         # what each peer's messages did to this agent's loss, for that peer
         said = torch.autograd.grad(loss, r["heard"], retain_graph=True, allow_unused=True)
         said = torch.stack([g if g is not None else torch.zeros_like(h) for g, h in zip(said, r["heard"])])
+        probe = {"decodes": r["decodes"], "desynced": r["desynced"]}
+        self.stats.desynced += r["desynced"]
+        if self.desync.probe:
+            ideal_loss = agent_loss(torch.stack(r["logp_ideal"]), adv, torch.stack(r["ent_ideal"]), rate,
+                                    lam_at(cfg, update), cfg)
+            ideal = torch.autograd.grad(ideal_loss, r["ideal"], retain_graph=True, allow_unused=True)
+            ideal = torch.stack([g if g is not None else torch.zeros_like(h) for g, h in zip(ideal, r["ideal"])])
+            probe.update(learn_wire.gradient_bias(said, ideal))
         for slot, j in enumerate(self.peers):  # a send each: together they could pass the broker's size limit
             for data in learn_wire.gradient_frames(self.index, update, said[:, :, slot], self.grad_codec):
                 self.peer.send_to(protocol.agent_id(j), data)
@@ -247,7 +280,8 @@ class Learner:
         params = [p for p in self.policy.parameters() if p.grad is not None]
         norms = torch._foreach_norm([p.grad for p in params])  # what clip_grad_norm_ computes per parameter
         wire_bits = r["bits"] / (cfg.rollout * cfg.batch)
-        self.peer.send_to(protocol.WORLD_ID, learn_wire.pack_norms(update, norms, float(rate.mean().detach()), wire_bits))
+        self.peer.send_to(protocol.WORLD_ID, learn_wire.pack_norms(update, norms, float(rate.mean().detach()), wire_bits,
+                                                                   probe))
         total = learn_wire.unpack_clip(self._world("the gradient norm"), update)
         torch.nn.utils.clip_grads_with_norm_(params, 1.0, torch.tensor(total, dtype=torch.float32, device=self.device))
         self.opt.step()

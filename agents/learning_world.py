@@ -17,6 +17,7 @@ then evaluates and writes what it has.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -33,6 +34,7 @@ from channel import ChannelError, frame, load_kernels
 
 from . import learn_wire
 from . import lockstep
+from .learn_desync import LearnDesync
 from .train import (PROGRESS_EVERY_S, adv_column, advantages, eval_row, final_summary, live_line, log_row, setup,
                     step_reward, tensorboard_writer, write_run)
 from .train_config import TrainConfig
@@ -45,8 +47,10 @@ WAIT_S = 120.0  # the longest a step or an update waits for a learner before the
 
 class LearningWorld:
     def __init__(self, endpoint: str, cfg: TrainConfig, out: Path | None, grad_codec: str = "float32",
-                 progress: bool = True, curve=None):
+                 progress: bool = True, curve=None, desync: LearnDesync = LearnDesync()):
         cfg.validate()
+        desync.validate(cfg.agents)
+        self.desync = desync
         if cfg.share:
             raise ValueError("shared policy weights need every agent's gradient in one place: train them in-process")
         if grad_codec not in learn_wire.GRAD_CODECS:
@@ -75,7 +79,8 @@ class LearningWorld:
             if len(body) >= 2:
                 self.actions[self.agent_ids.index(src)] = body
         elif (op := learn_wire.op_of(body)) == lockstep.JOIN:
-            self.peer.send_to(src, protocol.pack({"op": learn_wire.CONFIG, "config": self._config(), "grad_codec": self.grad_codec}))
+            self.peer.send_to(src, protocol.pack({"op": learn_wire.CONFIG, "config": self._config(),
+                                                  "grad_codec": self.grad_codec, "desync": self.desync.to_dict()}))
         elif op == lockstep.READY:
             self.ready.add(src)
         else:
@@ -145,6 +150,8 @@ class LearningWorld:
         env, critic = s.env, s.critic
         opt = torch.optim.Adam(critic.parameters(), lr=cfg.lr)  # the learners hold the policies' and priors'
         log_file = open(self.out / "train.jsonl", "w") if self.out else None
+        # one line per update: the learning curves of a desync sweep (agents/learn_desync.py)
+        update_file = open(self.out / "updates.jsonl", "w") if self.out else None
         board = tensorboard_writer(self.out)
         obs = env.reset()
         first = np.ones(cfg.batch, dtype=bool)
@@ -155,6 +162,7 @@ class LearningWorld:
         update = 0
         for update in range(1, cfg.updates + 1):
             values, rewards, dones = [], [], []
+            ended = won = 0
             for _ in range(cfg.rollout):
                 self.peer.send_each(zip(self.agent_ids, lockstep.pack_obs(step, obs.cpu().numpy(), first)))
                 values.append(critic(obs))
@@ -165,6 +173,7 @@ class LearningWorld:
                 dones.append(done.float()[:, None])
                 episodes += int(done.sum())
                 successes += int(success.sum())
+                ended, won = ended + int(done.sum()), won + int(success.sum())
                 step += 1
             returns, values, adv = advantages(critic, obs, rewards, dones, values, cfg)
             self.peer.send_each((agent, learn_wire.pack_advantage(update, adv_column(adv, k)))
@@ -173,9 +182,9 @@ class LearningWorld:
             (cfg.value_coef * (returns - values).pow(2).mean()).backward()
             critic_params = [q for q in critic.parameters() if q.grad is not None]
             reports = self._from_each(learn_wire.NORMS, lambda k, body, u=update: learn_wire.unpack_norms(
-                body, u, sum(1 for _ in s.policies[k].parameters())), "gradient norms")
+                body, u, sum(1 for _ in s.policies[k].parameters()), cfg.agents - 1), "gradient norms")
             norms, rates, bits = [], [], []
-            for n, rate, wire in reports:  # in train.py's parameter order: policies, then the critic
+            for n, rate, wire, _ in reports:  # in train.py's parameter order: policies, then the critic
                 norms += n
                 rates.append(rate)
                 bits.append(wire)
@@ -187,6 +196,9 @@ class LearningWorld:
             opt.step()
             rate_bits, wire_bits = float(np.mean(rates)), float(np.mean(bits))
             wall = time.monotonic() - start
+            if update_file:
+                update_file.write(json.dumps(self._update_row(update, step * cfg.batch, won / max(ended, 1), ended,
+                                                              wire_bits, rate_bits, [p for *_, p in reports])) + "\n")
             if self.progress and time.monotonic() - last_line >= PROGRESS_EVERY_S:
                 print(live_line(update, cfg.updates, step * cfg.batch, wall, successes / max(episodes, 1), rate_bits)
                       + f"  {cfg.codec} bits/msg on the wire {wire_bits:.2f}", file=sys.stderr, flush=True)
@@ -209,12 +221,29 @@ class LearningWorld:
         wall = time.monotonic() - start
         if log_file:
             log_file.close()
+            update_file.close()
             board.close()
         summary = final_summary(s.policies, cfg, history, update, wall, step * cfg.batch, s.device)
         summary["networked"] = self.finish(update)
         if self.out:
             write_run(self.out, cfg, s.pcfg, s.policies, critic, summary)
         return summary
+
+    def _update_row(self, update: int, env_steps: int, success: float, episodes: int, wire_bits: float,
+                    rate_bits: float, probes: list[dict]) -> dict:
+        """One update's figures: training success, real bits per message, the fraction of
+        decodes that used the wrong noise, and per link `listener>speaker` the cosine of
+        the gradient sent against the synchronized listener's (and their norms' ratio)."""
+        decodes = sum(p["decodes"] for p in probes)
+        row = {"update": update, "env_steps": env_steps, "success": success, "episodes": episodes,
+               "wire_bits": wire_bits, "rate_bits": rate_bits,
+               "desynced": sum(p["desynced"] for p in probes) / max(decodes, 1)}
+        if all("cos" in p for p in probes):
+            for k, p in enumerate(probes):
+                peers = [j for j in range(self.cfg.agents) if j != k]
+                for j, c, r in zip(peers, p["cos"], p["ratio"]):
+                    row[f"cos_{k}>{j}"], row[f"ratio_{k}>{j}"] = c, r
+        return row
 
     def _actions(self, step: int) -> torch.Tensor:
         """Every learner's actions for `step`, (B, N)."""
