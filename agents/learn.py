@@ -64,7 +64,7 @@ def train_up(cfg: TrainConfig, out: Path, grad_codec: str = "float32", device: s
                             + ([] if progress else ["--quiet"]),
                             progress=progress)
         learners = {f"agent-{k}": group.start(f"agent-{k}", role("learner", "--broker", endpoint, "--id", str(k),
-                                                                  "--device", device))
+                                                                  "--device", device, "--state-dir", str(out / "learners")))
                     for k in range(cfg.agents)}
         if progress:
             print(f"[learn] broker on {endpoint}; {cfg.agents} learners, B={cfg.batch}, {cfg.updates} updates of "
@@ -132,6 +132,8 @@ def main(argv=None) -> int:
     a.add_argument("--broker", required=True)
     a.add_argument("--id", type=int, required=True, help="agent index K (registers as agent-K)")
     a.add_argument("--device", default="auto")
+    a.add_argument("--state-dir", help="folder for the learner's saved states: restarted with its id, it "
+                                       "resumes from them (default: kept in memory only)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     # the broker heartbeats every BROKER_HEARTBEAT_S here, past the peers' 3 s of patience:
@@ -142,7 +144,7 @@ def main(argv=None) -> int:
     if args.role == "learner":
         from .learner import Learner
 
-        Learner(args.broker, args.id, args.device).run(stop_flag())
+        Learner(args.broker, args.id, args.device, state_dir=args.state_dir).run(stop_flag())
         return 0
     from .learning_world import LearningWorld
 

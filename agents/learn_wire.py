@@ -15,6 +15,12 @@ Per update, after the rollout's cfg.rollout lockstep steps:
                                      wire codec is `range` with a learned prior
     world -> learner      STATE?     -> STATE {tensors}: its policy and prior, for an
                                      evaluation or the checkpoint
+
+When a learner rejoins mid-run (killed and restarted) or the broker restarts, the world
+voids the update under way (learning_world.py): ROLLBACK {to, round} to every learner
+(resent each second until answered), each restores its state saved after update `to`
+and answers ROLLED {round}, then RESUME {round} to all, and the world redoes update
+to + 1 from fresh episodes.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ import torch
 from broker import protocol
 # this exchange's control ops are in the protocol's one table of ops (JOIN / READY /
 # HELLO / END are lockstep's); learners and the learning world read them here
-from broker.protocol import ADVANTAGE, CLIP, LEARNER_STATS, PRIOR, STATE, STATE_ASK  # noqa: F401
+from broker.protocol import ADVANTAGE, CLIP, LEARNER_STATS, PRIOR, RESUME, ROLLBACK, ROLLED, STATE, STATE_ASK  # noqa: F401
 from broker.protocol import GRAD_NORMS as NORMS, LEARN_CONFIG as CONFIG  # noqa: F401
 from channel import ChannelError, frame
 
@@ -93,6 +99,15 @@ def unpack_gradient(data: bytes, update: int, shape: tuple[int, ...], codec: str
     if not np.all(np.isfinite(values)):
         raise WireError("gradient holds NaN or infinity")
     return f.sender, values.reshape(shape)
+
+
+def unpack_rollback(body: bytes) -> tuple[int, int]:
+    """ROLLBACK -> (the update to go back to, the round)."""
+    req = parse(body, ROLLBACK)
+    to, rnd = field(req, "to", int), field(req, "round", int)
+    if not (0 <= to < 1 << 40 and 0 < rnd < 1 << 40):
+        raise WireError(f"rollback to update {to} in round {rnd}")
+    return to, rnd
 
 
 def field(req, name: str, kind):

@@ -13,15 +13,25 @@ agent's own messages are added to its loss's in one backward pass. A message dep
 only on its speaker's own observation history, so that is the in-process gradient. The
 world adds the critic's gradient norm to the learners' for the global clip, and every
 party clips by the same total before its Adam step.
+
+Faults: after each Adam step the learner saves its state (policy, layer with its prior,
+Adam, action generator, the peers' priors it decodes with) for that update, in memory
+and, with a state folder, on disk (the last two updates). A learner restarted with its
+id builds itself from the world's config, and the world's ROLLBACK (it voids the update
+under way when a learner rejoins or the broker restarts) makes it and every peer load
+the state of the last update all of them saved: that update's successor is redone.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
+import os
 import time
 from collections import defaultdict, deque
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -49,6 +59,13 @@ class Stopped(Exception):
     """The process was asked to stop, or the world ended the run."""
 
 
+class Rollback(Exception):
+    """The world voided the update under way."""
+
+
+KEEP_STATES = 2  # saved updates kept: the world goes back at most to the one before the latest
+
+
 @dataclass
 class LearnerStats:
     steps: int = 0
@@ -60,7 +77,7 @@ class LearnerStats:
 
 
 class Learner:
-    def __init__(self, endpoint: str, index: int, device: str = "auto", curve=None):
+    def __init__(self, endpoint: str, index: int, device: str = "auto", curve=None, state_dir: Path | None = None):
         self.device = pick_device(device)  # a missing device is refused before registering
         load_kernels()
         torch.set_num_threads(1)  # many processes share the cores
@@ -72,9 +89,15 @@ class Learner:
         # this update's gradient frames per peer, in arrival order: the broker keeps a
         # link's order, and a speaker sends its frames in step order
         self.gradients: dict[int, deque[bytes]] = defaultdict(deque)
-        self.priors: dict[int, dict] = {}  # the latest prior per peer
+        self.priors: dict[tuple[int, int], dict] = {}  # (peer, update) -> its prior after that update
         self.from_world: deque[bytes] = deque()
         self.should_stop = lambda: False
+        self.state_dir = Path(state_dir) if state_dir else None
+        self.saved: dict[int, dict] = {}  # update -> this learner's state after it (the last KEEP_STATES)
+        self.pending_rollback: tuple[int, int] | None = None  # (to, round) of a ROLLBACK not yet obeyed
+        self.round = 0  # the last rollback round obeyed
+        self.resumed = 0  # the last round the world resumed
+        self.rolled_to = 0  # the update the last rollback went back to
 
     # ----- the wire -----
 
@@ -96,8 +119,34 @@ class Learner:
             return
         src, body = msg[1], msg[2]
         if src == protocol.WORLD_ID:
-            self.from_world.append(body)
+            op = None if protocol.is_channel_frame(body) else learn_wire.op_of(body)
+            if op in (learn_wire.ROLLBACK, learn_wire.RESUME):
+                try:
+                    self._on_rollback(op, body)
+                except ChannelError as e:
+                    self.stats.bad_frames += 1
+                    log.warning("bad %s from the world: %s", op, e)
+            else:
+                self.from_world.append(body)
             return
+        self._from_peer(src, body)
+
+    def _on_rollback(self, op: str, body: bytes) -> None:
+        if op == learn_wire.ROLLBACK:
+            to, rnd = learn_wire.unpack_rollback(body)
+            if rnd > self.round:
+                self.pending_rollback = (to, rnd)
+            elif rnd == self.round and self.resumed < rnd:  # the world missed the answer: again
+                self.peer.send_to(protocol.WORLD_ID, protocol.pack({"op": learn_wire.ROLLED, "round": rnd}))
+        elif learn_wire.field(learn_wire.parse(body, learn_wire.RESUME), "round", int) == self.round > self.resumed:
+            # everything a peer or the world sent before this belongs to the voided update
+            self.resumed = self.round
+            self.frames.clear()
+            self.gradients.clear()
+            self.from_world.clear()
+            self.priors = {k: v for k, v in self.priors.items() if k[1] <= self.rolled_to}
+
+    def _from_peer(self, src: bytes, body: bytes) -> None:
         j = protocol.agent_index(src)
         if j is None or j == self.index:
             return
@@ -107,13 +156,19 @@ class Learner:
             else:  # more than any update sends: a peer gone wrong
                 self.stats.bad_frames += 1
         elif learn_wire.op_of(body) == learn_wire.PRIOR:
-            self.priors[j] = protocol.unpack(body)
+            req = protocol.unpack(body)
+            if isinstance(update := req.get("update"), int):
+                self.priors[(j, update)] = req
+                # a few per peer at most: the ones a rollback may go back to
+                self.priors = {k: v for k, v in self.priors.items() if k[0] != j or k[1] >= update - KEEP_STATES}
 
     def _wait(self, done, what: str) -> None:
         deadline = time.monotonic() + WAIT_S
         while not done():
             if self.should_stop():
                 raise Stopped
+            if self.pending_rollback is not None:
+                raise Rollback
             if time.monotonic() > deadline:
                 raise TimeoutError(f"agent {self.index}: no {what} in {WAIT_S:.0f} s")
             self._pump(0.2)
@@ -124,6 +179,8 @@ class Learner:
             self._wait(lambda: self.from_world, what)
             body = self.from_world.popleft()
             op = None if protocol.is_channel_frame(body) else learn_wire.op_of(body)
+            if self.cfg is None and op not in (learn_wire.CONFIG, lockstep.HELLO, lockstep.END):
+                continue  # what the world sent this id's previous process: stale
             if op == learn_wire.STATE_ASK:
                 self.peer.send_to(protocol.WORLD_ID, learn_wire.pack_tensors(learn_wire.STATE, self._state(), agent=self.index))
             elif op == lockstep.END:
@@ -151,8 +208,14 @@ class Learner:
             self._join()
             update = 0
             while True:
-                update += 1
-                self._update(update, self._rollout(update))
+                try:
+                    if self.pending_rollback is not None:
+                        raise Rollback
+                    update += 1
+                    self._update(update, self._rollout(update))
+                    self._save(update)
+                except Rollback:
+                    update = self._roll_back()
         except Stopped:
             pass
         finally:
@@ -183,6 +246,7 @@ class Learner:
                                      {"params": list(self.layer.parameters()), "lr": cfg.prior_lr}], lr=cfg.lr)
         self.gen = generators(cfg.seed, [self.index], self.device)[0]
         self.state = self.policy.initial_state(cfg.batch, self.device)
+        self._save(0)  # the same for a restarted learner: setup() is seeded
         self.peer.send_to(protocol.WORLD_ID, protocol.pack({"op": lockstep.READY}))
         log.info("learner %d ready on %s", self.index, self.device)
 
@@ -312,9 +376,68 @@ class Learner:
     def _take_priors(self, update: int) -> None:
         """Each peer's prior after `update`: its messages of the next rollout are coded with it."""
         for j in self.peers:
-            self._wait(lambda: self.priors.get(j, {}).get("update") == update, f"agent {j}'s prior")
+            self._wait(lambda: (j, update) in self.priors, f"agent {j}'s prior")
             layer = self.channel.layers[j]
             try:
-                layer.prior.load_state_dict(learn_wire.unpack_tensors(self.priors[j], layer.prior.state_dict()))
+                layer.prior.load_state_dict(learn_wire.unpack_tensors(self.priors[(j, update)], layer.prior.state_dict()))
             except ChannelError as e:  # its messages will not decode: a run that cannot go on
                 raise learn_wire.WireError(f"agent {j}'s prior: {e}") from None
+
+    # ----- faults: saved states and rollbacks -----
+
+    def _file(self, update: int) -> Path:
+        return self.state_dir / f"agent-{self.index}-update-{update}.pt"
+
+    def _save(self, update: int) -> None:
+        """This learner's state after `update`, kept for a rollback to it."""
+        state = {"update": update, "policy": self.policy.state_dict(), "layer": self.layer.state_dict(),
+                 "opt": self.opt.state_dict(), "gen": self.gen.get_state(),
+                 "priors": [None if layer.prior is None else layer.prior.state_dict() for layer in self.channel.layers]}
+        state = copy.deepcopy(state)  # the next step changes the tensors in place
+        self.saved[update] = state
+        for old in [u for u in self.saved if u <= update - KEEP_STATES]:
+            del self.saved[old]
+        if self.state_dir is not None:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            tmp = self._file(update).with_suffix(".tmp")
+            torch.save(state, tmp)
+            os.replace(tmp, self._file(update))  # whole or absent: a kill never leaves half a state
+            for old in self.state_dir.glob(f"agent-{self.index}-update-*.pt"):
+                if int(old.stem.rsplit("-", 1)[1]) <= update - KEEP_STATES:
+                    old.unlink(missing_ok=True)
+
+    def _restore(self, update: int) -> None:
+        state = self.saved.get(update)
+        if state is None and self.state_dir is not None and self._file(update).exists():
+            state = torch.load(self._file(update), weights_only=True)
+        if state is None:
+            raise RuntimeError(f"agent {self.index}: no saved state for update {update} "
+                               f"(in memory: {sorted(self.saved)}; folder: {self.state_dir})")
+        self.policy.load_state_dict(state["policy"])
+        self.layer.load_state_dict(state["layer"])
+        self.opt.load_state_dict(state["opt"])
+        self.gen.set_state(state["gen"])
+        for layer, prior in zip(self.channel.layers, state["priors"]):
+            if prior is not None:
+                layer.prior.load_state_dict(prior)
+        self.state = self.policy.initial_state(self.cfg.batch, self.device)  # the world starts fresh episodes
+
+    def _roll_back(self) -> int:
+        """Obey the world's ROLLBACK (the newest, if another comes meanwhile): restore the
+        state after its update, answer, wait for RESUME; -> that update."""
+        while True:
+            to, rnd = self.pending_rollback
+            self.pending_rollback = None
+            self._restore(to)
+            self.round, self.rolled_to = rnd, to
+            log.warning("agent %d: rolled back to update %d (round %d)", self.index, to, rnd)
+            self.peer.send_to(protocol.WORLD_ID, protocol.pack({"op": learn_wire.ROLLED, "round": rnd}))
+            try:
+                self._wait(lambda: self.resumed == rnd, "the world's resume")
+                break
+            except Rollback:
+                continue
+        if to >= 1 and self.layer.prior is not None and self.cfg.codec == "range":  # the peers decode with it
+            prior = learn_wire.pack_tensors(learn_wire.PRIOR, self.layer.prior.state_dict(), update=to)
+            self.peer.send_each((protocol.agent_id(j), prior) for j in self.peers)
+        return to
