@@ -7,7 +7,6 @@ checkpoint loads in `ddcl evaluate` and `ddcl up --checkpoint`."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -30,27 +29,25 @@ WAIT_S = 150  # process starts import torch: slow on a loaded 2-core machine
 
 
 class Run:
-    def __init__(self, tmp: Path):
-        self.tmp, self.out = tmp, tmp / "run"
+    """A broker, the learning world and two learners, each started alone (conftest's Procs)."""
+
+    def __init__(self, procs):
+        self.procs, self.tmp, self.out = procs, procs.tmp, procs.tmp / "run"
         self.port = free_port()
         self.endpoint = f"tcp://127.0.0.1:{self.port}"
-        self.procs: list[subprocess.Popen] = []
-        self.broker = self.start("broker", [sys.executable, "-m", "ddcl", "broker", "serve", "--bind", self.endpoint,
-                                            "--heartbeat", "10"])
-        wait_port(self.port, alive=lambda: self.broker.poll() is None)
-        self.world = self.start("world", [sys.executable, "-m", "agents.learn", "world", "--broker", self.endpoint,
-                                          "--out", str(self.out), "--config", json.dumps(CONFIG), "--quiet"])
+        self.broker = self.start_broker()
+        self.world = procs.start("world", "world", "--broker", self.endpoint, "--out", str(self.out),
+                                 "--config", json.dumps(CONFIG), "--quiet", module="agents.learn")
         self.learners = {k: self.learner(k) for k in range(2)}
 
-    def start(self, name: str, cmd: list[str]) -> subprocess.Popen:
-        log = open(self.tmp / f"{name}-{len(self.procs)}.log", "w")
-        p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-        self.procs.append(p)
-        return p
+    def start_broker(self) -> subprocess.Popen:
+        broker = self.procs.start("broker", "broker", "serve", "--bind", self.endpoint, "--heartbeat", "10")
+        wait_port(self.port, alive=lambda: broker.poll() is None)
+        return broker
 
     def learner(self, k: int) -> subprocess.Popen:
-        return self.start(f"agent-{k}", [sys.executable, "-m", "agents.learn", "learner", "--broker", self.endpoint,
-                                         "--id", str(k), "--device", "cpu", "--state-dir", str(self.out / "learners")])
+        return self.procs.start(f"agent-{k}", "learner", "--broker", self.endpoint, "--id", str(k), "--device", "cpu",
+                                "--state-dir", str(self.out / "learners"), module="agents.learn")
 
     def updates(self) -> list[dict]:
         path = self.out / "updates.jsonl"
@@ -73,23 +70,6 @@ class Run:
 
     def logs(self) -> str:
         return "\n".join(f"--- {p.name}\n{p.read_text()[-1500:]}" for p in sorted(self.tmp.glob("*.log")))
-
-    def close(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in self.procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-
-
-@pytest.fixture
-def run(tmp_path):
-    r = Run(tmp_path)
-    yield r
-    r.close()
 
 
 def _check_finished(run: Run) -> dict:
@@ -117,7 +97,8 @@ def _loads_in_evaluate_and_up(run: Run) -> None:
     assert json.loads((run.tmp / "up" / "summary.json").read_text())["steps"] == 10
 
 
-def test_a_killed_learner_restarted_with_its_id_resumes_and_the_run_finishes(run):
+def test_a_killed_learner_restarted_with_its_id_resumes_and_the_run_finishes(procs):
+    run = Run(procs)
     run.wait_updates(KILL_AT)
     run.learners[1].send_signal(signal.SIGKILL)
     run.learners[1].wait(10)
@@ -126,10 +107,10 @@ def test_a_killed_learner_restarted_with_its_id_resumes_and_the_run_finishes(run
     _loads_in_evaluate_and_up(run)
 
 
-def test_a_broker_restarted_mid_update_is_survived(run):
+def test_a_broker_restarted_mid_update_is_survived(procs):
+    run = Run(procs)
     run.wait_updates(KILL_AT)
     run.broker.send_signal(signal.SIGKILL)
     run.broker.wait(10)
-    run.broker = run.start("broker", [sys.executable, "-m", "ddcl", "broker", "serve", "--bind", run.endpoint,
-                                      "--heartbeat", "10"])
+    run.broker = run.start_broker()
     _check_finished(run)
