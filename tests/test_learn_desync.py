@@ -69,3 +69,30 @@ def test_a_mid_run_skew_desyncs_every_decode_from_its_update_and_biases_the_grad
     s = json.loads((tmp_path / "summary.json").read_text())
     assert s["networked"]["desync"]["skew"] == 2
     assert sum(a["desynced"] for a in s["networked"]["learners"]) == 2 * 3 * ROLLOUT  # both links, 3 updates
+
+
+def test_the_sweep_keeps_finished_cells_and_writes_its_table_and_plots(tmp_path, capsys):
+    """Every cell's folder already holds a run: the sweep starts none, and writes the CSV
+    and a PNG per fault kind from what the folders hold."""
+    import argparse
+
+    from ddcl.sweep_train import cells, sweep_train_skew
+
+    args = argparse.Namespace(skews=[1, 4], kinds="skew,skew-mid,drift", sync="implicit,stamped", drift_ppm=1e5,
+                              beacon_every=20, agent=1, updates=4, batch=8, lr=0.01, lam=0.0, seed=0, out=str(tmp_path))
+    grid = cells(args)
+    assert len(grid) == 1 + 2 * (2 + 2 + 2) and len({c.name for c in grid}) == len(grid)
+    for cell in grid:
+        run = tmp_path / cell.name
+        run.mkdir()
+        faulted = bool(cell.desync)
+        rows = [{"update": u, "env_steps": 80 * u, "success": 0.5, "episodes": 4, "wire_bits": 1.5, "rate_bits": 1.0,
+                 "desynced": float(faulted), **({"cos_1>0": 0.99, "ratio_1>0": 1.0, "cos_0>1": 1.0, "ratio_0>1": 1.0}
+                                                 if faulted else {})} for u in range(1, 5)]
+        (run / "updates.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        (run / "summary.json").write_text(json.dumps({"final": {"success_rate": 0.75}}))
+    assert sweep_train_skew(args) == 0
+    assert "done before, kept" in capsys.readouterr().err
+    table = (tmp_path / "train_skew.csv").read_text().splitlines()
+    assert len(table) == 1 + len(grid) and "cos_mean_1>0" in table[0]
+    assert all((tmp_path / f"train_skew_{kind}.png").stat().st_size > 0 for kind in ("skew", "skew-mid", "drift"))
