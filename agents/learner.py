@@ -167,7 +167,7 @@ class Learner:
         while not done():
             if self.should_stop():
                 raise Stopped
-            if self.pending_rollback is not None:
+            if self.pending_rollback is not None and self.cfg is not None:  # joining, it first needs the config
                 raise Rollback
             if time.monotonic() > deadline:
                 raise TimeoutError(f"agent {self.index}: no {what} in {WAIT_S:.0f} s")
