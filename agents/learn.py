@@ -38,7 +38,7 @@ def role(*args: str) -> list[str]:
 
 
 def train_up(cfg: TrainConfig, out: Path, grad_codec: str = "float32", device: str = "auto",
-             progress: bool = True) -> int:
+             progress: bool = True, desync: dict | None = None) -> int:
     """Runs the networked training to its end (or Ctrl-C / SIGTERM); the world's status."""
     out = Path(out)
     logs = out / "logs"
@@ -60,10 +60,11 @@ def train_up(cfg: TrainConfig, out: Path, grad_codec: str = "float32", device: s
             print(f"[learn] the broker did not start{last_words(logs / 'broker.log')}", file=sys.stderr)
             return 2
         world = group.start("world", role("world", "--broker", endpoint, "--out", str(out), "--grad-codec", grad_codec,
-                                          "--config", json.dumps(asdict(cfg))) + ([] if progress else ["--quiet"]),
+                                          "--config", json.dumps(asdict(cfg)), "--desync", json.dumps(desync or {}))
+                            + ([] if progress else ["--quiet"]),
                             progress=progress)
         learners = {f"agent-{k}": group.start(f"agent-{k}", role("learner", "--broker", endpoint, "--id", str(k),
-                                                                  "--device", device))
+                                                                  "--device", device, "--state-dir", str(out / "learners")))
                     for k in range(cfg.agents)}
         if progress:
             print(f"[learn] broker on {endpoint}; {cfg.agents} learners, B={cfg.batch}, {cfg.updates} updates of "
@@ -125,10 +126,14 @@ def main(argv=None) -> int:
     w.add_argument("--config", default="{}", help="TrainConfig fields as JSON")
     w.add_argument("--grad-codec", default="float32", choices=GRAD_CODECS)
     w.add_argument("--quiet", action="store_true", help="no progress lines")
+    w.add_argument("--desync", default="{}", help="a clock fault and the gradient probe, as JSON: "
+                                                  "agents/learn_desync.py's LearnDesync fields")
     a = sub.add_parser("learner", help="one learning agent")
     a.add_argument("--broker", required=True)
     a.add_argument("--id", type=int, required=True, help="agent index K (registers as agent-K)")
     a.add_argument("--device", default="auto")
+    a.add_argument("--state-dir", help="folder for the learner's saved states: restarted with its id, it "
+                                       "resumes from them (default: kept in memory only)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     # the broker heartbeats every BROKER_HEARTBEAT_S here, past the peers' 3 s of patience:
@@ -139,7 +144,7 @@ def main(argv=None) -> int:
     if args.role == "learner":
         from .learner import Learner
 
-        Learner(args.broker, args.id, args.device).run(stop_flag())
+        Learner(args.broker, args.id, args.device, state_dir=args.state_dir).run(stop_flag())
         return 0
     from .learning_world import LearningWorld
 
@@ -147,7 +152,11 @@ def main(argv=None) -> int:
     out = Path(args.out) if args.out else None
     if out:
         out.mkdir(parents=True, exist_ok=True)
-    summary = LearningWorld(args.broker, cfg, out, args.grad_codec, progress=not args.quiet).run(stop_flag())
+    from .learn_desync import LearnDesync
+
+    desync = LearnDesync.from_dict(json.loads(args.desync))
+    summary = LearningWorld(args.broker, cfg, out, args.grad_codec, progress=not args.quiet,
+                            desync=desync).run(stop_flag())
     if summary is None:
         return 130
     print(render(summary))

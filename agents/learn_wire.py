@@ -7,12 +7,20 @@ Per update, after the rollout's cfg.rollout lockstep steps:
 
     world -> learner k    ADVANTAGE  {update, adv: (T, B) float32 bytes}
     learner j -> k        GRADIENT frame (channel frame kind 3): dL_j/dz_hat_k, (T, B, D)
-    learner k -> world    NORMS      {update, norms: per-parameter gradient norms}
+    learner k -> world    NORMS      {update, norms: per-parameter gradient norms, probe:
+                                     decodes and desynced decodes, and with the desync
+                                     probe the cosine per peer (agents/learn_desync.py)}
     world -> learners     CLIP       {update, total_norm}: every party clips by it
     learner k -> peers    PRIOR      {update, logits}: its learned range model, where the
                                      wire codec is `range` with a learned prior
     world -> learner      STATE?     -> STATE {tensors}: its policy and prior, for an
                                      evaluation or the checkpoint
+
+When a learner rejoins mid-run (killed and restarted) or the broker restarts, the world
+voids the update under way (learning_world.py): ROLLBACK {to, round} to every learner
+(resent each second until answered), each restores its state saved after update `to`
+and answers ROLLED {round}, then RESUME {round} to all, and the world redoes update
+to + 1 from fresh episodes.
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ import torch
 from broker import protocol
 # this exchange's control ops are in the protocol's one table of ops (JOIN / READY /
 # HELLO / END are lockstep's); learners and the learning world read them here
-from broker.protocol import ADVANTAGE, CLIP, LEARNER_STATS, PRIOR, STATE, STATE_ASK  # noqa: F401
+from broker.protocol import ADVANTAGE, CLIP, LEARNER_STATS, PRIOR, RESUME, ROLLBACK, ROLLED, STATE, STATE_ASK  # noqa: F401
 from broker.protocol import GRAD_NORMS as NORMS, LEARN_CONFIG as CONFIG  # noqa: F401
 from channel import ChannelError, codecs, frame
 from channel.noise import DOMAIN_GRADIENT, NoiseKey, uniform_numpy
@@ -146,6 +154,15 @@ class GradCodec:
         return dequantize_numpy(m, np.float32(scale) / DDCL_LEVELS, u)
 
 
+def unpack_rollback(body: bytes) -> tuple[int, int]:
+    """ROLLBACK -> (the update to go back to, the round)."""
+    req = parse(body, ROLLBACK)
+    to, rnd = field(req, "to", int), field(req, "round", int)
+    if not (0 <= to < 1 << 40 and 0 < rnd < 1 << 40):
+        raise WireError(f"rollback to update {to} in round {rnd}")
+    return to, rnd
+
+
 def field(req, name: str, kind):
     if not isinstance(req, dict):
         raise WireError(f"a learning message is a map, got {type(req).__name__}")
@@ -197,20 +214,52 @@ def unpack_advantage(body: bytes, update: int, shape: tuple[int, int]) -> np.nda
     return _floats(req.get("adv"), math.prod(shape), "advantages").reshape(shape)
 
 
-def pack_norms(update: int, norms: list[torch.Tensor], rate_bits: float, wire_bits: float) -> bytes:
+def gradient_bias(sent: torch.Tensor, ideal: torch.Tensor) -> dict:
+    """Per peer (the last axis but one of (T, B, peers, D) gradients): the cosine between
+    the gradient sent and the synchronized listener's, and the ratio of their norms
+    (None where either is zero)."""
+    cos, ratio = [], []
+    for slot in range(sent.shape[2]):
+        a, b = sent[:, :, slot].reshape(-1).double(), ideal[:, :, slot].reshape(-1).double()
+        na, nb = float(a.norm()), float(b.norm())
+        ok = na > 0 and nb > 0
+        cos.append(max(-1.0, min(1.0, float(a @ b) / (na * nb))) if ok else None)
+        ratio.append(na / nb if ok else None)
+    return {"cos": cos, "ratio": ratio}
+
+
+def pack_norms(update: int, norms: list[torch.Tensor], rate_bits: float, wire_bits: float,
+               probe: dict | None = None) -> bytes:
     """Per-parameter gradient norms (float32 as Python floats: exact, so the world's total
     is the in-process one), with the update's mean rate-loss and real bits per message
-    for the progress line."""
+    for the progress line, and what the desync probe saw."""
     return protocol.pack({"op": NORMS, "update": update, "norms": [float(n) for n in norms], "rate_bits": rate_bits,
-                   "wire_bits": wire_bits})
+                   "wire_bits": wire_bits, "probe": probe or {"decodes": 0, "desynced": 0}})
 
 
-def unpack_norms(body: bytes, update: int, count: int) -> tuple[list[float], float, float]:
+def _probe(req: dict, peers: int) -> dict:
+    probe = field(req, "probe", dict)
+    decodes, desynced = field(probe, "decodes", int), field(probe, "desynced", int)
+    if not 0 <= desynced <= decodes <= 1 << 40:
+        raise WireError(f"probe: {desynced} desynced of {decodes} decodes")
+    out = {"decodes": decodes, "desynced": desynced}
+    for name, low, high in (("cos", -1.0, 1.0), ("ratio", 0.0, math.inf)):
+        if name not in probe:
+            continue
+        values = probe[name]
+        if not (isinstance(values, list) and len(values) == peers and all(
+                v is None or (isinstance(v, float) and low <= v <= high) for v in values)):
+            raise WireError(f"probe {name}: expected {peers} floats in [{low}, {high}] or nil")
+        out[name] = values
+    return out
+
+
+def unpack_norms(body: bytes, update: int, count: int, peers: int = 1) -> tuple[list[float], float, float, dict]:
     req = parse(body, NORMS, update)
     norms = field(req, "norms", list)
     if len(norms) != count or not all(isinstance(n, float) and math.isfinite(n) and n >= 0 for n in norms):
         raise WireError(f"gradient norms: expected {count} finite non-negative floats")
-    return norms, field(req, "rate_bits", float), field(req, "wire_bits", float)
+    return norms, field(req, "rate_bits", float), field(req, "wire_bits", float), _probe(req, peers)
 
 
 def pack_clip(update: int, total_norm: float) -> bytes:

@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     learn.add_sweep_skew(sweeps)
     learn.add_sweep_desync(sweeps)
     learn.add_sweep_wall_clock(sweeps)
+    learn.add_sweep_train_skew(sweeps)
     operate.add_bus_sub(group(sub, "bus", "the control/telemetry bus"))
     run.add_sync_serve(group(sub, "sync", "the PRNG synchronization service"))
     run.add_world(sub)

@@ -212,3 +212,36 @@ def _sweep_wall_clock(args) -> int:
 
     out_folder(args.out)
     return sweep_wall_clock(args)
+
+
+def add_sweep_train_skew(sub) -> None:
+    p = sub.add_parser("train-skew", help="networked training under clock faults: learning curves and gradient bias "
+                                          "per fault and sync mode")
+    p.add_argument("--skews", type=int_list(), default="1,2,4,8", help="skews of agent-1, in steps (default 1,2,4,8)")
+    p.add_argument("--kinds", default="skew,skew-mid,drift",
+                   help="fault kinds: skew (from step 0), skew-mid (from the middle update), drift (with and "
+                        "without beacons) (default all three)")
+    p.add_argument("--sync", default="implicit,stamped,checked:2", help="sync modes (default implicit,stamped,checked:2)")
+    p.add_argument("--drift-ppm", type=positive_float, default=100_000.0,
+                   help="drift of agent-1's clock, parts per million of steps (default 100000: a step per 10)")
+    p.add_argument("--beacon-every", type=POSITIVE, default=20, help="steps between beacons in the corrected drift "
+                                                                     "runs (default 20)")
+    p.add_argument("--agent", type=COUNT, default=1, help="the faulted learner (default 1, the goal toy's listener)")
+    p.add_argument("--updates", type=POSITIVE, default=300, help="updates per run (default 300)")
+    p.add_argument("--batch", type=POSITIVE, default=256, help="env instances per run (default 256)")
+    p.add_argument("--lr", type=positive_float, default=0.01, help="Adam learning rate (default 0.01)")
+    p.add_argument("--lam", type=float, default=0.002, help="rate penalty (default 0.002)")
+    p.add_argument("--seed", type=COUNT, default=0, help="run seed, the same for every cell (default 0)")
+    p.add_argument("--out", default="runs/sweep-train-skew",
+                   help="folder for the runs, CSV and PNGs; a run already in it is kept (default runs/sweep-train-skew)")
+    p.set_defaults(func=_sweep_train_skew)
+
+
+def _sweep_train_skew(args) -> int:
+    from .sweep_train import KINDS, sweep_train_skew
+
+    _sync_modes(args.sync)
+    if unknown := set(args.kinds.split(",")) - set(KINDS):
+        raise Refused(f"unknown fault kinds {sorted(unknown)}; choose from {', '.join(KINDS)}")
+    out_folder(args.out)
+    return sweep_train_skew(args)
