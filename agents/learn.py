@@ -4,10 +4,10 @@
 `ddcl up`'s roles (agents/launcher.py's ProcessGroup: none outlives its parent, Ctrl-C
 stops the world first so it still evaluates and writes its checkpoint).
 
-The roles run alone too:
+The roles run alone too (ddcl/learn.py; deploy/compose.train.yaml runs them in containers):
 
-    python -m agents.learn world --broker tcp://HOST:PORT --out OUT --config '{"updates": 50}'
-    python -m agents.learn learner --broker tcp://HOST:PORT --id K
+    ddcl learn world --broker tcp://HOST:PORT --out OUT --config '{"updates": 50}'
+    ddcl learn learner --broker tcp://HOST:PORT --id agent-K
 
 No sync service: a learning run keys every message's dither by the run seed and
 train.py's fixed epoch seed, on the world's step, as the in-process trainer does.
@@ -15,7 +15,6 @@ train.py's fixed epoch seed, on the world's step, as the in-process trainer does
 
 from __future__ import annotations
 
-import argparse
 import json
 import signal
 import sys
@@ -34,7 +33,7 @@ BROKER_HEARTBEAT_S = 10.0
 
 
 def role(*args: str) -> list[str]:
-    return [sys.executable, "-m", "agents.learn", *args]
+    return ddcl("learn", *args)
 
 
 def train_up(cfg: TrainConfig, out: Path, grad_codec: str = "float32", device: str = "auto",
@@ -63,7 +62,7 @@ def train_up(cfg: TrainConfig, out: Path, grad_codec: str = "float32", device: s
                                           "--config", json.dumps(asdict(cfg)), "--desync", json.dumps(desync or {}))
                             + ([] if progress else ["--quiet"]),
                             progress=progress)
-        learners = {f"agent-{k}": group.start(f"agent-{k}", role("learner", "--broker", endpoint, "--id", str(k),
+        learners = {f"agent-{k}": group.start(f"agent-{k}", role("learner", "--broker", endpoint, "--id", f"agent-{k}",
                                                                   "--device", device, "--state-dir", str(out / "learners")))
                     for k in range(cfg.agents)}
         if progress:
@@ -114,54 +113,3 @@ def config_for(given: dict) -> TrainConfig:
     return cfg
 
 
-def main(argv=None) -> int:
-    import logging
-
-    p = argparse.ArgumentParser(prog="python -m agents.learn", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="role", required=True)
-    w = sub.add_parser("world", help="the learning world")
-    w.add_argument("--broker", required=True)
-    w.add_argument("--out", help="run folder (default: none written)")
-    w.add_argument("--config", default="{}", help="TrainConfig fields as JSON")
-    w.add_argument("--grad-codec", default="float32", choices=GRAD_CODECS)
-    w.add_argument("--quiet", action="store_true", help="no progress lines")
-    w.add_argument("--desync", default="{}", help="a clock fault and the gradient probe, as JSON: "
-                                                  "agents/learn_desync.py's LearnDesync fields")
-    a = sub.add_parser("learner", help="one learning agent")
-    a.add_argument("--broker", required=True)
-    a.add_argument("--id", type=int, required=True, help="agent index K (registers as agent-K)")
-    a.add_argument("--device", default="auto")
-    a.add_argument("--state-dir", help="folder for the learner's saved states: restarted with its id, it "
-                                       "resumes from them (default: kept in memory only)")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    # the broker heartbeats every BROKER_HEARTBEAT_S here, past the peers' 3 s of patience:
-    # a quiet broker is the norm, and a lost one ends the run with its own error (WAIT_S)
-    logging.getLogger("ddcl.peer").setLevel(logging.ERROR)
-    from .launcher import stop_flag
-
-    if args.role == "learner":
-        from .learner import Learner
-
-        Learner(args.broker, args.id, args.device, state_dir=args.state_dir).run(stop_flag())
-        return 0
-    from .learning_world import LearningWorld
-
-    cfg = TrainConfig(**json.loads(args.config))
-    out = Path(args.out) if args.out else None
-    if out:
-        out.mkdir(parents=True, exist_ok=True)
-    from .learn_desync import LearnDesync
-
-    desync = LearnDesync.from_dict(json.loads(args.desync))
-    summary = LearningWorld(args.broker, cfg, out, args.grad_codec, progress=not args.quiet,
-                            desync=desync).run(stop_flag())
-    if summary is None:
-        return 130
-    print(render(summary))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -77,12 +77,14 @@ class LearnerStats:
 
 
 class Learner:
-    def __init__(self, endpoint: str, index: int, device: str = "auto", curve=None, state_dir: Path | None = None):
+    def __init__(self, endpoint: str, wanted_id: bytes = b"", device: str = "auto", curve=None,
+                 state_dir: Path | None = None):
+        """wanted_id: agent-K, or empty for the id the broker assigns (compose replicas)."""
         self.device = pick_device(device)  # a missing device is refused before registering
         load_kernels()
         torch.set_num_threads(1)  # many processes share the cores
-        self.index = index
-        self.peer = Peer(endpoint, b"agent", protocol.agent_id(index), curve=curve)
+        self.peer = Peer(endpoint, b"agent", wanted_id, curve=curve)
+        self.index = protocol.agent_index(self.peer.id)
         self.stats = LearnerStats()
         self.cfg: TrainConfig | None = None
         self.frames: dict[int, bytes] = {}  # latest unconsumed message frame per peer

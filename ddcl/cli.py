@@ -23,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     learn.add_train(sub)
     learn.add_evaluate(sub)
     learn.add_report(sub)
+    learn.add_learn_roles(group(sub, "learn", "the networked training's roles, as `ddcl up --train` starts them"))
     broker = group(sub, "broker", "the ZeroMQ broker and its CLI")
     run.add_broker_serve(broker)
     operate.add_broker_stats(broker)

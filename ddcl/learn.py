@@ -1,11 +1,15 @@
 """Learning to communicate: `ddcl train` (in-process A2C, a checkpoint), `ddcl evaluate` and
-`ddcl report` on its folder, and `ddcl sweep` (grids of networked runs)."""
+`ddcl report` on its folder, `ddcl learn world|learner` (the networked training's roles,
+alone), and `ddcl sweep` (grids of runs)."""
 
 from __future__ import annotations
 
+import logging
+import os
+
 from agents.train_config import CODECS, TrainConfig
 
-from .options import (POSITIVE, COUNT, Refused, add_config_flags, add_device, checked, given, int_list, out_folder,
+from .options import (POSITIVE, COUNT, Refused, add_broker, add_config_flags, add_device, checked, given, int_list, out_folder,
                       positive_float, stop_flag)
 
 TARGETS = ("one", "all-but-one")  # agents.desync_grid.TARGETS, without its torch import
@@ -245,3 +249,69 @@ def _sweep_train_skew(args) -> int:
         raise Refused(f"unknown fault kinds {sorted(unknown)}; choose from {', '.join(KINDS)}")
     out_folder(args.out)
     return sweep_train_skew(args)
+
+
+def add_learn_roles(sub) -> None:
+    """The networked training's roles, alone: what `ddcl up --train` starts, and what
+    deploy/compose.train.yaml runs in containers."""
+    from agents.learn import GRAD_CODECS
+
+    w = sub.add_parser("world", help="the learning world: envs, centralized critic, updates; writes OUT")
+    add_broker(w)
+    w.add_argument("--out", help="run folder: checkpoint, summary, curves (default: none written)")
+    w.add_argument("--config", default="{}", help="TrainConfig fields as JSON, as `ddcl up --train` passes them; "
+                                                  "flags given beside it win")
+    add_config_flags(w, TrainConfig)  # `ddcl train`'s, for a world started by hand or by compose
+    w.add_argument("--grad-codec", default="float32", choices=GRAD_CODECS, help="gradient frames (default float32)")
+    w.add_argument("--quiet", action="store_true", help="no progress lines")
+    w.add_argument("--desync", default="{}", help="a clock fault and the gradient probe, as JSON: "
+                                                  "agents/learn_desync.py's LearnDesync fields")
+    w.set_defaults(func=_learn_world)
+    a = sub.add_parser("learner", help="one learning agent: its policy, its DDCL layer, its optimizer")
+    add_broker(a)
+    a.add_argument("--id", default=os.environ.get("DDCL_AGENT_ID", ""),
+                   help="agent-K to claim, or a StatefulSet pod name NAME-K for agent-K "
+                        "(env DDCL_AGENT_ID; default: the broker assigns one)")
+    add_device(a)
+    a.add_argument("--state-dir", help="folder for the learner's saved states: restarted with its id, it "
+                                       "resumes from them (default: kept in memory only)")
+    a.set_defaults(func=_learner)
+
+
+def _quiet_peers() -> None:
+    # the broker heartbeats every BROKER_HEARTBEAT_S for a learning run, past the peers'
+    # 3 s of patience: a quiet broker is the norm, and a lost one ends the run with its own
+    # error (learning_world.WAIT_S)
+    logging.getLogger("ddcl.peer").setLevel(logging.ERROR)
+
+
+def _learn_world(args) -> int:
+    import json
+
+    from agents.learn import config_for, render
+    from agents.learn_desync import LearnDesync
+    from agents.learning_world import LearningWorld
+
+    try:
+        cfg = config_for({**json.loads(args.config), **given(args, TrainConfig)})
+        desync = LearnDesync.from_dict(json.loads(args.desync))
+    except (TypeError, ValueError) as e:  # unknown field, bad JSON, bad value
+        raise Refused(f"--config / --desync: {e}") from None
+    out = out_folder(args.out) if args.out else None
+    _quiet_peers()
+    summary = LearningWorld(args.broker, cfg, out, args.grad_codec, progress=not args.quiet,
+                            desync=desync).run(stop_flag())
+    if summary is None:
+        return 130
+    print(render(summary))
+    return 0
+
+
+def _learner(args) -> int:
+    from agents.agent import wanted_agent_id
+    from agents.learner import Learner
+
+    _quiet_peers()
+    learner = checked(Learner, args.broker, wanted_agent_id(args.id), args.device, state_dir=args.state_dir)
+    learner.run(stop_flag())
+    return 0

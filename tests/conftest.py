@@ -113,11 +113,10 @@ class Procs:
         self.tmp = tmp
         self.procs: dict[str, subprocess.Popen] = {}
 
-    def start(self, name: str, *args: str, env_extra: dict | None = None, module: str = "ddcl") -> subprocess.Popen:
-        """`python -m MODULE ARGS` (a role started alone: agents.learn's world and learners)."""
+    def start(self, name: str, *args: str, env_extra: dict | None = None) -> subprocess.Popen:
         log = open(self.tmp / f"{name}.log", "a")
         env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1", **(env_extra or {}))
-        p = subprocess.Popen([sys.executable, "-m", module, *args], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        p = subprocess.Popen([sys.executable, "-m", "ddcl", *args], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
         self.procs[name] = p
         return p
 

@@ -7,11 +7,14 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from agents.train_config import TrainConfig
 from ddcl.cli import build_parser
 from broker.bus import BusClient
 from tests.conftest import ROOT, free_port, wait_port
@@ -185,3 +188,38 @@ def test_one_service_builds_the_image_the_others_name(compose):
     assert re.search(r"pip install .*torch==\$\{TORCH_VERSION\}", dockerfile)
     # Debian's and Ubuntu's system pythons refuse pip (PEP 668): everything goes into a venv
     assert "python3 -m venv /opt/venv" in dockerfile and "PATH=/opt/venv/bin:" in dockerfile
+
+
+TRAIN = ROOT / "deploy" / "compose.train.yaml"
+
+
+def test_the_training_compose_file_runs_end_to_end_as_local_processes(procs, tmp_path):
+    """deploy/compose.train.yaml's commands, as processes: a broker, the learning world and
+    two learner replicas that take the ids the broker assigns; a short training finishes
+    and leaves a checkpoint `ddcl evaluate` reads."""
+    env = {"DDCL_UPDATES": "3", "DDCL_BATCH": "32"}
+    s = interpolate(yaml.safe_load(TRAIN.read_text()), env)["services"]
+    parser = build_parser()
+    for name in ("broker", "learn-world", "learner"):
+        assert s[name]["image"] == "ddcl-sim:latest" and s[name]["command"][0] == "ddcl", name
+        parser.parse_args(s[name]["command"][1:])
+    port, runs = free_port(), tmp_path / "runs"
+
+    def start(name: str, instance: str | None = None):
+        svc = s[name]
+        extra = {k: localize(str(v), port, "", runs) for k, v in (svc.get("environment") or {}).items()}
+        return procs.start(instance or name, *[localize(a, port, "", runs) for a in svc["command"][1:]], env_extra=extra)
+
+    start("broker")
+    wait_port(port)
+    world = start("learn-world")
+    for k in range(int(s["learner"]["deploy"]["replicas"])):
+        start("learner", f"learner-replica-{k}")
+    assert world.wait(600) == 0, procs.log("learn-world")
+    summary = json.loads((runs / "compose-train" / "summary.json").read_text())
+    assert summary["updates_done"] == 3 and summary["networked"]["grad_codec"] == "float32"
+    values = TrainConfig().rollout * 32 * 1  # T x B x D floats a listener sends its speaker
+    assert summary["networked"]["bytes_per_update"]["gradient"]["payload"] == 2 * 2 * 4 * values  # 2 links, up + down
+    r = subprocess.run([sys.executable, "-m", "ddcl", "evaluate", str(runs / "compose-train"), "--episodes", "64"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "success" in r.stdout, r.stdout + r.stderr

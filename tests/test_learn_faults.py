@@ -36,8 +36,8 @@ class Run:
         self.port = free_port()
         self.endpoint = f"tcp://127.0.0.1:{self.port}"
         self.broker = self.start_broker()
-        self.world = procs.start("world", "world", "--broker", self.endpoint, "--out", str(self.out),
-                                 "--config", json.dumps(CONFIG), "--quiet", module="agents.learn")
+        self.world = procs.start("world", "learn", "world", "--broker", self.endpoint, "--out", str(self.out),
+                                 "--config", json.dumps(CONFIG), "--quiet")
         self.learners = {k: self.learner(k) for k in range(2)}
 
     def start_broker(self) -> subprocess.Popen:
@@ -46,8 +46,8 @@ class Run:
         return broker
 
     def learner(self, k: int) -> subprocess.Popen:
-        return self.procs.start(f"agent-{k}", "learner", "--broker", self.endpoint, "--id", str(k), "--device", "cpu",
-                                "--state-dir", str(self.out / "learners"), module="agents.learn")
+        return self.procs.start(f"agent-{k}", "learn", "learner", "--broker", self.endpoint, "--id", f"agent-{k}", "--device", "cpu",
+                                "--state-dir", str(self.out / "learners"))
 
     def updates(self) -> list[dict]:
         path = self.out / "updates.jsonl"
