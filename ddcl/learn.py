@@ -303,6 +303,7 @@ def _learn_world(args) -> int:
                             desync=desync).run(stop_flag())
     if summary is None:
         return 130
+    print_final(summary)
     print(render(summary))
     return 0
 
