@@ -230,7 +230,7 @@ def evaluate_run(run: Path, episodes: int | None = None, seed: int | None = None
     env = make(cfg.env, 1, 0, cfg.agents)
     _, policies, ck = load_checkpoint(run / "checkpoint.pt", cfg.env, env.obs_dim, env.n_actions, cfg.agents)
     dev = pick_device(device)
-    deltas = ck["codec"].get("deltas")
+    deltas = (ck["codec"] or {}).get("deltas")
     final, silent = held_out([p.to(dev).eval() for p in policies], cfg, cfg.seed, deltas)
     out = {"config": asdict(cfg), "final": final, "no_communication_success": silent["success_rate"],
            "device": dev.type, "trained_on": _trained_on(run)}
