@@ -33,7 +33,7 @@ from broker import trace
 from broker.bus import EMBEDDED, Publisher
 from broker.peer import Peer
 from broker.sync import fetch_epoch
-from channel import ChannelError, codecs, frame, load_kernels
+from channel import ChannelError, frame, load_kernels
 
 from . import lockstep
 from .clock import Clock
@@ -150,14 +150,12 @@ class Agent:
         env = make(run.env, 1, 0, n)  # one instance, for its dimensions
         if self.checkpoint:
             pcfg, policies, ck = load_checkpoint(self.checkpoint, run.env, env.obs_dim, env.n_actions, n)
-            models = (ck["codec"] or {}).get("models")
-            # the checkpoint's learned range models, when the run uses the range codec
-            coders = [codecs.get("range", model=m) for m in models] if models and run.codec == "range" else None
+            spec = ck["codec"]  # its range models and learned steps: every agent reads the same
         else:
             pcfg = PolicyConfig(env.obs_dim, env.n_actions, run.msg_dim, delta=run.delta, core=run.core,
                                 aggregate=run.aggregate)
             policies = init_policies(pcfg, n, run.seed)
-            coders = None
+            spec = None
         self.policy = policies[self.index].to(self.device).eval()
         self.state = self.policy.initial_state(run.batch, self.device)
         self._warm_up(run.batch, env.obs_dim, n - 1)
@@ -170,8 +168,8 @@ class Agent:
             if self.oracle:
                 self.oracle.close()
                 self.oracle = None
-        coders = coders or [codecs.get(run.codec)] * n
-        self.channel = MessageChannel.build(coders, pcfg.msg_dim, pcfg.delta, self.run_seed, SyncMode.parse(run.sync))
+        self.channel = MessageChannel.from_checkpoint(spec, run.codec, n, pcfg.msg_dim, pcfg.delta, self.run_seed,
+                                                      SyncMode.parse(run.sync))
         self.clock.mode, self.clock.tick_s, self.clock.t0 = run.clock, run.tick_s, setup.t0
         if setup.oracle_dir and self.oracle is None:
             try:
@@ -272,7 +270,8 @@ class Agent:
                                                       "payload_bits": s.payload_bits, "silent_peers": s.silent_peers,
                                                       "bad_frames": s.bad_frames, "bad_beacons": s.bad_beacons,
                                                       "beacons": s.beacons, "msg_dim": self.pcfg.msg_dim,
-                                                      "delta": self.pcfg.delta, "run_seed": self.run_seed}))
+                                                      "delta": float(np.mean(self.channel.layers[self.index].delta)),
+                                                      "run_seed": self.run_seed}))
                 return False
             return True
         if self.run_config is None:

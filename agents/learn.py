@@ -109,6 +109,8 @@ def config_for(given: dict) -> TrainConfig:
     cfg = TrainConfig(**given)
     if cfg.share:
         raise ValueError("--share needs every agent's gradient in one place: train it with `ddcl train`")
+    if cfg.learn_delta:  # a peer decodes with the sender's step, which the learners do not exchange
+        raise ValueError("--learn-delta trains in one place: train it with `ddcl train`")
     cfg.validate()
     return cfg
 

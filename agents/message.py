@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from channel import ChannelError, frame
+from channel import ChannelError, codecs, frame
 from channel.codecs import Codec
 from channel.frame import StampMode, resolve_low_stamp
 from channel.torch import DDCL
@@ -96,9 +96,23 @@ class MessageChannel:
     anchors: Anchors = field(default_factory=Anchors)  # healing only
 
     @classmethod
-    def build(cls, codecs: list[Codec], dim: int, delta: float, run_seed: int, sync: SyncMode = SyncMode()):
-        """One layer per sender, each with its own codec (a checkpoint's per-agent range models)."""
-        return cls([DDCL(dim, delta=delta, codec=c, run_seed=run_seed) for c in codecs], sync)
+    def build(cls, coders: list[Codec], dim: int, delta, run_seed: int, sync: SyncMode = SyncMode()):
+        """One layer per sender, each with its own codec (a checkpoint's per-agent range
+        models); `delta` one step for all, or a list of each sender's (learned) step."""
+        deltas = delta if isinstance(delta, list) else [delta] * len(coders)
+        return cls([DDCL(dim, delta=d, codec=c, run_seed=run_seed) for c, d in zip(coders, deltas)], sync)
+
+    @classmethod
+    def from_checkpoint(cls, spec: dict | None, codec: str, n: int, dim: int, delta: float, run_seed: int,
+                        sync: SyncMode = SyncMode()):
+        """The message path a checkpoint's policies were trained with, from its codec spec
+        (`load_checkpoint` checked it): its range models where the run codes with `range`,
+        its learned steps (per sender, per dimension) whatever the codec, else `delta`."""
+        spec = spec or {}
+        models = spec.get("models")
+        coders = [codecs.get("range", model=m) for m in models] if models and codec == "range" else \
+            [codecs.get(codec)] * n
+        return cls.build(coders, dim, spec.get("deltas") or delta, run_seed, sync)
 
     def speak(self, z: torch.Tensor, sender: int, step: int, seed: int) -> tuple[np.ndarray, bytes, int]:
         """Quantize and encode one message batch (B, D) -> (z_hat on the CPU, frame, payload bits)."""

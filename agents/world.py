@@ -276,9 +276,14 @@ class World:
     def summary(self, b: dict | None, steps: int, elapsed: float, episodes: int, successes: int, reward_sum: float) -> dict:
         cfg = self.cfg
         frames = sum(s["messages"] for s in self.agent_stats.values())
-        # a checkpoint's shape wins over the world's defaults for untrained policies
-        shapes = {(s.get("msg_dim"), s.get("delta")) for s in self.agent_stats.values()}
-        msg_dim, delta = shapes.pop() if len(shapes) == 1 else (cfg.msg_dim, cfg.delta)
+        # a checkpoint's shape wins over the world's defaults for untrained policies; its
+        # learned steps differ per agent and dimension: their mean prices the desync error
+        dims = {s.get("msg_dim") for s in self.agent_stats.values()}
+        deltas = [s.get("delta") for s in self.agent_stats.values()]
+        if len(dims) == 1 and None not in deltas:
+            msg_dim, delta = dims.pop(), deltas[0] if len(set(deltas)) == 1 else float(np.mean(deltas))
+        else:
+            msg_dim, delta = cfg.msg_dim, cfg.delta
         bits = sum(s["payload_bits"] for s in self.agent_stats.values())
         seeds = {s.get("run_seed") for s in self.agent_stats.values()}
         run_seed = seeds.pop() if len(seeds) == 1 else None

@@ -68,6 +68,9 @@ def print_final(s: dict) -> None:
     print(f"real bits per message ({codec}): " + ", ".join(f"agent {k} {b:.2f}" for k, b in enumerate(bits))
           + f"; mean {mean:.3f}, {32 * cfg['msg_dim'] / mean if mean else float('inf'):.0f} x fewer than "
           f"{cfg['msg_dim']} float32 values")
+    if "delta_spread" in s:
+        print("learned steps, min / median / max: " + ", ".join(
+            f"agent {k} " + " / ".join(f"{x:.3g}" for x in d) for k, d in enumerate(s["delta_spread"])))
     if "goal_frequency_fit" in s:
         g = s["goal_frequency_fit"]
         # weighted by goal probability, not by message count: long episodes weigh no more

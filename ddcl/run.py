@@ -44,6 +44,8 @@ def add_up(sub) -> None:
     p.add_argument("--broker", help="endpoint of a running broker to use instead of starting one (e.g. tcp://host:5555)")
     add_device(p, "agent torch device")
     p.add_argument("--checkpoint", help="policy checkpoint for the agents (default: untrained, seeded)")
+    p.add_argument("--record", action="store_true",
+                   help="each agent pickles every step's z_hat, received z_hat and actions to OUT/record-agent-K.pkl")
     p.add_argument("--faults", help="TOML file of faults triggered by step (see docs/running.md#faults)")
     add_train_flags(p)
     p.set_defaults(func=_up)
