@@ -254,6 +254,7 @@ class LearningWorld:
         if log_file:
             log_file.close()
             update_file.close()
+        if board:
             board.close()
         self.training = False
         summary = final_summary(s.policies, cfg, history, update, wall, step * cfg.batch, s.device)

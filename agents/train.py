@@ -384,6 +384,7 @@ def train(cfg: TrainConfig, out: Path | None = None, progress=True, should_stop=
             break
     if log:
         log.close()
+    if board:
         board.close()
     summary = final_summary(policies, cfg, history, update, time.monotonic() - start, step * cfg.batch, device,
                             layer_deltas(layers) if cfg.learn_delta else None)
@@ -427,6 +428,7 @@ def log_row(row: dict, cfg: TrainConfig, log, board, progress: bool) -> None:
     if log:
         log.write(json.dumps(row) + "\n")
         log.flush()
+    if board:
         board.add_scalar("success/train", row["train_success"], row["env_steps"])
         board.add_scalar("success/eval", row["eval_success"], row["env_steps"])
         board.add_scalar("rate_loss_bits", row["rate_loss_bits"], row["env_steps"])
@@ -469,11 +471,17 @@ def live_line(update: int, updates: int, env_steps: int, wall_s: float, success:
 
 
 def tensorboard_writer(out: Path | None):
-    """TensorBoard event files in OUT/tensorboard (`tensorboard --logdir OUT`)."""
+    """TensorBoard event files in OUT/tensorboard (`tensorboard --logdir OUT`); None without
+    OUT, or where tensorboard is not installed (the `train` extra: the roles' container image
+    goes without it, and train.jsonl holds the same rows)."""
     if out is None:
         return None
-    from torch.utils.tensorboard import SummaryWriter  # imports tensorboard: only when writing
-
+    try:
+        from torch.utils.tensorboard import SummaryWriter  # imports tensorboard: only when writing
+    except ImportError:
+        print("[train] tensorboard is not installed (pip install 'ddcl-sim[train]'): no event files; "
+              "train.jsonl has every row", file=sys.stderr, flush=True)
+        return None
     return SummaryWriter(str(out / "tensorboard"))
 
 
