@@ -302,6 +302,10 @@ def agent_loss(logp, adv, ent, rate, lam: float, cfg: TrainConfig) -> torch.Tens
 def train(cfg: TrainConfig, out: Path | None = None, progress=True, should_stop=lambda: False) -> dict:
     """Trains, evaluates on held-out instances, writes OUT. Stopped (`should_stop`, polled
     once per update), it ends the current update and still evaluates and writes what it has."""
+    if cfg.algo == "mappo":
+        from .mappo import train as train_mappo
+
+        return train_mappo(cfg, out, progress, should_stop)
     cfg.validate()
     device, env, pcfg, policies, critic, layers, per_agent = setup(cfg)
     params = list({id(q): q for m in [*policies, critic] for q in m.parameters()}.values())  # shared: once
