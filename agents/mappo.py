@@ -70,6 +70,38 @@ def joint_forward(policies, layers, obs, states, step: int, peers, batched: bool
     return logits, torch.stack(rates, 1), states
 
 
+class ValueNorm:
+    """Running mean and std of the value targets, per value column (MAPPO's ValueNorm:
+    debiased exponential averages, beta close to 1: nearly the whole history)."""
+
+    def __init__(self, n_values: int, device, beta: float = 0.99999):
+        self.beta = beta
+        self.mean = torch.zeros(n_values, device=device)
+        self.mean_sq = torch.zeros(n_values, device=device)
+        self.weight = torch.zeros((), device=device)
+
+    def update(self, targets: torch.Tensor) -> None:
+        flat = targets.reshape(-1, targets.shape[-1])
+        self.mean.mul_(self.beta).add_((1 - self.beta) * flat.mean(0))
+        self.mean_sq.mul_(self.beta).add_((1 - self.beta) * flat.pow(2).mean(0))
+        self.weight.mul_(self.beta).add_(1 - self.beta)
+
+    def _stats(self) -> tuple[torch.Tensor, torch.Tensor]:
+        mean = self.mean / self.weight.clamp(min=1e-5)
+        var = (self.mean_sq / self.weight.clamp(min=1e-5) - mean.pow(2)).clamp(min=1e-2)
+        return mean, var.sqrt()
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        mean, std = self._stats()
+        return (x - mean) / std
+
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.weight:  # nothing seen yet: the critic's output as it is
+            return x
+        mean, std = self._stats()
+        return x * std + mean
+
+
 class Rollout(NamedTuple):
     obs: torch.Tensor  # (T, B, N, obs_dim)
     actions: torch.Tensor  # (T, B, N)
@@ -83,8 +115,8 @@ class Rollout(NamedTuple):
 
 
 @torch.no_grad()
-def collect(env, obs, states, policies, layers, critic, gens, peers, step: int, per_agent: bool, batched: bool,
-            cfg: TrainConfig):
+def collect(env, obs, states, policies, layers, critic, norm: ValueNorm | None, gens, peers, step: int, per_agent: bool,
+            batched: bool, cfg: TrainConfig):
     """cfg.rollout steps of every instance -> (Rollout, obs, states, episodes, successes)."""
     start = [None if s is None else s.clone() for s in states]
     buf = {k: [] for k in ("obs", "actions", "logp", "values", "rewards", "dones")}
@@ -94,7 +126,8 @@ def collect(env, obs, states, policies, layers, critic, gens, peers, step: int, 
         drawn = [sample(logits[:, k], gen) for k, gen in enumerate(gens)]  # each agent its own generator
         actions, logp, _ = (torch.stack(x, 1) for x in zip(*drawn))
         buf["obs"].append(obs)
-        buf["values"].append(critic(obs))
+        value = critic(obs)
+        buf["values"].append(norm.denormalize(value) if norm else value)
         obs, reward, done, success = env.step(actions)
         states = [forget(s, done) for s in states]
         buf["actions"].append(actions)
@@ -109,9 +142,10 @@ def collect(env, obs, states, policies, layers, critic, gens, peers, step: int, 
 
 
 @torch.no_grad()
-def gae(critic, data: Rollout, cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
+def gae(critic, norm: ValueNorm | None, data: Rollout, cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """Generalized advantage estimates and the value targets -> (adv, returns), (T, B, V)."""
     next_value = critic(data.last_obs)
+    next_value = norm.denormalize(next_value) if norm else next_value
     adv = torch.zeros_like(data.values)
     last = torch.zeros_like(next_value)
     for t in reversed(range(cfg.rollout)):
@@ -126,10 +160,11 @@ def gae(critic, data: Rollout, cfg: TrainConfig) -> tuple[torch.Tensor, torch.Te
     return adv, returns
 
 
-def ppo_loss(policies, layers, critic, data: Rollout, adv, returns, rows, peers, lam: float, batched: bool,
+def ppo_loss(policies, layers, critic, data: Rollout, adv, targets, rows, peers, lam: float, batched: bool,
              cfg: TrainConfig) -> tuple[torch.Tensor, dict]:
     """The loss on the env instances `rows` (whole rollouts), recomputed with the policies
-    as they are now -> (loss, figures)."""
+    as they are now, the critic fit to `targets` (the returns, normalized with value_norm)
+    -> (loss, figures)."""
     batch = data.obs.shape[1]
     states = [None if s is None else s[rows] for s in data.states]
     logps, ents, rates = [], [], []
@@ -146,8 +181,8 @@ def ppo_loss(policies, layers, critic, data: Rollout, adv, returns, rows, peers,
     ratio = log_ratio.exp()
     a = adv[:, rows]  # (T, b, V): a team column broadcasts over the agents
     surrogate = torch.max(-a * ratio, -a * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef))
-    value = critic(data.obs[:, rows].flatten(0, 1)).view_as(returns[:, rows])
-    value_loss = (value - returns[:, rows]).pow(2).mean()
+    value = critic(data.obs[:, rows].flatten(0, 1)).view_as(targets[:, rows])
+    value_loss = (value - targets[:, rows]).pow(2).mean()
     # the sum of each agent's own policy loss, as the A2C trainer weighs them; rate: the mean over messages
     policy_loss = surrogate.mean((0, 1)).sum() - cfg.entropy_coef * ent.mean((0, 1)).sum()
     loss = policy_loss + cfg.value_coef * value_loss + lam * rate.mean()
@@ -159,11 +194,14 @@ def ppo_loss(policies, layers, critic, data: Rollout, adv, returns, rows, peers,
     return loss, figures
 
 
-def update(policies, layers, critic, opt, params, data: Rollout, lam: float, peers, shuffle: torch.Generator,
-           batched: bool, cfg: TrainConfig) -> dict:
+def update(policies, layers, critic, norm: ValueNorm | None, opt, params, data: Rollout, lam: float, peers,
+           shuffle: torch.Generator, batched: bool, cfg: TrainConfig) -> dict:
     """ppo_epochs passes over the rollout in minibatches of env instances -> the last
     minibatch's figures (and the passes made: target_kl may end them early)."""
-    adv, returns = gae(critic, data, cfg)
+    adv, returns = gae(critic, norm, data, cfg)
+    if norm:
+        norm.update(returns)
+        returns = norm.normalize(returns)
     batch = data.obs.shape[1]
     figures = {}
     for epoch in range(cfg.ppo_epochs):
@@ -196,6 +234,7 @@ def train(cfg: TrainConfig, out=None, progress=True, should_stop=lambda: False, 
     gens = generators(cfg.seed, range(cfg.agents), device)
     shuffle = torch.Generator().manual_seed(cfg.seed)  # minibatch order, on the CPU
     peers = peer_index(cfg.agents, device)
+    norm = ValueNorm(critic.net[-1].out_features, device) if cfg.value_norm else None
     log = open(out / "train.jsonl", "w") if out else None
     board = tensorboard_writer(out)
     obs = env.reset()
@@ -205,11 +244,12 @@ def train(cfg: TrainConfig, out=None, progress=True, should_stop=lambda: False, 
     step = 0
     history = []
     for upd in range(1, cfg.updates + 1):
-        data, obs, states, n_ep, n_succ = collect(env, obs, states, policies, layers, critic, gens, peers, step,
+        data, obs, states, n_ep, n_succ = collect(env, obs, states, policies, layers, critic, norm, gens, peers, step,
                                                   per_agent, batched, cfg)
         step += cfg.rollout
         episodes, successes = episodes + n_ep, successes + n_succ
-        figures = update(policies, layers, critic, opt, params, data, lam_at(cfg, upd), peers, shuffle, batched, cfg)
+        figures = update(policies, layers, critic, norm, opt, params, data, lam_at(cfg, upd), peers, shuffle, batched,
+                         cfg)
         if progress and time.monotonic() - last_line >= PROGRESS_EVERY_S:
             print(live_line(upd, cfg.updates, step * cfg.batch, time.monotonic() - start,
                             int(successes) / max(int(episodes), 1), figures["rate_bits"]),

@@ -44,6 +44,7 @@ class TrainConfig:
     minibatches: int = 1  # mappo: each pass splits the env instances (whole rollouts each) into this many (MAPPO: 1)
     clip_coef: float = 0.2  # mappo: the probability ratio's clip in the surrogate
     target_kl: float = 0.0  # mappo: end an update's passes once the approximate KL exceeds this; 0: never
+    value_norm: bool = True  # mappo: the critic learns returns scaled by their running mean and std (MAPPO's ValueNorm)
     max_grad_norm: float = 1.0  # mappo: gradient-norm clip (a2c clips at 1.0 too)
     prior_radius: int = 16  # the entropy/expected prior covers -radius..radius, escape beyond
     prior_lr: float = 1e-2  # Adam learning rate of the entropy/expected prior's logits

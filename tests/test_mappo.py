@@ -25,7 +25,7 @@ def _rollout(cfg: TrainConfig, batched: bool):
     device, env, _, policies, critic, layers, per_agent = setup(cfg)
     peers = mappo.peer_index(cfg.agents, device)
     data, *_ = mappo.collect(env, env.reset(), initial_states(policies, cfg.batch, device), policies, layers, critic,
-                             generators(cfg.seed, range(cfg.agents), device), peers, 0, per_agent, batched, cfg)
+                             None, generators(cfg.seed, range(cfg.agents), device), peers, 0, per_agent, batched, cfg)
     return policies, critic, layers, peers, data
 
 
@@ -36,10 +36,10 @@ def test_a_few_updates_lower_the_loss_on_their_rollout(core):
     params = list({id(q): q for m in [*policies, critic] for q in m.parameters()}.values())
     opt = torch.optim.Adam(params + [q for layer in layers for q in layer.parameters()], lr=cfg.lr)
     rows = torch.arange(cfg.batch)
-    adv, returns = mappo.gae(critic, data, cfg)
+    adv, returns = mappo.gae(critic, None, data, cfg)
     before, _ = mappo.ppo_loss(policies, layers, critic, data, adv, returns, rows, peers, 0.01, False, cfg)
-    figures = mappo.update(policies, layers, critic, opt, params, data, 0.01, peers, torch.Generator().manual_seed(0),
-                           False, cfg)
+    figures = mappo.update(policies, layers, critic, None, opt, params, data, 0.01, peers,
+                           torch.Generator().manual_seed(0), False, cfg)
     after, _ = mappo.ppo_loss(policies, layers, critic, data, adv, returns, rows, peers, 0.01, False, cfg)
     before, after = before.item(), after.item()
     assert after < before - 0.01, (before, after)
@@ -60,7 +60,7 @@ def test_a_minibatch_draws_its_rows_dither_and_batched_agents_match_the_loop():
     torch.testing.assert_close(part, full[rows])
     torch.testing.assert_close(part_rate, full_rate[rows])
     # the rollout's own log-probabilities are recomputed exactly: the ratio starts at 1
-    adv, returns = mappo.gae(critic, data, cfg)
+    adv, returns = mappo.gae(critic, None, data, cfg)
     _, figures = mappo.ppo_loss(policies, layers, critic, data, adv, returns, rows, peers, 0.0, True, cfg)
     assert abs(figures["approx_kl"]) < 1e-6 and figures["clip_fraction"] == 0
 
