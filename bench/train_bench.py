@@ -60,8 +60,8 @@ def _steps_per_s(cfg: TrainConfig, measured: int, batched: bool | None = None) -
 
 def speed(env: str = "goal", batches=(512, 4096), cores=CORES, algos=ALGOS, measured: int = 3, share: bool = False,
           device: str = "cpu", seed: int = 0) -> str:
-    """Env steps/s of each algorithm x core at each B, against A2C + MLP at that B in the
-    same run; then MAPPO with the agents batched into one module against its loop over
+    """Env steps/s of each algorithm x core at each B, against the first of each (A2C + MLP
+    by default) at that B in the same run; then MAPPO with the agents batched into one module against its loop over
     agents (one shared policy, so one module holds every agent)."""
     base = dict(env=env, share=share, device=device, seed=seed, msg_dim=4)
     rows, ref = [], {}
@@ -69,9 +69,9 @@ def speed(env: str = "goal", batches=(512, 4096), cores=CORES, algos=ALGOS, meas
         for algo in algos:
             for core in cores:
                 sps = _steps_per_s(TrainConfig(algo=algo, core=core, batch=b, **base), measured)
-                ref.setdefault(b, sps)  # the first: a2c + mlp
+                ref.setdefault(b, sps)  # the first algo with the first core: the baseline
                 rows.append([algo, core, b, f"{sps:.0f}", f"{sps / ref[b]:.2f}"])
-    out = [table(["algo", "core", "B", "env steps/s", "x a2c+mlp"], rows)]
+    out = [table(["algo", "core", "B", "env steps/s", f"x {algos[0]}+{cores[0]}"], rows)]
     rows = []
     for b in batches:
         for core in cores:

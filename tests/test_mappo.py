@@ -65,6 +65,18 @@ def test_a_minibatch_draws_its_rows_dither_and_batched_agents_match_the_loop():
     assert abs(figures["approx_kl"]) < 1e-6 and figures["clip_fraction"] == 0
 
 
+def test_value_norm_scales_returns_to_unit_size_and_back():
+    norm = mappo.ValueNorm(2, "cpu")
+    x = torch.randn(20, 64, 2, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(norm.denormalize(x), x)  # nothing seen: the critic's output as it is
+    returns = x * torch.tensor([50.0, 2.0]) - torch.tensor([300.0, 0.0])  # team-sized returns, and small ones
+    norm.update(returns)
+    scaled = norm.normalize(returns)
+    torch.testing.assert_close(scaled.mean((0, 1)), torch.zeros(2), atol=1e-3, rtol=0)
+    torch.testing.assert_close(scaled.std((0, 1)), torch.ones(2), atol=0.02, rtol=0)
+    torch.testing.assert_close(norm.denormalize(scaled), returns, atol=1e-3, rtol=1e-4)
+
+
 def _random_success(env_name: str, episodes: int, seed: int) -> float:
     env = make(env_name, episodes, seed)
     env.reset()
