@@ -33,7 +33,7 @@ from broker import trace
 from broker.bus import EMBEDDED, Publisher
 from broker.peer import Peer
 from broker.sync import fetch_epoch
-from channel import ChannelError, codecs, frame, load_kernels
+from channel import ChannelError, frame, load_kernels
 
 from . import lockstep
 from .clock import Clock
@@ -74,6 +74,14 @@ class Epochs:
 
     def seed_for(self, step: int) -> int:
         return self.seeds[self.starts[max(bisect.bisect_right(self.starts, step) - 1, 0)]]
+
+    def stale_at(self, step: int) -> int | None:
+        """The start of an epoch `step` is in that no announcement named (epochs are of
+        equal length, so the last two starts say where the next begins); None if none."""
+        if len(self.starts) < 2:
+            return None
+        length = self.starts[-1] - self.starts[-2]
+        return self.starts[-1] + length if step >= self.starts[-1] + length else None
 
 
 # A Kubernetes StatefulSet names its pods NAME-0, NAME-1, ... (DNS labels): the ordinal is the
@@ -120,9 +128,11 @@ class Agent:
         self.epochs.update(reply)
         self.run_seed = int(reply["run_seed"])
         self.clock = Clock()
+        self.asked_for = None  # healing sync: the unannounced epoch start last asked the sync service about
         self.peer.on_reregistered = self._taken_back
         self.run_config: RunConfig | None = None  # the world's, once it has sent it
         self.oracle = None
+        self.should_stop = lambda: False
         self.world_step = 0
         self.inbox: dict[int, bytes] = {}  # latest unconsumed message per peer sender
         # the world's messages that came while this agent waited for its peers (the world
@@ -140,14 +150,12 @@ class Agent:
         env = make(run.env, 1, 0, n)  # one instance, for its dimensions
         if self.checkpoint:
             pcfg, policies, ck = load_checkpoint(self.checkpoint, run.env, env.obs_dim, env.n_actions, n)
-            models = (ck["codec"] or {}).get("models")
-            # the checkpoint's learned range models, when the run uses the range codec
-            coders = [codecs.get("range", model=m) for m in models] if models and run.codec == "range" else None
+            spec = ck["codec"]  # its range models and learned steps: every agent reads the same
         else:
             pcfg = PolicyConfig(env.obs_dim, env.n_actions, run.msg_dim, delta=run.delta, core=run.core,
                                 aggregate=run.aggregate)
             policies = init_policies(pcfg, n, run.seed)
-            coders = None
+            spec = None
         self.policy = policies[self.index].to(self.device).eval()
         self.state = self.policy.initial_state(run.batch, self.device)
         self._warm_up(run.batch, env.obs_dim, n - 1)
@@ -160,8 +168,8 @@ class Agent:
             if self.oracle:
                 self.oracle.close()
                 self.oracle = None
-        coders = coders or [codecs.get(run.codec)] * n
-        self.channel = MessageChannel.build(coders, pcfg.msg_dim, pcfg.delta, self.run_seed, SyncMode.parse(run.sync))
+        self.channel = MessageChannel.from_checkpoint(spec, run.codec, n, pcfg.msg_dim, pcfg.delta, self.run_seed,
+                                                      SyncMode.parse(run.sync))
         self.clock.mode, self.clock.tick_s, self.clock.t0 = run.clock, run.tick_s, setup.t0
         if setup.oracle_dir and self.oracle is None:
             try:
@@ -179,6 +187,7 @@ class Agent:
         self.policy.act(h, torch.zeros((batch, peers, self.policy.cfg.msg_dim), device=self.device)).argmax(-1).cpu()
 
     def run(self, should_stop=lambda: False) -> AgentStats:
+        self.should_stop = should_stop  # asked mid-step too: a peer wait lasts up to the deadline
         try:
             self._serve(should_stop)
         finally:
@@ -234,6 +243,8 @@ class Agent:
             self.stats.beacons += 1
             self.epochs.update(req)
             self.clock.on_beacon(int(req["ref_step"]), float(req["ref_time"]))
+        elif op == protocol.EPOCH and src == protocol.SYNC_ID:  # the answer to a healing agent's question
+            self.epochs.update(req)
         elif op == protocol.CLOCK and src == protocol.BROKER_ID:
             self.clock.set_faults(float(req["skew"]), float(req["drift_ppm"]), self.world_step)
         return True
@@ -259,7 +270,8 @@ class Agent:
                                                       "payload_bits": s.payload_bits, "silent_peers": s.silent_peers,
                                                       "bad_frames": s.bad_frames, "bad_beacons": s.bad_beacons,
                                                       "beacons": s.beacons, "msg_dim": self.pcfg.msg_dim,
-                                                      "delta": self.pcfg.delta, "run_seed": self.run_seed}))
+                                                      "delta": float(np.mean(self.channel.layers[self.index].delta)),
+                                                      "run_seed": self.run_seed}))
                 return False
             return True
         if self.run_config is None:
@@ -273,24 +285,14 @@ class Agent:
         self.step(step, obs, first)
         return True
 
-    def step(self, step: int, obs: np.ndarray, first: np.ndarray) -> None:
-        """One lockstep step (inside _serve's inference mode)."""
-        batch = self.run_config.batch
-        self.world_step = step
-        view = self.clock.view(step)
-        self.state = forget(self.state, first)  # a new episode starts with empty memory
-        h, z, self.state = self.policy.speak(torch.from_numpy(np.ascontiguousarray(obs)).to(self.device), self.state)
-        seed = self.epochs.seed_for(view)
-        z_hat, data, nbits = self.channel.speak(z, self.index, view, seed)
-        trace.mark("encoded")
-        self.peer.broadcast_frame(data)
-        trace.mark("message sent")
-        self.stats.messages += 1
-        self.stats.payload_bits += nbits
-        peers = self.peer_slots
+    def _await_peers(self) -> bool:
+        """Until every peer's message of this step is in, or its deadline passed (a silent
+        peer is counted later); False when told to stop meanwhile."""
         deadline = time.monotonic() + self.run_config.peer_wait_s
-        while any(j not in self.inbox for j in peers) and (left := deadline - time.monotonic()) > 0:
-            msg = self.peer.recv(left)
+        while any(j not in self.inbox for j in self.peer_slots) and (left := deadline - time.monotonic()) > 0:
+            if self.should_stop():
+                return False
+            msg = self.peer.recv(min(left, lockstep.STOP_POLL_S))
             if msg is None:
                 continue
             if protocol.is_channel_frame(msg[0]):  # peers' messages: one, or a step's bundle
@@ -299,6 +301,29 @@ class Agent:
                 self.from_world.append(msg)  # the next step's observations, or the end
             elif msg[0] == protocol.DELIVER and len(msg) == 3:
                 self._delivered(msg[1], msg[2])  # a beacon or clock fault mid-step
+        return True
+
+    def step(self, step: int, obs: np.ndarray, first: np.ndarray) -> None:
+        """One lockstep step (inside _serve's inference mode)."""
+        batch = self.run_config.batch
+        self.world_step = step
+        view = self.clock.view(step)
+        self.state = forget(self.state, first)  # a new episode starts with empty memory
+        h, z, self.state = self.policy.speak(torch.from_numpy(np.ascontiguousarray(obs)).to(self.device), self.state)
+        seed = self.epochs.seed_for(view)
+        if self.channel.sync.every and (start := self.epochs.stale_at(view)) is not None and start != self.asked_for:
+            # healing: beacons missed an epoch's rotation; its seed, asked once, comes in a step or two
+            self.asked_for = start
+            self.peer.send_to(protocol.SYNC_ID, protocol.pack({"op": protocol.EPOCH}))
+        z_hat, data, nbits = self.channel.speak(z, self.index, view, seed)
+        trace.mark("encoded")
+        self.peer.broadcast_frame(data)
+        trace.mark("message sent")
+        self.stats.messages += 1
+        self.stats.payload_bits += nbits
+        peers = self.peer_slots
+        if not self._await_peers():  # stopped: the step is left unfinished, no actions for it
+            return
         trace.mark("peers heard")
         heard, received, decoded = np.zeros((batch, len(peers), self.pcfg.msg_dim), dtype=np.float32), {}, []
         for slot, j in enumerate(peers):
@@ -308,7 +333,7 @@ class Agent:
                 continue
             try:
                 sender, zh, (rx_step, rx_seed) = self.channel.hear(data_j, view, self.epochs.seed_for,
-                                                                   (batch, self.pcfg.msg_dim))
+                                                                   (batch, self.pcfg.msg_dim), tick=step)
             except ChannelError:
                 self.stats.bad_frames += 1
                 continue

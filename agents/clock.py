@@ -4,7 +4,8 @@
 `wall`: the noise step is read off the wall clock at a fixed tick (the world steps at
 that tick), so a real clock shift (libfaketime) and an injected skew look the same.
 Beacons from the sync service correct the offset (NTP-like, one way: for loopback and
-LAN latencies far below a tick the one-way error is negligible).
+LAN latencies far below half a tick the one-way error is absorbed, since a corrected
+reading is put in the middle of its step).
 """
 
 from __future__ import annotations
@@ -48,7 +49,11 @@ class Clock:
         if self.mode == "logical":
             self.correction = self.raw(ref_step) - ref_step
         else:
-            self.correction = (self.now() + self.skew / 1000) - ref_time
+            # less half a tick: the correction takes the beacon's latency for offset, so the
+            # readings that follow (each taken as a step's observation arrives, a few ms
+            # into it) would land a few ms either side of the step's start, and floor()
+            # flipped them between two steps; from the middle of the step they hold
+            self.correction = (self.now() + self.skew / 1000) - ref_time - self.tick_s / 2
 
     def set_faults(self, skew: float, drift_ppm: float, world_step: int) -> None:
         if drift_ppm != self.drift_ppm:

@@ -7,22 +7,29 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from channel import codecs
-
 from .envs import make
 from .message import MessageChannel
-from .policy import PolicyConfig, forget, init_policies, initial_states
+from .policy import PolicyConfig, forget, init_policies, initial_states, load_checkpoint
 from .run_config import RunConfig
 
 
 @torch.no_grad()
-def run_inprocess(cfg: RunConfig, run_seed: int, epoch_seed: int, device: str = "cpu") -> list[list[dict]]:
+def run_inprocess(cfg: RunConfig, run_seed: int, epoch_seed: int, device: str = "cpu",
+                  checkpoint: str | None = None) -> list[list[dict]]:
     """Per agent, per step: the z_hat it sent, the z_hat it decoded per peer, its actions.
-    The policies run on `device`; the env stays on the CPU, as in the world process."""
+    The policies (untrained, or `checkpoint`'s with its range models and learned steps, as
+    an agent process loads them) run on `device`; the env stays on the CPU, as in the
+    world process."""
     env = make(cfg.env, cfg.batch, cfg.seed, cfg.agents)
-    pcfg = PolicyConfig(env.obs_dim, env.n_actions, cfg.msg_dim, delta=cfg.delta, core=cfg.core, aggregate=cfg.aggregate)
-    policies = [p.to(device).eval() for p in init_policies(pcfg, cfg.agents, cfg.seed)]
-    channel = MessageChannel.build([codecs.get(cfg.codec)] * cfg.agents, pcfg.msg_dim, pcfg.delta, run_seed)
+    if checkpoint:
+        pcfg, policies, ck = load_checkpoint(checkpoint, cfg.env, env.obs_dim, env.n_actions, cfg.agents)
+        spec = ck["codec"]
+    else:
+        pcfg = PolicyConfig(env.obs_dim, env.n_actions, cfg.msg_dim, delta=cfg.delta, core=cfg.core,
+                            aggregate=cfg.aggregate)
+        policies, spec = init_policies(pcfg, cfg.agents, cfg.seed), None
+    policies = [p.to(device).eval() for p in policies]
+    channel = MessageChannel.from_checkpoint(spec, cfg.codec, cfg.agents, pcfg.msg_dim, pcfg.delta, run_seed)
     shape = (cfg.batch, pcfg.msg_dim)
     records: list[list[dict]] = [[] for _ in range(cfg.agents)]
     obs = env.reset().numpy()

@@ -4,10 +4,10 @@
 `ddcl up`'s roles (agents/launcher.py's ProcessGroup: none outlives its parent, Ctrl-C
 stops the world first so it still evaluates and writes its checkpoint).
 
-The roles run alone too:
+The roles run alone too (ddcl/learn.py; deploy/compose.train.yaml runs them in containers):
 
-    python -m agents.learn world --broker tcp://HOST:PORT --out OUT --config '{"updates": 50}'
-    python -m agents.learn learner --broker tcp://HOST:PORT --id K
+    ddcl learn world --broker tcp://HOST:PORT --out OUT --config '{"updates": 50}'
+    ddcl learn learner --broker tcp://HOST:PORT --id agent-K
 
 No sync service: a learning run keys every message's dither by the run seed and
 train.py's fixed epoch seed, on the world's step, as the in-process trainer does.
@@ -15,7 +15,6 @@ train.py's fixed epoch seed, on the world's step, as the in-process trainer does
 
 from __future__ import annotations
 
-import argparse
 import json
 import signal
 import sys
@@ -25,7 +24,7 @@ from pathlib import Path
 from .launcher import ProcessGroup, ddcl, exit_reason, free_port, last_words, wait_port, wait_world
 from .train_config import TrainConfig
 
-GRAD_CODECS = ("float32", "float16")  # learn_wire.GRAD_CODECS (torch-free here: the CLI imports this)
+GRAD_CODECS = ("float32", "float16", "ddcl")  # learn_wire.GRAD_CODECS (torch-free here: the CLI imports this)
 STOP_GRACE_S = 300.0  # a stopped world ends its update, evaluates on held-out instances and writes OUT
 # A learning step can do without none of its messages: a peer the broker gives up for
 # dead misses some, and the run stalls. Setting up, a first CUDA call or a large backward
@@ -34,11 +33,11 @@ BROKER_HEARTBEAT_S = 10.0
 
 
 def role(*args: str) -> list[str]:
-    return [sys.executable, "-m", "agents.learn", *args]
+    return ddcl("learn", *args)
 
 
 def train_up(cfg: TrainConfig, out: Path, grad_codec: str = "float32", device: str = "auto",
-             progress: bool = True) -> int:
+             progress: bool = True, desync: dict | None = None) -> int:
     """Runs the networked training to its end (or Ctrl-C / SIGTERM); the world's status."""
     out = Path(out)
     logs = out / "logs"
@@ -60,10 +59,11 @@ def train_up(cfg: TrainConfig, out: Path, grad_codec: str = "float32", device: s
             print(f"[learn] the broker did not start{last_words(logs / 'broker.log')}", file=sys.stderr)
             return 2
         world = group.start("world", role("world", "--broker", endpoint, "--out", str(out), "--grad-codec", grad_codec,
-                                          "--config", json.dumps(asdict(cfg))) + ([] if progress else ["--quiet"]),
+                                          "--config", json.dumps(asdict(cfg)), "--desync", json.dumps(desync or {}))
+                            + ([] if progress else ["--quiet"]),
                             progress=progress)
-        learners = {f"agent-{k}": group.start(f"agent-{k}", role("learner", "--broker", endpoint, "--id", str(k),
-                                                                  "--device", device))
+        learners = {f"agent-{k}": group.start(f"agent-{k}", role("learner", "--broker", endpoint, "--id", f"agent-{k}",
+                                                                  "--device", device, "--state-dir", str(out / "learners")))
                     for k in range(cfg.agents)}
         if progress:
             print(f"[learn] broker on {endpoint}; {cfg.agents} learners, B={cfg.batch}, {cfg.updates} updates of "
@@ -111,50 +111,9 @@ def config_for(given: dict) -> TrainConfig:
         raise ValueError(f"networked training runs A2C; train --algo {cfg.algo} with `ddcl train`")
     if cfg.share:
         raise ValueError("--share needs every agent's gradient in one place: train it with `ddcl train`")
+    if cfg.learn_delta:  # a peer decodes with the sender's step, which the learners do not exchange
+        raise ValueError("--learn-delta trains in one place: train it with `ddcl train`")
     cfg.validate()
     return cfg
 
 
-def main(argv=None) -> int:
-    import logging
-
-    p = argparse.ArgumentParser(prog="python -m agents.learn", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="role", required=True)
-    w = sub.add_parser("world", help="the learning world")
-    w.add_argument("--broker", required=True)
-    w.add_argument("--out", help="run folder (default: none written)")
-    w.add_argument("--config", default="{}", help="TrainConfig fields as JSON")
-    w.add_argument("--grad-codec", default="float32", choices=GRAD_CODECS)
-    w.add_argument("--quiet", action="store_true", help="no progress lines")
-    a = sub.add_parser("learner", help="one learning agent")
-    a.add_argument("--broker", required=True)
-    a.add_argument("--id", type=int, required=True, help="agent index K (registers as agent-K)")
-    a.add_argument("--device", default="auto")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    # the broker heartbeats every BROKER_HEARTBEAT_S here, past the peers' 3 s of patience:
-    # a quiet broker is the norm, and a lost one ends the run with its own error (WAIT_S)
-    logging.getLogger("ddcl.peer").setLevel(logging.ERROR)
-    from .launcher import stop_flag
-
-    if args.role == "learner":
-        from .learner import Learner
-
-        Learner(args.broker, args.id, args.device).run(stop_flag())
-        return 0
-    from .learning_world import LearningWorld
-
-    cfg = TrainConfig(**json.loads(args.config))
-    out = Path(args.out) if args.out else None
-    if out:
-        out.mkdir(parents=True, exist_ok=True)
-    summary = LearningWorld(args.broker, cfg, out, args.grad_codec, progress=not args.quiet).run(stop_flag())
-    if summary is None:
-        return 130
-    print(render(summary))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -13,15 +13,25 @@ agent's own messages are added to its loss's in one backward pass. A message dep
 only on its speaker's own observation history, so that is the in-process gradient. The
 world adds the critic's gradient norm to the learners' for the global clip, and every
 party clips by the same total before its Adam step.
+
+Faults: after each Adam step the learner saves its state (policy, layer with its prior,
+Adam, action generator, the peers' priors it decodes with) for that update, in memory
+and, with a state folder, on disk (the last two updates). A learner restarted with its
+id builds itself from the world's config, and the world's ROLLBACK (it voids the update
+under way when a learner rejoins or the broker restarts) makes it and every peer load
+the state of the last update all of them saved: that update's successor is redone.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
+import os
 import time
 from collections import defaultdict, deque
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -33,6 +43,7 @@ from channel import ChannelError, frame, load_kernels
 from . import learn_wire
 from . import lockstep
 from .agent import pick_device
+from .learn_desync import LearnDesync
 from .message import MessageChannel, SyncMode
 from .policy import forget
 from .sampling import generators, sample
@@ -48,6 +59,13 @@ class Stopped(Exception):
     """The process was asked to stop, or the world ended the run."""
 
 
+class Rollback(Exception):
+    """The world voided the update under way."""
+
+
+KEEP_STATES = 2  # saved updates kept: the world goes back at most to the one before the latest
+
+
 @dataclass
 class LearnerStats:
     steps: int = 0
@@ -55,24 +73,33 @@ class LearnerStats:
     payload_bits: int = 0
     gradient_frames: int = 0
     bad_frames: int = 0  # peer frames (messages, gradients, priors) that failed to parse, dropped
+    desynced: int = 0  # decodes that used another noise step than their sender's (a clock fault)
 
 
 class Learner:
-    def __init__(self, endpoint: str, index: int, device: str = "auto", curve=None):
+    def __init__(self, endpoint: str, wanted_id: bytes = b"", device: str = "auto", curve=None,
+                 state_dir: Path | None = None):
+        """wanted_id: agent-K, or empty for the id the broker assigns (compose replicas)."""
         self.device = pick_device(device)  # a missing device is refused before registering
         load_kernels()
         torch.set_num_threads(1)  # many processes share the cores
-        self.index = index
-        self.peer = Peer(endpoint, b"agent", protocol.agent_id(index), curve=curve)
+        self.peer = Peer(endpoint, b"agent", wanted_id, curve=curve)
+        self.index = protocol.agent_index(self.peer.id)
         self.stats = LearnerStats()
         self.cfg: TrainConfig | None = None
         self.frames: dict[int, bytes] = {}  # latest unconsumed message frame per peer
         # this update's gradient frames per peer, in arrival order: the broker keeps a
         # link's order, and a speaker sends its frames in step order
         self.gradients: dict[int, deque[bytes]] = defaultdict(deque)
-        self.priors: dict[int, dict] = {}  # the latest prior per peer
+        self.priors: dict[tuple[int, int], dict] = {}  # (peer, update) -> its prior after that update
         self.from_world: deque[bytes] = deque()
         self.should_stop = lambda: False
+        self.state_dir = Path(state_dir) if state_dir else None
+        self.saved: dict[int, dict] = {}  # update -> this learner's state after it (the last KEEP_STATES)
+        self.pending_rollback: tuple[int, int] | None = None  # (to, round) of a ROLLBACK not yet obeyed
+        self.round = 0  # the last rollback round obeyed
+        self.resumed = 0  # the last round the world resumed
+        self.rolled_to = 0  # the update the last rollback went back to
 
     # ----- the wire -----
 
@@ -94,8 +121,34 @@ class Learner:
             return
         src, body = msg[1], msg[2]
         if src == protocol.WORLD_ID:
-            self.from_world.append(body)
+            op = None if protocol.is_channel_frame(body) else learn_wire.op_of(body)
+            if op in (learn_wire.ROLLBACK, learn_wire.RESUME):
+                try:
+                    self._on_rollback(op, body)
+                except ChannelError as e:
+                    self.stats.bad_frames += 1
+                    log.warning("bad %s from the world: %s", op, e)
+            else:
+                self.from_world.append(body)
             return
+        self._from_peer(src, body)
+
+    def _on_rollback(self, op: str, body: bytes) -> None:
+        if op == learn_wire.ROLLBACK:
+            to, rnd = learn_wire.unpack_rollback(body)
+            if rnd > self.round:
+                self.pending_rollback = (to, rnd)
+            elif rnd == self.round and self.resumed < rnd:  # the world missed the answer: again
+                self.peer.send_to(protocol.WORLD_ID, protocol.pack({"op": learn_wire.ROLLED, "round": rnd}))
+        elif learn_wire.field(learn_wire.parse(body, learn_wire.RESUME), "round", int) == self.round > self.resumed:
+            # everything a peer or the world sent before this belongs to the voided update
+            self.resumed = self.round
+            self.frames.clear()
+            self.gradients.clear()
+            self.from_world.clear()
+            self.priors = {k: v for k, v in self.priors.items() if k[1] <= self.rolled_to}
+
+    def _from_peer(self, src: bytes, body: bytes) -> None:
         j = protocol.agent_index(src)
         if j is None or j == self.index:
             return
@@ -105,13 +158,19 @@ class Learner:
             else:  # more than any update sends: a peer gone wrong
                 self.stats.bad_frames += 1
         elif learn_wire.op_of(body) == learn_wire.PRIOR:
-            self.priors[j] = protocol.unpack(body)
+            req = protocol.unpack(body)
+            if isinstance(update := req.get("update"), int):
+                self.priors[(j, update)] = req
+                # a few per peer at most: the ones a rollback may go back to
+                self.priors = {k: v for k, v in self.priors.items() if k[0] != j or k[1] >= update - KEEP_STATES}
 
     def _wait(self, done, what: str) -> None:
         deadline = time.monotonic() + WAIT_S
         while not done():
             if self.should_stop():
                 raise Stopped
+            if self.pending_rollback is not None and self.cfg is not None:  # joining, it first needs the config
+                raise Rollback
             if time.monotonic() > deadline:
                 raise TimeoutError(f"agent {self.index}: no {what} in {WAIT_S:.0f} s")
             self._pump(0.2)
@@ -122,6 +181,8 @@ class Learner:
             self._wait(lambda: self.from_world, what)
             body = self.from_world.popleft()
             op = None if protocol.is_channel_frame(body) else learn_wire.op_of(body)
+            if self.cfg is None and op not in (learn_wire.CONFIG, lockstep.HELLO, lockstep.END):
+                continue  # what the world sent this id's previous process: stale
             if op == learn_wire.STATE_ASK:
                 self.peer.send_to(protocol.WORLD_ID, learn_wire.pack_tensors(learn_wire.STATE, self._state(), agent=self.index))
             elif op == lockstep.END:
@@ -149,8 +210,14 @@ class Learner:
             self._join()
             update = 0
             while True:
-                update += 1
-                self._update(update, self._rollout(update))
+                try:
+                    if self.pending_rollback is not None:
+                        raise Rollback
+                    update += 1
+                    self._update(update, self._rollout(update))
+                    self._save(update)
+                except Rollback:
+                    update = self._roll_back()
         except Stopped:
             pass
         finally:
@@ -163,19 +230,23 @@ class Learner:
         cfg = TrainConfig(**{k: v for k, v in learn_wire.field(req, "config", dict).items()
                              if k in TrainConfig.__dataclass_fields__})
         cfg.device = str(self.device)
-        self.grad_codec = learn_wire.field(req, "grad_codec", str)
-        if self.grad_codec not in learn_wire.GRAD_CODECS:
-            raise learn_wire.WireError(f"unknown gradient codec {self.grad_codec!r}")
+        self.grad = learn_wire.GradCodec(learn_wire.field(req, "grad_codec", str), cfg.seed)
+        try:
+            self.desync = LearnDesync.from_dict(req.get("desync"))
+            self.desync.validate(cfg.agents)
+        except ValueError as e:
+            raise learn_wire.WireError(str(e)) from None
         s = setup(cfg)  # every agent's policy and layer, as the in-process trainer builds them
         self.cfg, self.env = cfg, s.env
         self.policy, self.layer = s.policies[self.index], s.layers[self.index]
         # every sender's layer: a peer's learned range model arrives as PRIOR after each update
-        self.channel = MessageChannel(s.layers, SyncMode())
+        self.channel = MessageChannel(s.layers, SyncMode.parse(self.desync.sync))
         self.peers = [j for j in range(cfg.agents) if j != self.index]
         self.opt = torch.optim.Adam([{"params": list(self.policy.parameters())},
                                      {"params": list(self.layer.parameters()), "lr": cfg.prior_lr}], lr=cfg.lr)
         self.gen = generators(cfg.seed, [self.index], self.device)[0]
         self.state = self.policy.initial_state(cfg.batch, self.device)
+        self._save(0)  # the same for a restarted learner: setup() is seeded
         self.peer.send_to(protocol.WORLD_ID, protocol.pack({"op": lockstep.READY}))
         log.info("learner %d ready on %s", self.index, self.device)
 
@@ -183,33 +254,45 @@ class Learner:
         cfg, batch, dim = self.cfg, self.cfg.batch, self.cfg.msg_dim
         if update > 1 and self.layer.prior is not None and cfg.codec == "range":
             self._take_priors(update - 1)
-        r = {"logp": [], "ent": [], "rate": [], "z_hat": [], "heard": [], "bits": 0}
+        r = {"logp": [], "ent": [], "rate": [], "z_hat": [], "heard": [], "bits": 0, "decodes": 0, "desynced": 0,
+             "ideal": [], "logp_ideal": [], "ent_ideal": []}
         if self.state is not None:
             self.state = self.state.detach()  # backprop through this rollout only
         for _ in range(cfg.rollout):
             step, obs, first = lockstep.unpack_obs(frame.unpack(self._world("observations")), batch, self.env.obs_dim)
+            view = self.desync.view(self.index, step, cfg.rollout)  # the step this learner keys its noise by
             self.state = forget(self.state, first)
             h, z, self.state = self.policy.speak(torch.from_numpy(obs).to(self.device), self.state)
-            r["z_hat"].append(self.layer(z, step, self.index))  # in the graph: the peers' gradients enter here
+            r["z_hat"].append(self.layer(z, view, self.index))  # in the graph: the peers' gradients enter here
             r["rate"].append(self.layer.rate_loss("none"))
-            _, data, nbits = self.channel.speak(z.detach(), self.index, step, EPOCH_SEED)  # the same z_hat, encoded
+            _, data, nbits = self.channel.speak(z.detach(), self.index, view, EPOCH_SEED)  # the same z_hat, encoded
             self.peer.broadcast_frame(data)
             r["bits"] += nbits
-            heard = torch.from_numpy(self._hear(step, (batch, dim))).to(self.device).requires_grad_()
+            heard, ideal = self._hear(step, view, (batch, dim), r)
+            heard = torch.from_numpy(heard).to(self.device).requires_grad_()
             actions, logp, ent = sample(self.policy.act(h, heard), self.gen)
             self.peer.send_to(protocol.WORLD_ID, lockstep.pack_actions(self.index, step, actions.cpu().numpy()))
             r["logp"].append(logp)
             r["ent"].append(ent)
             r["heard"].append(heard)
+            if self.desync.probe:  # the synchronized listener, on the same observations and actions
+                ideal = torch.from_numpy(ideal).to(self.device).requires_grad_()
+                dist = torch.distributions.Categorical(logits=self.policy.act(h, ideal).contiguous())
+                r["ideal"].append(ideal)
+                r["logp_ideal"].append(dist.log_prob(actions))
+                r["ent_ideal"].append(dist.entropy())
             self.stats.steps += 1
             self.stats.messages += 1
             self.stats.payload_bits += nbits
         return r
 
-    def _hear(self, step: int, shape) -> np.ndarray:
-        """Every peer's message of this step, decoded, stacked in peer order: (B, peers, D).
-        A frame that fails to decode is dropped and its sender waited for again."""
+    def _hear(self, step: int, view: int, shape, r: dict) -> tuple[np.ndarray, np.ndarray]:
+        """Every peer's message of this step, decoded with the noise this learner's clock
+        and the frame's stamp say, stacked in peer order: (B, peers, D); and, with the
+        probe, the same messages decoded with their senders' own noise (else the first
+        again). A frame that fails to decode is dropped and its sender waited for again."""
         heard = np.zeros((shape[0], len(self.peers), shape[1]), dtype=np.float32)
+        ideal = heard if not self.desync.probe else np.zeros_like(heard)
         todo = dict(enumerate(self.peers))
         while todo:
             self._wait(lambda: any(j in self.frames for j in todo.values()), "peer message")
@@ -217,7 +300,7 @@ class Learner:
                 if (data := self.frames.pop(j, None)) is None:
                     continue
                 try:
-                    sender, heard[:, slot], _ = self.channel.hear(data, step, lambda _s: EPOCH_SEED, shape)
+                    sender, heard[:, slot], (used, _) = self.channel.hear(data, view, lambda _s: EPOCH_SEED, shape)
                     if sender != j:
                         raise ChannelError(f"frame from agent {j} says sender {sender}")
                 except ChannelError as e:
@@ -225,7 +308,13 @@ class Learner:
                     log.warning("bad message frame from agent %d: %s", j, e)
                     continue
                 del todo[slot]
-        return heard
+                true = self.desync.view(j, step, self.cfg.rollout)  # the oracle's: never on the wire
+                r["decodes"] += 1
+                r["desynced"] += used != true
+                if self.desync.probe:
+                    ideal[:, slot] = (heard[:, slot] if used == true else
+                                      self.channel.layers[j].decode(frame.unpack(data).payload, shape, true, j, EPOCH_SEED))
+        return heard, ideal
 
     def _update(self, update: int, r: dict) -> None:
         cfg = self.cfg
@@ -236,8 +325,16 @@ class Learner:
         # what each peer's messages did to this agent's loss, for that peer
         said = torch.autograd.grad(loss, r["heard"], retain_graph=True, allow_unused=True)
         said = torch.stack([g if g is not None else torch.zeros_like(h) for g, h in zip(said, r["heard"])])
+        probe = {"decodes": r["decodes"], "desynced": r["desynced"]}
+        self.stats.desynced += r["desynced"]
+        if self.desync.probe:
+            ideal_loss = agent_loss(torch.stack(r["logp_ideal"]), adv, torch.stack(r["ent_ideal"]), rate,
+                                    lam_at(cfg, update), cfg)
+            ideal = torch.autograd.grad(ideal_loss, r["ideal"], retain_graph=True, allow_unused=True)
+            ideal = torch.stack([g if g is not None else torch.zeros_like(h) for g, h in zip(ideal, r["ideal"])])
+            probe.update(learn_wire.gradient_bias(said, ideal))
         for slot, j in enumerate(self.peers):  # a send each: together they could pass the broker's size limit
-            for data in learn_wire.gradient_frames(self.index, update, said[:, :, slot], self.grad_codec):
+            for data in self.grad.frames(self.index, j, update, said[:, :, slot]):
                 self.peer.send_to(protocol.agent_id(j), data)
                 self.stats.gradient_frames += 1
         received = self._gradients(update, (*shape, cfg.msg_dim))
@@ -247,7 +344,8 @@ class Learner:
         params = [p for p in self.policy.parameters() if p.grad is not None]
         norms = torch._foreach_norm([p.grad for p in params])  # what clip_grad_norm_ computes per parameter
         wire_bits = r["bits"] / (cfg.rollout * cfg.batch)
-        self.peer.send_to(protocol.WORLD_ID, learn_wire.pack_norms(update, norms, float(rate.mean().detach()), wire_bits))
+        self.peer.send_to(protocol.WORLD_ID, learn_wire.pack_norms(update, norms, float(rate.mean().detach()), wire_bits,
+                                                                   probe))
         total = learn_wire.unpack_clip(self._world("the gradient norm"), update)
         torch.nn.utils.clip_grads_with_norm_(params, 1.0, torch.tensor(total, dtype=torch.float32, device=self.device))
         self.opt.step()
@@ -261,11 +359,11 @@ class Learner:
         total = torch.zeros(shape)
         for j in self.peers:
             parts = []
-            for steps in chunks:
+            for chunk, steps in enumerate(chunks):
                 self._wait(lambda: self.gradients[j], f"gradient frame from agent {j}")
                 try:
-                    sender, g = learn_wire.unpack_gradient(self.gradients[j].popleft(), update, (steps, *shape[1:]),
-                                                  self.grad_codec)
+                    sender, g = self.grad.unpack(self.gradients[j].popleft(), self.index, update, chunk,
+                                                 (steps, *shape[1:]))
                     if sender != j:
                         raise learn_wire.WireError(f"gradient from agent {j} says listener {sender}")
                 except ChannelError as e:  # a piece missing: the update cannot be exact
@@ -278,9 +376,68 @@ class Learner:
     def _take_priors(self, update: int) -> None:
         """Each peer's prior after `update`: its messages of the next rollout are coded with it."""
         for j in self.peers:
-            self._wait(lambda: self.priors.get(j, {}).get("update") == update, f"agent {j}'s prior")
+            self._wait(lambda: (j, update) in self.priors, f"agent {j}'s prior")
             layer = self.channel.layers[j]
             try:
-                layer.prior.load_state_dict(learn_wire.unpack_tensors(self.priors[j], layer.prior.state_dict()))
+                layer.prior.load_state_dict(learn_wire.unpack_tensors(self.priors[(j, update)], layer.prior.state_dict()))
             except ChannelError as e:  # its messages will not decode: a run that cannot go on
                 raise learn_wire.WireError(f"agent {j}'s prior: {e}") from None
+
+    # ----- faults: saved states and rollbacks -----
+
+    def _file(self, update: int) -> Path:
+        return self.state_dir / f"agent-{self.index}-update-{update}.pt"
+
+    def _save(self, update: int) -> None:
+        """This learner's state after `update`, kept for a rollback to it."""
+        state = {"update": update, "policy": self.policy.state_dict(), "layer": self.layer.state_dict(),
+                 "opt": self.opt.state_dict(), "gen": self.gen.get_state(),
+                 "priors": [None if layer.prior is None else layer.prior.state_dict() for layer in self.channel.layers]}
+        state = copy.deepcopy(state)  # the next step changes the tensors in place
+        self.saved[update] = state
+        for old in [u for u in self.saved if u <= update - KEEP_STATES]:
+            del self.saved[old]
+        if self.state_dir is not None:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            tmp = self._file(update).with_suffix(".tmp")
+            torch.save(state, tmp)
+            os.replace(tmp, self._file(update))  # whole or absent: a kill never leaves half a state
+            for old in self.state_dir.glob(f"agent-{self.index}-update-*.pt"):
+                if int(old.stem.rsplit("-", 1)[1]) <= update - KEEP_STATES:
+                    old.unlink(missing_ok=True)
+
+    def _restore(self, update: int) -> None:
+        state = self.saved.get(update)
+        if state is None and self.state_dir is not None and self._file(update).exists():
+            state = torch.load(self._file(update), weights_only=True)
+        if state is None:
+            raise RuntimeError(f"agent {self.index}: no saved state for update {update} "
+                               f"(in memory: {sorted(self.saved)}; folder: {self.state_dir})")
+        self.policy.load_state_dict(state["policy"])
+        self.layer.load_state_dict(state["layer"])
+        self.opt.load_state_dict(state["opt"])
+        self.gen.set_state(state["gen"])
+        for layer, prior in zip(self.channel.layers, state["priors"]):
+            if prior is not None:
+                layer.prior.load_state_dict(prior)
+        self.state = self.policy.initial_state(self.cfg.batch, self.device)  # the world starts fresh episodes
+
+    def _roll_back(self) -> int:
+        """Obey the world's ROLLBACK (the newest, if another comes meanwhile): restore the
+        state after its update, answer, wait for RESUME; -> that update."""
+        while True:
+            to, rnd = self.pending_rollback
+            self.pending_rollback = None
+            self._restore(to)
+            self.round, self.rolled_to = rnd, to
+            log.warning("agent %d: rolled back to update %d (round %d)", self.index, to, rnd)
+            self.peer.send_to(protocol.WORLD_ID, protocol.pack({"op": learn_wire.ROLLED, "round": rnd}))
+            try:
+                self._wait(lambda: self.resumed == rnd, "the world's resume")
+                break
+            except Rollback:
+                continue
+        if to >= 1 and self.layer.prior is not None and self.cfg.codec == "range":  # the peers decode with it
+            prior = learn_wire.pack_tensors(learn_wire.PRIOR, self.layer.prior.state_dict(), update=to)
+            self.peer.send_each((protocol.agent_id(j), prior) for j in self.peers)
+        return to

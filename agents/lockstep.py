@@ -12,6 +12,10 @@ from broker import protocol
 from broker.protocol import AGENT_STATS, CONFIG, END, HELLO, JOIN, READY  # noqa: F401
 from channel import ChannelError, codecs, frame
 
+# the longest a role waits on its socket mid-step without asking whether to stop: a
+# stopped run (or a dead parent) must not wait out a step deadline of seconds
+STOP_POLL_S = 0.05
+
 _F32 = codecs.get("float32")
 _RICE = codecs.get("rice")
 

@@ -28,8 +28,8 @@ from torch import nn
 
 from .policy import forget, initial_states
 from .sampling import generators, sample
-from .train import (eval_row, final_summary, lam_at, live_line, log_row, setup, step_reward, tensorboard_writer,
-                    write_run, PROGRESS_EVERY_S)
+from .train import (PROGRESS_EVERY_S, eval_row, final_summary, lam_at, layer_deltas, live_line, log_row, setup,
+                    step_reward, tensorboard_writer, write_run)
 from .train_config import TrainConfig
 
 
@@ -229,7 +229,7 @@ def train(cfg: TrainConfig, out=None, progress=True, should_stop=lambda: False, 
     if batched and any(p is not policies[0] for p in policies):
         raise ValueError("batched agents need one shared policy (--share)")
     params = list({id(q): q for m in [*policies, critic] for q in m.parameters()}.values())  # shared: once
-    prior_params = [q for layer in layers for q in layer.parameters()]  # the entropy/expected priors
+    prior_params = [q for layer in layers for q in layer.parameters()]  # the priors and learned steps
     opt = torch.optim.Adam([{"params": params}, {"params": prior_params, "lr": cfg.prior_lr}], lr=cfg.lr, eps=1e-5)
     gens = generators(cfg.seed, range(cfg.agents), device)
     shuffle = torch.Generator().manual_seed(cfg.seed)  # minibatch order, on the CPU
@@ -270,8 +270,10 @@ def train(cfg: TrainConfig, out=None, progress=True, should_stop=lambda: False, 
             break
     if log:
         log.close()
+    if board:
         board.close()
-    summary = final_summary(policies, cfg, history, upd, time.monotonic() - start, step * cfg.batch, device)
+    summary = final_summary(policies, cfg, history, upd, time.monotonic() - start, step * cfg.batch, device,
+                            layer_deltas(layers) if cfg.learn_delta else None)
     if out:
         write_run(out, cfg, pcfg, policies, critic, summary)
     return summary

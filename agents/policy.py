@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -179,7 +180,7 @@ def save_checkpoint(path, env: str, cfg: PolicyConfig, policies: list[AgentPolic
             "policy": asdict(cfg),
             "n_agents": len(policies),
             "state_dicts": [p.state_dict() for p in policies],
-            "codec": codec,  # {"name": ..., "options": {...}}
+            "codec": codec,  # {"name": ..., "options": {...}, "models": per agent, "deltas": per agent or None}
             "extra": extra or {},
         },
         Path(path),
@@ -201,6 +202,7 @@ def load_checkpoint(path, env: str, obs_dim: int, n_actions: int, n_agents: int)
             f"checkpoint {path} has obs_dim={cfg.obs_dim}, n_actions={cfg.n_actions}, "
             f"agents={ck['n_agents']}; the run needs {obs_dim}, {n_actions}, {n_agents}"
         )
+    _check_deltas(path, (ck.get("codec") or {}).get("deltas"), n_agents, cfg.msg_dim)
     policies = []
     for sd in ck["state_dicts"]:
         p = AgentPolicy(cfg)
@@ -210,3 +212,17 @@ def load_checkpoint(path, env: str, obs_dim: int, n_actions: int, n_agents: int)
             raise CheckpointError(f"checkpoint {path} does not fit the policy: {e}") from None
         policies.append(p)
     return cfg, policies, ck
+
+
+def _check_deltas(path, deltas, n_agents: int, msg_dim: int) -> None:
+    """Learned steps, where the checkpoint has them: one per dimension per agent, each
+    finite and positive (CheckpointError), before any agent quantizes with them."""
+    if deltas is None:
+        return
+    try:
+        values = np.asarray(deltas, dtype=np.float64)
+    except (TypeError, ValueError):
+        values = None
+    if values is None or values.shape != (n_agents, msg_dim) or not np.all(np.isfinite(values) & (values > 0)):
+        raise CheckpointError(f"checkpoint {path} has learned steps that are not {n_agents} x {msg_dim} finite "
+                              f"positive numbers")

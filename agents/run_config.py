@@ -1,7 +1,7 @@
 """One networked run's configuration, in one typed form from the command line to the agents:
-`ddcl up` and `ddcl world` generate a flag per field (its help the comment beside it),
-`ddcl up` hands the world the whole config as one JSON argument, and the world sends it
-to every agent in its CONFIG message (AgentSetup). Kept free of torch, like TrainConfig:
+`ddcl up`, `ddcl world` and `ddcl sync serve` generate a flag per field (its help the
+comment beside it), `ddcl up` hands the world and the sync service the whole config as one
+JSON argument, and the world sends it to every agent in its CONFIG message (AgentSetup). Kept free of torch, like TrainConfig:
 the command line imports it to build its flags.
 
 Whatever reads a config from outside (the agent from the network, the world from its
@@ -28,10 +28,14 @@ MAX_PATH = 4096  # Linux's PATH_MAX
 
 # Integers: (lowest, highest); None: no bound of its own (validate() checks what a frame holds).
 INT_RANGES = {"agents": (1, MAX_AGENTS), "batch": (1, None), "steps": (1, None), "msg_dim": (1, None),
-              "seed": (0, 2**32 - 1)}  # a run seed keys Philox: 32 bits
+              "seed": (0, 2**32 - 1),  # a run seed keys Philox: 32 bits
+              "epoch_seed": (0, 0xFFFFFF),  # Philox's key holds it beside the 8-bit sender id
+              "beacon_every": (0, None), "epoch_steps": (0, None)}
 # Floats: (above, at most). A step below 1e-6 quantizes to integers no codec here is built for.
 FLOAT_RANGES = {"delta": (1e-6, 1e6), "deadline_s": (0.0, DAY_S), "join_timeout_s": (0.0, DAY_S),
                 "broker_timeout_s": (0.0, DAY_S), "tick_s": (0.0, DAY_S)}
+# The sync service's part of the run (the world and agents take theirs from the service)
+SYNC_FIELDS = ("seed", "epoch_seed", "beacon_every", "epoch_steps")
 CHOICES = {"env": ENVS, "codec": CODECS, "core": CORES, "aggregate": AGGREGATES, "clock": CLOCKS}
 
 
@@ -59,6 +63,9 @@ class RunConfig:
     sync: str = "implicit"  # noise sync: implicit | stamped | checked:K
     clock: str = "logical"  # noise clock: logical | wall
     tick_s: float = 0.1  # wall clock: seconds per step
+    epoch_seed: int = 1  # sync service: seed of epoch 0 (24 bits)
+    beacon_every: int = 10  # sync service: beacon period in world steps, 0 = none
+    epoch_steps: int = 0  # sync service: rotate the epoch seed every E steps, 0 = never
 
     def __post_init__(self):
         if self.agents == 0:
@@ -70,8 +77,10 @@ class RunConfig:
         that a dead peer slows the step but the live agents still answer the world in time."""
         return self.deadline_s / 2
 
-    def validate(self) -> None:
-        """Raises ConfigError naming the first field this project cannot run."""
+    def validate(self, whole: bool = True) -> None:
+        """Raises ConfigError naming the first field this project cannot run. Not whole:
+        types, bounds and choices only, what the sync service checks (its process loads no
+        torch); the sync mode's grammar and the env's frame sizes need it."""
         for name, (lo, hi) in INT_RANGES.items():
             value = getattr(self, name)
             if value < lo or hi is not None and value > hi:
@@ -82,6 +91,8 @@ class RunConfig:
         for name, names in CHOICES.items():
             if getattr(self, name) not in names:
                 raise ConfigError(f"{name} must be one of {', '.join(names)}, got {getattr(self, name)!r}")
+        if not whole:
+            return
         from .message import SyncMode  # torch: imported here, so that the parser stays fast
 
         SyncMode.parse(self.sync)  # its ValueError names the grammar
@@ -104,17 +115,17 @@ class RunConfig:
         return json.dumps(self.to_wire())
 
     @classmethod
-    def from_json(cls, text: str) -> RunConfig:
+    def from_json(cls, text: str, whole: bool = True) -> RunConfig:
         try:
             data = json.loads(text)
         except ValueError as e:
             raise ConfigError(f"the run config is not JSON: {e}") from None
-        return cls.from_wire(data)
+        return cls.from_wire(data, whole)
 
     @classmethod
-    def from_wire(cls, data) -> RunConfig:
-        """The config in a map (a message, JSON), every field checked; the ones not in
-        it take their defaults."""
+    def from_wire(cls, data, whole: bool = True) -> RunConfig:
+        """The config in a map (a message, JSON), every field checked (`validate(whole)`);
+        the ones not in it take their defaults."""
         if not isinstance(data, dict):
             raise ConfigError(f"a run config is a map, not {type(data).__name__}")
         kinds = {f.name: type(f.default) for f in fields(cls)}
@@ -123,7 +134,7 @@ class RunConfig:
             raise ConfigError(f"unknown run config field {str(unknown[0])[:MAX_WORD]!r}")
         cfg = cls(**{k: _typed(k, v, kinds[k]) for k, v in data.items()})
         try:
-            cfg.validate()
+            cfg.validate(whole)
         except ValueError as e:  # the env's or the sync mode's own refusal, as a ConfigError
             raise ConfigError(str(e)) from None
         return cfg

@@ -6,7 +6,8 @@ Loss = policy + value_coef * value - entropy_coef * entropy + lam * rate bits pe
 Evaluation runs greedy episodes and encodes the messages for real with every codec:
 bits per message are bytes on the wire, the surrogate is reported beside them. The final
 range model (saved in the checkpoint, used by both ends) is refit to the trained policy's
-message frequencies.
+message frequencies. With learn_delta each agent's layer also learns its quantization step
+per dimension; the checkpoint carries the steps beside the range models.
 Reads top to bottom: config, setup, rollout, update, evaluation, checkpoint.
 """
 
@@ -63,11 +64,24 @@ class Critic(nn.Module):
         return self.net(obs.flatten(1))  # (B, n_values)
 
 
-def channel_layers(cfg: TrainConfig, device) -> list[DDCL]:
+def channel_layers(cfg: TrainConfig, device, deltas: list | None = None) -> list[DDCL]:
     """Agent k's channel: the public DDCL layer, keyed by the run seed and EPOCH_SEED as
-    the networked agents key theirs, with its own prior for the entropy/expected losses."""
-    return [DDCL(cfg.msg_dim, delta=cfg.delta, codec=cfg.codec, rate_loss=cfg.rate_loss, run_seed=cfg.seed,
-                 epoch_seed=EPOCH_SEED, prior_radius=cfg.prior_radius).to(device) for _ in range(cfg.agents)]
+    the networked agents key theirs, with its own prior for the entropy/expected losses
+    and, with cfg.learn_delta, its own learned steps. `deltas` (agent k's step at k, as
+    trained) makes fixed layers that quantize as the trained ones do."""
+    return [DDCL(cfg.msg_dim, delta=deltas[k] if deltas else cfg.delta, codec=cfg.codec, rate_loss=cfg.rate_loss,
+                 run_seed=cfg.seed, epoch_seed=EPOCH_SEED, prior_radius=cfg.prior_radius,
+                 learn_delta=cfg.learn_delta and not deltas).to(device) for k in range(cfg.agents)]
+
+
+def layer_deltas(layers: list[DDCL]) -> list:
+    """Each agent's step as its layer quantizes now (a float, or one per dimension)."""
+    return [layer.delta for layer in layers]
+
+
+def delta_spread(deltas: list) -> list[list[float]]:
+    """Per agent: the min, median and max of its per-dimension steps."""
+    return [np.quantile(np.asarray(d, dtype=np.float64), [0, 0.5, 1]).tolist() for d in deltas]
 
 
 def communicate(policies, layers, obs, states, cfg, step, silence: bool = False, rate: bool = True):
@@ -84,7 +98,7 @@ def communicate(policies, layers, obs, states, cfg, step, silence: bool = False,
         nexts.append(state)
         if rate:
             rates.append(layer.rate_loss("none"))
-        surrogates.append(surrogate_bits(z.detach(), cfg.delta))
+        surrogates.append(surrogate_bits(z.detach(), layer.delta))
     n = len(policies)
     logits = []
     for k, p in enumerate(policies):
@@ -133,7 +147,7 @@ def evaluate(policies, layers, cfg: TrainConfig, seed: int, models: list[Categor
             break
     if models is None:
         models = ([layer.export_model() for layer in layers] if layers[0].prior is not None else
-                  calibrate(policies, cfg, seed + CALIBRATION_SEED_OFFSET))
+                  calibrate(policies, cfg, seed + CALIBRATION_SEED_OFFSET, layer_deltas(layers)))
     result = {"success_rate": float(success.mean()), "episode_steps": float(length.mean()), "messages": count,
               "agents": [],
               "success_by_goal": {int(g): float(success[first_goal == g].mean()) for g in np.unique(first_goal)}}
@@ -154,13 +168,14 @@ def evaluate(policies, layers, cfg: TrainConfig, seed: int, models: list[Categor
 
 
 @torch.no_grad()
-def calibrate(policies, cfg: TrainConfig, seed: int) -> list[CategoricalModel]:
-    """The range codec's shared model, fit to the policies as they are: per-agent,
-    per-dimension value frequencies from a calibration rollout (its own seed). A learned
-    prior lags the policy it trains beside; the final model is refit this way."""
+def calibrate(policies, cfg: TrainConfig, seed: int, deltas: list | None = None) -> list[CategoricalModel]:
+    """The range codec's shared model, fit to the policies as they are (and to their
+    trained `deltas`): per-agent, per-dimension value frequencies from a calibration
+    rollout (its own seed). A learned prior lags the policy it trains beside; the final
+    model is refit this way."""
     device = next(policies[0].parameters()).device
     env = make(cfg.env, cfg.batch, seed, cfg.agents, device)
-    layers = channel_layers(cfg, device)
+    layers = channel_layers(cfg, device, deltas)
     r = cfg.prior_radius
     # a small pseudo-count keeps every symbol codable without taxing each of many quiet dimensions
     counts = np.full((cfg.agents, cfg.msg_dim, 2 * r + 2), CALIBRATION_PSEUDO_COUNT)  # escape last
@@ -179,12 +194,13 @@ def calibrate(policies, cfg: TrainConfig, seed: int) -> list[CategoricalModel]:
     return [CategoricalModel(-r, counts[k]) for k in range(cfg.agents)]
 
 
-def held_out(policies, cfg: TrainConfig, seed: int) -> tuple[dict, dict]:
+def held_out(policies, cfg: TrainConfig, seed: int, deltas: list | None = None) -> tuple[dict, dict]:
     """The final evaluation, on instances no update saw: the range model refit on a
     calibration rollout of its own, then cfg.batch greedy episodes on held-out instances
-    with messages and with them silenced. `ddcl evaluate` reruns it on a checkpoint."""
-    layers = channel_layers(cfg, next(policies[0].parameters()).device)
-    models = calibrate(policies, cfg, seed + CALIBRATION_SEED_OFFSET)
+    with messages and with them silenced (steps: `deltas` as trained, else cfg.delta).
+    `ddcl evaluate` reruns it on a checkpoint."""
+    layers = channel_layers(cfg, next(policies[0].parameters()).device, deltas)
+    models = calibrate(policies, cfg, seed + CALIBRATION_SEED_OFFSET, deltas)
     final = evaluate(policies, layers, cfg, seed + HELD_OUT_SEED_OFFSET, models=models)
     silent = evaluate(policies, layers, cfg, seed + HELD_OUT_SEED_OFFSET,
                       models=[CategoricalModel(0, [1, 1])] * cfg.agents, silence=True)
@@ -212,11 +228,14 @@ def evaluate_run(run: Path, episodes: int | None = None, seed: int | None = None
     cfg.batch = episodes or cfg.batch
     cfg.seed = cfg.seed if seed is None else seed
     env = make(cfg.env, 1, 0, cfg.agents)
-    _, policies, _ = load_checkpoint(run / "checkpoint.pt", cfg.env, env.obs_dim, env.n_actions, cfg.agents)
+    _, policies, ck = load_checkpoint(run / "checkpoint.pt", cfg.env, env.obs_dim, env.n_actions, cfg.agents)
     dev = pick_device(device)
-    final, silent = held_out([p.to(dev).eval() for p in policies], cfg, cfg.seed)
+    deltas = (ck["codec"] or {}).get("deltas")
+    final, silent = held_out([p.to(dev).eval() for p in policies], cfg, cfg.seed, deltas)
     out = {"config": asdict(cfg), "final": final, "no_communication_success": silent["success_rate"],
            "device": dev.type, "trained_on": _trained_on(run)}
+    if deltas is not None:
+        out["deltas"], out["delta_spread"] = deltas, delta_spread(deltas)
     if cfg.env == "goal":
         out["goal_frequency_fit"] = goal_fit(final, cfg.codec)
     return out
@@ -369,20 +388,25 @@ def train(cfg: TrainConfig, out: Path | None = None, progress=True, should_stop=
             break
     if log:
         log.close()
+    if board:
         board.close()
-    summary = final_summary(policies, cfg, history, update, time.monotonic() - start, step * cfg.batch, device)
+    summary = final_summary(policies, cfg, history, update, time.monotonic() - start, step * cfg.batch, device,
+                            layer_deltas(layers) if cfg.learn_delta else None)
     if out:
         write_run(out, cfg, pcfg, policies, critic, summary)
     return summary
 
 
 def final_summary(policies, cfg: TrainConfig, history: list, updates_done: int, wall_s: float, env_steps: int,
-                  device) -> dict:
-    """The held-out evaluation and the run's figures: summary.json."""
-    final, silent = held_out([p.eval() for p in policies], cfg, cfg.seed)
+                  device, deltas: list | None = None) -> dict:
+    """The held-out evaluation and the run's figures: summary.json. `deltas`: the learned
+    steps (agent k's at k), which the checkpoint carries."""
+    final, silent = held_out([p.eval() for p in policies], cfg, cfg.seed, deltas)
     summary = {"config": asdict(cfg), "final": final, "history": history, "updates_done": updates_done,
                "no_communication_success": silent["success_rate"], "wall_s": wall_s, "env_steps": env_steps,
                "env_steps_per_s": env_steps / wall_s, "device": str(device)}
+    if deltas is not None:
+        summary["deltas"], summary["delta_spread"] = deltas, delta_spread(deltas)
     if cfg.env == "goal":
         summary["goal_frequency_fit"] = goal_fit(final, cfg.codec)
     return summary
@@ -394,10 +418,13 @@ def eval_row(policies, layers, cfg: TrainConfig, update: int, env_steps: int, wa
     ev = evaluate([p.eval() for p in policies], layers, cfg, cfg.seed + EVAL_SEED_OFFSET)
     for p in policies:
         p.train()
-    return {"update": update, "env_steps": env_steps, "wall_s": wall_s, "train_success": train_success,
-            "rate_loss_bits": rate_bits, "eval_success": ev["success_rate"], "eval_episode_steps": ev["episode_steps"],
-            "bits": [a["bits_per_message"][cfg.codec] for a in ev["agents"]],
-            "surrogate": [a["surrogate_bits"] for a in ev["agents"]]}
+    row = {"update": update, "env_steps": env_steps, "wall_s": wall_s, "train_success": train_success,
+           "rate_loss_bits": rate_bits, "eval_success": ev["success_rate"], "eval_episode_steps": ev["episode_steps"],
+           "bits": [a["bits_per_message"][cfg.codec] for a in ev["agents"]],
+           "surrogate": [a["surrogate_bits"] for a in ev["agents"]]}
+    if cfg.learn_delta:
+        row["delta_spread"] = delta_spread(layer_deltas(layers))
+    return row
 
 
 def log_row(row: dict, cfg: TrainConfig, log, board, progress: bool) -> None:
@@ -405,18 +432,24 @@ def log_row(row: dict, cfg: TrainConfig, log, board, progress: bool) -> None:
     if log:
         log.write(json.dumps(row) + "\n")
         log.flush()
+    if board:
         board.add_scalar("success/train", row["train_success"], row["env_steps"])
         board.add_scalar("success/eval", row["eval_success"], row["env_steps"])
         board.add_scalar("rate_loss_bits", row["rate_loss_bits"], row["env_steps"])
         for k, (bits, sur) in enumerate(zip(row["bits"], row["surrogate"])):
             board.add_scalar(f"bits_per_message/{cfg.codec}/agent{k}", bits, row["env_steps"])
             board.add_scalar(f"bits_per_message/surrogate/agent{k}", sur, row["env_steps"])
+        for k, spread in enumerate(row.get("delta_spread", [])):
+            for name, x in zip(("min", "median", "max"), spread):
+                board.add_scalar(f"delta/{name}/agent{k}", x, row["env_steps"])
         board.flush()
     if progress:
         print(f"[train] update {row['update']}/{cfg.updates}  {row['env_steps'] / row['wall_s']:.0f} env steps/s  "
               f"train success {row['train_success']:.3f}  eval success {row['eval_success']:.3f}  "
               f"{cfg.codec} bits/msg {['%.2f' % b for b in row['bits']]}  "
-              f"surrogate {['%.2f' % b for b in row['surrogate']]}", file=sys.stderr, flush=True)
+              f"surrogate {['%.2f' % b for b in row['surrogate']]}"
+              + (f"  delta min/median/max {[' / '.join('%.3g' % x for x in d) for d in row['delta_spread']]}"
+                 if "delta_spread" in row else ""), file=sys.stderr, flush=True)
 
 
 def write_run(out: Path, cfg: TrainConfig, pcfg: PolicyConfig, policies, critic: Critic, summary: dict) -> None:
@@ -424,8 +457,9 @@ def write_run(out: Path, cfg: TrainConfig, pcfg: PolicyConfig, policies, critic:
     final range models, the config and the summary. The critic rides in the checkpoint's
     extra (a networked run is checked against an in-process one by it too)."""
     models = summary["final"]["models"]
+    # the learned steps travel with the models: both ends quantize with them, whatever the codec
     codec_spec = {"name": cfg.codec, "options": {"model": models[0]} if cfg.codec == "range" else {},
-                  "models": models if cfg.codec == "range" else None}
+                  "models": models if cfg.codec == "range" else None, "deltas": summary.get("deltas")}
     save_checkpoint(out / "checkpoint.pt", cfg.env, pcfg, [p.cpu() for p in policies], codec_spec,
                     extra={"train_config": asdict(cfg), "critic": {k: v.cpu() for k, v in critic.state_dict().items()}})
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
@@ -441,11 +475,17 @@ def live_line(update: int, updates: int, env_steps: int, wall_s: float, success:
 
 
 def tensorboard_writer(out: Path | None):
-    """TensorBoard event files in OUT/tensorboard (`tensorboard --logdir OUT`)."""
+    """TensorBoard event files in OUT/tensorboard (`tensorboard --logdir OUT`); None without
+    OUT, or where tensorboard is not installed (the `train` extra: the roles' container image
+    goes without it, and train.jsonl holds the same rows)."""
     if out is None:
         return None
-    from torch.utils.tensorboard import SummaryWriter  # imports tensorboard: only when writing
-
+    try:
+        from torch.utils.tensorboard import SummaryWriter  # imports tensorboard: only when writing
+    except ImportError:
+        print("[train] tensorboard is not installed (pip install 'ddcl-sim[train]'): no event files; "
+              "train.jsonl has every row", file=sys.stderr, flush=True)
+        return None
     return SummaryWriter(str(out / "tensorboard"))
 
 

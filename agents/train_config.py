@@ -25,6 +25,7 @@ class TrainConfig:
     lam: float = 0.01  # rate penalty weight, per bit per message
     lam_warmup: float = 0.3  # fraction of updates over which lam ramps up from 0
     delta: float = 0.2  # quantization step
+    learn_delta: bool = False  # learn a step per message dimension and agent (log-delta, from delta, at prior_lr)
     msg_dim: int = 4  # message dimensions
     hidden: int = 64  # hidden units
     core: str = "mlp"  # policy core: mlp | gru (memory, reset at episode starts) | transformer (attends over heard)

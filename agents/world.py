@@ -38,7 +38,6 @@ from .run_config import AgentSetup, RunConfig
 log = logging.getLogger("ddcl.world")
 
 METRICS_EVERY_S = 0.1  # metrics rows go out (file, and bus as JSON lines) this often
-STOP_POLL_S = 0.05  # the longest a wait for actions goes without asking whether to give up
 
 
 class Metrics:
@@ -238,7 +237,7 @@ class World:
 
     def collect_actions(self, step: int, give_up=lambda: False) -> np.ndarray | None:
         """This step's actions, as they come until the deadline; None when give_up()
-        came true first, which it is asked every STOP_POLL_S."""
+        came true first, which it is asked every lockstep.STOP_POLL_S."""
         cfg = self.cfg
         actions = np.zeros((cfg.batch, cfg.agents), dtype=np.int64)  # 0 is the default action
         got: set[int] = set()
@@ -262,7 +261,7 @@ class World:
         while len(got) < cfg.agents and (left := deadline - time.monotonic()) > 0:
             if give_up():
                 return None
-            self._pump(min(left, STOP_POLL_S), on_frame)
+            self._pump(min(left, lockstep.STOP_POLL_S), on_frame)
         for k in set(range(cfg.agents)) - got:
             self.misses[k] += 1
         return actions
@@ -277,9 +276,14 @@ class World:
     def summary(self, b: dict | None, steps: int, elapsed: float, episodes: int, successes: int, reward_sum: float) -> dict:
         cfg = self.cfg
         frames = sum(s["messages"] for s in self.agent_stats.values())
-        # a checkpoint's shape wins over the world's defaults for untrained policies
-        shapes = {(s.get("msg_dim"), s.get("delta")) for s in self.agent_stats.values()}
-        msg_dim, delta = shapes.pop() if len(shapes) == 1 else (cfg.msg_dim, cfg.delta)
+        # a checkpoint's shape wins over the world's defaults for untrained policies; its
+        # learned steps differ per agent and dimension: their mean prices the desync error
+        dims = {s.get("msg_dim") for s in self.agent_stats.values()}
+        deltas = [s.get("delta") for s in self.agent_stats.values()]
+        if len(dims) == 1 and None not in deltas:
+            msg_dim, delta = dims.pop(), deltas[0] if len(set(deltas)) == 1 else float(np.mean(deltas))
+        else:
+            msg_dim, delta = cfg.msg_dim, cfg.delta
         bits = sum(s["payload_bits"] for s in self.agent_stats.values())
         seeds = {s.get("run_seed") for s in self.agent_stats.values()}
         run_seed = seeds.pop() if len(seeds) == 1 else None

@@ -81,7 +81,9 @@ STEP_RELAY = "step-relay"  # sync -> broker: relay every Nth world step only; a 
 CONTROL_OPS = (FAULT_ADD, FAULT_LIST, FAULT_CLEAR, STEP_RELAY)
 # broker and sync service -> agents, in DELIVER:
 CLOCK = "clock"  # broker -> agent: its clock faults, again after a restart, which would lose them
-EPOCH = "epoch"  # agent <-> sync: the current and next epoch seeds, asked at start or after a restart
+# agent <-> sync: the current and next epoch seeds, asked at start, after a restart, or by a
+# healing agent whose clock passed a rotation no beacon announced
+EPOCH = "epoch"
 BEACON = "beacon"  # sync -> all agents: a reference step and time to keep clocks honest, the next epoch ahead
 # world <-> agents, in DELIVER (agents/lockstep.py carries the rest of that exchange):
 HELLO = "hello"  # world -> all: JOIN, so agents a dead world left configured join this one
@@ -99,6 +101,11 @@ PRIOR = "prior"  # learner -> peers: its learned range model, which their decode
 STATE_ASK = "state?"  # world -> learner: send STATE, for an evaluation or the checkpoint
 STATE = "state"  # learner -> world: its policy's and prior's tensors
 LEARNER_STATS = "learner-stats"  # learner -> world: its report at the end, for the run's summary
+# a learner that rejoined, or a restarted broker, voids the update under way: every party
+# goes back to the last update all of them saved, and the world redoes the next one
+ROLLBACK = "rollback"  # world -> learners: {to: that update, round}; resent until answered
+ROLLED = "rolled"  # learner -> world: {round}: restored, sends nothing more of the voided update
+RESUME = "resume"  # world -> learners: {round}: all restored; what a learner holds from before is stale
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
 HEARTBEAT_S = 1.0

@@ -4,7 +4,7 @@ variable DDCL_TRACE names a folder.
 The lockstep's roles mark a few events a step (a message in, a message out, a phase
 done) on CLOCK_MONOTONIC, which every process on a host shares, so the bench can line up
 all processes' events on one time axis. Each process writes `<folder>/<name>-<pid>.txt`
-(one `event nanoseconds` line per mark) when it exits, making the folder if need be. Off,
+(one `event nanoseconds` line per mark) when it exits (`write`), making the folder if need be. Off,
 a mark is one call that does nothing.
 """
 
@@ -42,16 +42,18 @@ def name(process: str) -> None:
     _name = process
 
 
-def _write() -> None:
+def write() -> None:
+    """Writes this process's marks, once (at exit, or before a role's quick exit)."""
     if not _events:
         return
     path = Path(_folder) / f"{_name}-{os.getpid()}.txt"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("".join(f"{event} {ns}\n" for event, ns in _events))
+        _events.clear()
     except OSError as e:  # a diagnostic: the process's own work is done, and its exit status stays its own
         print(f"{ENV}: cannot write {path}: {e.strerror}", file=sys.stderr)
 
 
 if _folder:
-    atexit.register(_write)
+    atexit.register(write)

@@ -16,6 +16,7 @@ import torch
 from .philox import MASK32, philox_torch_i64, uniform_blocks, words_to_uniform_torch
 
 DOMAIN_MESSAGE = 0  # dither of agent messages; other tags keep future streams apart
+DOMAIN_GRADIENT = 1  # dither of gradients sent back to a speaker (networked learning)
 MAX_SENDER = 0xFF
 MAX_EPOCH_SEED = 0xFFFFFF
 

@@ -3,7 +3,9 @@
     m = round(z / delta + u),   z_hat = delta * (m - u),   u ~ U[-1/2, 1/2) shared.
 
 The error z_hat - z is uniform on (-delta/2, delta/2) and independent of z, so the
-straight-through gradient d z_hat / d z = 1 is unbiased. Training and deployment call
+straight-through gradient d z_hat / d z = 1 is unbiased. Where delta is learned, the same
+view (z_hat = z + delta * e, e uniform on (-1/2, 1/2) and independent of z and delta)
+gives d z_hat / d delta = e = (z_hat - z) / delta: larger noise where the step grows. Training and deployment call
 the same arithmetic: float32 division, addition, round-half-to-even and multiplication
 are correctly rounded IEEE operations in torch (CPU and CUDA) and numba alike, so the
 receiver's numpy reconstruction equals the sender's torch z_hat bit for bit.
@@ -34,11 +36,25 @@ class _DitheredRound(torch.autograd.Function):
     def forward(ctx, z, delta, u):
         z_hat, m = _dithered_round(z, delta, u)
         ctx.mark_non_differentiable(m)
+        if ctx.needs_input_grad[1]:
+            ctx.save_for_backward(z, delta, z_hat)
         return z_hat, m
 
     @staticmethod
     def backward(ctx, grad_zhat, grad_m):
-        return grad_zhat, None, None  # straight-through: d z_hat / d z = 1
+        grad_z = grad_zhat if ctx.needs_input_grad[0] else None  # straight-through: d z_hat / d z = 1
+        grad_delta = None
+        if ctx.needs_input_grad[1]:  # d z_hat / d delta = e, the scaled error, summed onto delta's shape
+            z, delta, z_hat = ctx.saved_tensors
+            grad_delta = _sum_to(grad_zhat * ((z_hat - z) / delta), delta.shape)
+        return grad_z, grad_delta, None
+
+
+def _sum_to(g: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """g summed over the leading axes that broadcasting added to a tensor of `shape`."""
+    if len(shape) == 0:
+        return g.sum()
+    return g.reshape(-1, *shape).sum(0)
 
 
 def _check_range(y_abs_max: float) -> None:
@@ -52,12 +68,13 @@ def _check_range(y_abs_max: float) -> None:
 def quantize(z: torch.Tensor, delta, u: torch.Tensor, check: bool = True):
     """Quantize z with step delta (scalar or per last dimension) and dither u.
 
-    Returns (z_hat, m): z_hat carries the identity gradient to z; m holds the integers
+    Returns (z_hat, m): z_hat carries the identity gradient to z (and the scaled error
+    to delta, where delta is a tensor that requires grad); m holds the integers
     (as float32) that go on the wire. With `check`, non-finite or out-of-range input
     raises QuantizerError before anything can be encoded (costs one device sync).
     """
     delta = torch.as_tensor(delta, dtype=z.dtype, device=z.device)
-    if torch.is_grad_enabled() and z.requires_grad:
+    if torch.is_grad_enabled() and (z.requires_grad or delta.requires_grad):
         z_hat, m = _DitheredRound.apply(z, delta, u)
     else:  # no gradient wanted (evaluation): the same arithmetic without autograd's bookkeeping
         z_hat, m = _dithered_round(z, delta, u)

@@ -34,6 +34,10 @@ __all__ = ["DDCL", "Encoded"]
 _REDUCTIONS = ("mean", "sum", "none")
 _F32_NP = np.dtype(np.float32)
 _STEP_RANGE = (-(2**63), 2**64 - 1)  # what the noise counter's two 32-bit step words hold
+# a learned step stays in here (log-delta is clamped): exp() can neither reach 0 nor
+# overflow, and |z / delta| stays far below the quantizer's 2**31 for any sane z
+LEARNED_DELTA_RANGE = (1e-6, 1e6)
+_LOG_DELTA_RANGE = tuple(math.log(x) for x in LEARNED_DELTA_RANGE)
 
 
 class Encoded(NamedTuple):
@@ -64,7 +68,8 @@ class DDCL(nn.Module):
 
     Args:
         dim: Message values per sender (the last dimension of z).
-        delta: Quantization step: one positive number, or one per dimension.
+        delta: Quantization step: one positive number, or one per dimension. With
+            ``learn_delta``, where the learned steps start.
         codec: A codec name (``float32``, ``expgolomb``, ``rice``, ``range``) or a
             `channel.codecs.Codec`. With ``range`` by name and an ``entropy`` or
             ``expected`` rate loss, the range coder's model is the learned prior.
@@ -74,10 +79,18 @@ class DDCL(nn.Module):
         epoch_seed: The epoch's noise seed (24 bits); the project's trainer uses 1.
         prior_radius: The learned prior covers -radius..radius, an escape beyond.
         check: Refuse non-finite or out-of-range z (one device sync per call).
+        learn_delta: Learn one step per dimension with the layer's other parameters
+            (as ``log_delta``, so it stays positive): the task's gradient shrinks a step
+            (its noise hurts), the rate loss grows it (fewer integers to code).
 
     Attributes:
         prior: The learnable `channel.rate.FactorizedPrior` (a submodule: its logits
             are parameters, saved in ``state_dict``), or None for the other rate losses.
+        log_delta: With ``learn_delta``, the parameter (dim,) whose exp (clamped to
+            LEARNED_DELTA_RANGE) is the step; else None.
+        delta: The step as it quantizes now: a float, or a tuple of one per dimension
+            (with ``learn_delta``, the current float32 values, exactly: pass them as
+            ``delta`` to a fixed layer and it quantizes bit for bit the same).
 
     Raises:
         ShapeError: dim is not a positive integer, or delta has the wrong length.
@@ -88,18 +101,26 @@ class DDCL(nn.Module):
 
     def __init__(self, dim: int, *, delta: float | Sequence[float] = 0.2, codec: str | Codec = "range",
                  rate_loss: str = "surrogate", run_seed: int = 0, epoch_seed: int = 1, prior_radius: int = 16,
-                 check: bool = True):
+                 check: bool = True, learn_delta: bool = False):
         super().__init__()
         if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
             raise ShapeError(f"dim must be a positive integer, got {dim!r}")
         if rate_loss not in RATE_LOSSES:
             raise LayerError(f"unknown rate loss {rate_loss!r}; choose one of {', '.join(RATE_LOSSES)}")
         self.dim = dim
-        self.delta = _check_delta(delta, dim)
+        self._fixed_delta = _check_delta(delta, dim)
         # the quantizer's step: the plain float where one step serves all (the trainer's
         # arithmetic, bit for bit), else a buffer that follows the layer across devices
-        self.register_buffer("_delta_t", torch.tensor(self.delta, dtype=torch.float32).reshape(-1), persistent=False)
-        self._delta_np = np.asarray(self.delta, dtype=np.float32)
+        self.register_buffer("_delta_t", torch.tensor(self._fixed_delta, dtype=torch.float32).reshape(-1),
+                             persistent=False)
+        self._fixed_delta_np = np.asarray(self._fixed_delta, dtype=np.float32)
+        self.register_parameter("log_delta", None)
+        if learn_delta:
+            lo, hi = LEARNED_DELTA_RANGE
+            if not np.all((self._fixed_delta_np >= lo) & (self._fixed_delta_np <= hi)):
+                raise DeltaError(f"a learned delta starts in {lo:g}..{hi:g}, got {delta!r}")
+            self.log_delta = nn.Parameter(torch.log(self._delta_t.expand(dim).clone()))
+        self._learned_np: tuple[tuple, np.ndarray] | None = None
         self.rate_name = rate_loss
         try:  # seeds outside their bits are refused now, not at the first call
             NoiseKey(run_seed, epoch_seed, 0)
@@ -120,7 +141,14 @@ class DDCL(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"dim={self.dim}, delta={self.delta}, codec={self._codec.name!r}, rate_loss={self.rate_name!r}, "
-                f"run_seed={self.run_seed}, epoch_seed={self.epoch_seed}")
+                f"run_seed={self.run_seed}, epoch_seed={self.epoch_seed}, learn_delta={self.log_delta is not None}")
+
+    @property
+    def delta(self) -> float | tuple[float, ...]:
+        """The step as it quantizes now (see the class doc)."""
+        if self.log_delta is None:
+            return self._fixed_delta
+        return tuple(float(x) for x in self._delta_np)
 
     # ----- the differentiable path -----
 
@@ -287,7 +315,9 @@ class DDCL(nn.Module):
     def get_extra_state(self) -> dict:
         """What the saved prior means: a state loaded into a layer of another shape,
         step or loss would price messages with a table that was never learned for them."""
-        return {"dim": self.dim, "delta": self.delta, "rate_loss": self.rate_name,
+        # a learned step is a parameter of the state itself; a fixed one must match
+        return {"dim": self.dim, "delta": "learned" if self.log_delta is not None else self._fixed_delta,
+                "rate_loss": self.rate_name,
                 "prior_radius": None if self.prior is None else -self.prior.lo}
 
     def set_extra_state(self, state: dict) -> None:
@@ -301,13 +331,29 @@ class DDCL(nn.Module):
         # a copy (copy.deepcopy for a target network, pickling) takes no last call: its
         # tensors belong to a graph, which deepcopy refuses; the prior's codec is rebuilt
         state = self.__dict__.copy()
-        state["_last"] = state["_prior_codec"] = None
+        state["_last"] = state["_prior_codec"] = state["_learned_np"] = None
         return state
 
     # ----- helpers -----
 
     def _delta(self):
-        return self.delta if isinstance(self.delta, float) else self._delta_t
+        """The step as the torch path takes it: a float, a buffer, or the learned tensor
+        (with its gradient to log_delta)."""
+        if self.log_delta is not None:
+            return torch.exp(self.log_delta.clamp(*_LOG_DELTA_RANGE))
+        return self._fixed_delta if isinstance(self._fixed_delta, float) else self._delta_t
+
+    @property
+    def _delta_np(self) -> np.ndarray:
+        """The step as the numpy wire path takes it: float32, the torch path's values
+        exactly (computed by it, on the parameter's device), rebuilt when log_delta changes."""
+        if self.log_delta is None:
+            return self._fixed_delta_np
+        stamp = (self.log_delta.data_ptr(), self.log_delta._version)  # an optimizer step or a load bumps it
+        if self._learned_np is None or self._learned_np[0] != stamp:
+            with torch.no_grad():
+                self._learned_np = (stamp, self._delta().cpu().numpy().astype(np.float32))
+        return self._learned_np[1]
 
     def _key(self, sender: int, epoch_seed: int | None = None) -> NoiseKey:
         return NoiseKey(self.run_seed, self.epoch_seed if epoch_seed is None else epoch_seed, sender)

@@ -9,13 +9,12 @@ import logging
 import os
 import pickle
 import sys
+from dataclasses import fields
 
-from agents.run_config import CHOICES, FLOAT_RANGES, INT_RANGES, RunConfig
+from agents.run_config import CHOICES, FLOAT_RANGES, INT_RANGES, SYNC_FIELDS, RunConfig
 
-from .options import (COUNT, DEFAULT_BIND, Refused, add_broker, add_common, add_config_flags, add_device,
+from .options import (DEFAULT_BIND, Refused, add_broker, add_common, add_config_flags, add_device,
                       checked, curve, given, int_in, out_folder, positive_float, stop_flag)
-
-SEED32 = int_in(*INT_RANGES["seed"])  # the sync service's run seed is the run's
 
 
 def add_run_flags(p, skip=()) -> None:
@@ -23,17 +22,15 @@ def add_run_flags(p, skip=()) -> None:
     add_config_flags(p, RunConfig, skip, ints=INT_RANGES, floats=FLOAT_RANGES, choices=CHOICES)
 
 
-def add_schedule(p) -> None:
-    """The sync service's beacons and epochs: `ddcl up` passes them on to it."""
-    p.add_argument("--beacon-every", type=COUNT, default=10, help="beacon period in world steps, 0 = none (default 10)")
-    p.add_argument("--epoch-steps", type=COUNT, default=0, help="rotate the epoch seed every E steps, 0 = never (default 0)")
+def add_config_json(p) -> None:
+    p.add_argument("--config", help="the run config as JSON, as `ddcl up` passes it; flags given beside it win")
 
 
-def run_config(args) -> RunConfig:
+def run_config(args, whole: bool = True) -> RunConfig:
     """The run the command line says: --config's JSON (`ddcl up` hands the world the whole
-    config so), each flag given beside it over that; checked as one."""
-    base = checked(RunConfig.from_json, args.config).to_wire() if getattr(args, "config", None) else {}
-    return checked(RunConfig.from_wire, {**base, **given(args, RunConfig)})
+    config so), each flag given beside it over that; checked as one (RunConfig.validate)."""
+    base = checked(RunConfig.from_json, args.config, whole).to_wire() if getattr(args, "config", None) else {}
+    return checked(RunConfig.from_wire, {**base, **given(args, RunConfig)}, whole)
 
 
 def add_up(sub) -> None:
@@ -47,8 +44,9 @@ def add_up(sub) -> None:
     p.add_argument("--broker", help="endpoint of a running broker to use instead of starting one (e.g. tcp://host:5555)")
     add_device(p, "agent torch device")
     p.add_argument("--checkpoint", help="policy checkpoint for the agents (default: untrained, seeded)")
+    p.add_argument("--record", action="store_true",
+                   help="each agent pickles every step's z_hat, received z_hat and actions to OUT/record-agent-K.pkl")
     p.add_argument("--faults", help="TOML file of faults triggered by step (see docs/running.md#faults)")
-    add_schedule(p)
     add_train_flags(p)
     p.set_defaults(func=_up)
 
@@ -105,12 +103,12 @@ def _check_up(args, cfg: RunConfig) -> None:
 
 def add_world(sub) -> None:
     p = sub.add_parser("world", help="run the world process (env instances, lockstep)")
-    add_run_flags(p)
-    p.add_argument("--config", help="the run config as JSON, as `ddcl up` passes it; flags given beside it win")
+    add_run_flags(p)  # the sync service's fields too: the world's summary records the whole run
+    add_config_json(p)
     add_common(p)
     add_broker(p)
     p.add_argument("--out", help="run folder for metrics.jsonl and summary.json (default: print the summary)")
-    p.set_defaults(func=_world)
+    p.set_defaults(func=_world, quick_exit=True)  # a role: see cli.quick_exit
 
 
 def _world(args) -> int:
@@ -147,7 +145,7 @@ def add_agent(sub) -> None:
     p.add_argument("--checkpoint", help="policy checkpoint (default: untrained, seeded from the world's config)")
     p.add_argument("--record", help="pickle every step's z_hat, received z_hat and actions here (for tests)")
     add_common(p)
-    p.set_defaults(func=_agent)
+    p.set_defaults(func=_agent, quick_exit=True)  # a role: see cli.quick_exit
 
 
 def _agent(args) -> int:
@@ -181,7 +179,7 @@ def add_broker_serve(sub) -> None:
     p.add_argument("--bundle-wait", type=positive_float, default=20.0,
                    help="milliseconds a bundle waits for a step's last speaker before it goes out as it is (default 20)")
     add_common(p)
-    p.set_defaults(func=_broker_serve)
+    p.set_defaults(func=_broker_serve, quick_exit=True)  # a role: see cli.quick_exit
 
 
 def _broker_serve(args) -> int:
@@ -218,16 +216,16 @@ def _broker_serve(args) -> int:
 def add_sync_serve(sub) -> None:
     p = sub.add_parser("serve", help="run the sync service")
     add_broker(p)
-    p.add_argument("--seed", type=SEED32, default=0, help="run seed (default 0)")
-    p.add_argument("--epoch-seed", type=int_in(0, 0xFFFFFF), default=1, help="seed of epoch 0 (default 1)")
-    add_schedule(p)
+    add_run_flags(p, skip=[f.name for f in fields(RunConfig) if f.name not in SYNC_FIELDS])
+    add_config_json(p)
     add_common(p)
-    p.set_defaults(func=_sync_serve)
+    p.set_defaults(func=_sync_serve, quick_exit=True)  # a role: see cli.quick_exit
 
 
 def _sync_serve(args) -> int:
     from broker import sync
 
-    sync.serve(args.broker, args.seed, args.epoch_seed, args.epoch_steps, args.beacon_every, stop_flag(),
+    cfg = run_config(args, whole=False)  # the schedule's fields: this process loads no torch
+    sync.serve(args.broker, cfg.seed, cfg.epoch_seed, cfg.epoch_steps, cfg.beacon_every, stop_flag(),
                bus_url=args.bus, run=args.run, curve=curve(args))
     return 0

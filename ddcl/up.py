@@ -59,13 +59,15 @@ def _start_and_wait(args, cfg: RunConfig, endpoint: str, group: ProcessGroup, ou
     services = {}
     if not args.broker:  # else a running broker serves this run (its figures reset at step 0)
         services["broker"] = _start_broker(args, endpoint, group, common, out)
-    services["sync"] = group.start("sync", ddcl("sync", "serve", "--broker", endpoint, "--seed", str(cfg.seed),
-                                                "--beacon-every", str(args.beacon_every),
-                                                "--epoch-steps", str(args.epoch_steps), *common))
+    services["sync"] = group.start("sync", ddcl("sync", "serve", "--broker", endpoint, "--config", cfg.to_json(), *common))
     world = group.start("world", world_command(cfg, endpoint, out, common), progress=True)
     checkpoint = ["--checkpoint", args.checkpoint] if args.checkpoint else []
+
+    def record(k: int) -> list[str]:
+        return ["--record", str(out / f"record-agent-{k}.pkl")] if args.record else []
+
     agents = {f"agent-{k}": group.start(f"agent-{k}", ddcl("agent", "--broker", endpoint, "--id", f"agent-{k}",
-                                                           "--device", args.device, *common, *checkpoint))
+                                                           "--device", args.device, *common, *checkpoint, *record(k)))
               for k in range(cfg.agents)}
     print(f"[up] broker on {endpoint}; {cfg.agents} agents, B={cfg.batch}, {cfg.steps} steps; "
           f"logs in {out / 'logs'}", file=sys.stderr, flush=True)

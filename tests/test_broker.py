@@ -8,13 +8,16 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import zmq
 
+from agents.run_config import RunConfig
 from broker import protocol
 from broker.peer import BrokerError, LibzmqDealer, Peer
+from broker.sync import fetch_epoch
 from broker.zmtp import ZmtpDealer
 from channel import codecs, frame
 from tests.conftest import SLOW_S, ddcl, stats, until, wait_steps
@@ -325,3 +328,18 @@ def test_the_broker_and_sync_service_load_neither_torch_nor_numba():
             "print(sorted(m for m in ('torch', 'numba', 'numpy') if m in sys.modules))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert r.stdout.strip() == "[]"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_the_sync_service_runs_the_run_config_it_is_handed_without_torch(procs):
+    """`ddcl up` hands the sync service the whole run config: its schedule is what it
+    serves, and the process, once serving, has mapped neither torch nor numba."""
+    ep = procs.broker()
+    cfg = RunConfig(seed=7, epoch_seed=9, beacon_every=3, epoch_steps=40, env="tj-easy", batch=4)
+    sync = procs.start("sync", "-v", "sync", "serve", "--broker", ep, "--config", cfg.to_json())
+    procs.wait_log("sync", "sync service up: run seed 7, epoch seed 9, E=40, beacons every 3")
+    maps = Path(f"/proc/{sync.pid}/maps").read_text()
+    assert "torch" not in maps and "numba" not in maps
+    with Peer(ep, b"agent", b"agent-0") as agent:
+        reply = fetch_epoch(agent, timeout_s=SLOW_S)
+    assert reply["run_seed"] == 7 and reply["epochs"][0] == [0, 9] and reply["epochs"][1][0] == 40

@@ -58,10 +58,11 @@ def test_up_refuses_a_bad_faults_file_before_starting(tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("argv", [["up", "--sync", "checked:0"], ["sweep", "skew", "--sync", "implicit,stamp"]])
+@pytest.mark.parametrize("argv", [["up", "--sync", "checked:0"], ["sweep", "skew", "--sync", "implicit,stamp"],
+                                  ["sweep", "desync", "--sync", "healing:0"]])
 def test_a_bad_sync_mode_is_refused_before_anything_starts(argv, tmp_path, capsys):
     assert main(argv + ["--out", str(tmp_path / "run")]) == 2
-    assert "sync mode must be implicit, stamped or checked:K" in capsys.readouterr().err
+    assert "sync mode must be implicit, stamped, checked:K" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
 
 
@@ -78,7 +79,7 @@ def test_a_cuda_device_that_is_not_here_is_refused_before_anything_starts(argv, 
 
 
 @pytest.mark.parametrize("argv", [["up", "--out"], ["world", "--out"], ["train", "--out"], ["sweep", "skew", "--out"],
-                                  ["broker", "serve", "--log-dir"]])
+                                  ["sweep", "wall-clock", "--out"], ["broker", "serve", "--log-dir"]])
 def test_an_output_folder_that_cannot_be_made_is_refused(argv, tmp_path, capsys):
     (tmp_path / "file").write_text("")
     bad = tmp_path / "file" / "run"

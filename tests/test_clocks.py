@@ -71,3 +71,17 @@ def test_faketime_shift_equals_injected_skew_in_wall_mode(procs, tmp_path):
     assert result["faked"][0] > 0.95 and result["skewed"][0] > 0.95
     # both are off by 3 ticks: the same desync, hence errors of the same size
     assert result["faked"][1] == pytest.approx(result["skewed"][1], rel=0.25)
+
+
+def test_a_wall_clock_beacon_that_took_its_latency_for_offset_keeps_the_view_on_the_step():
+    """A beacon for step 0 arrives 50 ms after the sync service stamped it: the correction
+    takes those 50 ms for offset, and a reading right at step 0's start lands 50 ms before
+    it (or after it, for a stamp taken late). A 10 s tick: the machine's delays do not count."""
+    import time
+
+    t0 = time.time()
+    c = Clock(mode="wall", tick_s=10.0, t0=t0)
+    c.on_beacon(ref_step=0, ref_time=t0 - 0.05)
+    assert c.view(0) == 0
+    c.on_beacon(ref_step=0, ref_time=t0 + 0.05)  # the other side of the tick's start
+    assert c.view(0) == 0

@@ -7,11 +7,14 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from agents.train_config import TrainConfig
 from ddcl.cli import build_parser
 from broker.bus import BusClient
 from tests.conftest import ROOT, free_port, wait_port
@@ -71,10 +74,13 @@ def test_every_service_runs_one_valid_ddcl_command(compose):
 def test_knobs_reach_the_commands():
     """DDCL_AGENTS sets the replicas and the world's --agents together; an empty
     DDCL_CHECKPOINT means untrained policies (which fit any number of agents)."""
-    env = {"DDCL_AGENTS": "4", "DDCL_CHECKPOINT": "", "DDCL_STEPS": "9", "DDCL_PUBLISH": "127.0.0.1:0"}
+    env = {"DDCL_AGENTS": "4", "DDCL_CHECKPOINT": "", "DDCL_STEPS": "9", "DDCL_PUBLISH": "127.0.0.1:0",
+           "DDCL_BEACON_EVERY": "7", "DDCL_EPOCH_STEPS": "70"}
     s = interpolate(yaml.safe_load(COMPOSE.read_text()), env)["services"]
     world = s["world"]["command"]
     assert world[world.index("--agents") + 1] == "4" and world[world.index("--steps") + 1] == "9"
+    for cmd in (world, s["sync"]["command"]):  # the sync service's schedule, recorded by the world too
+        assert cmd[cmd.index("--beacon-every") + 1] == "7" and cmd[cmd.index("--epoch-steps") + 1] == "70"
     assert int(s["agent"]["deploy"]["replicas"]) == 4
     agent = s["agent"]["command"]
     assert agent[agent.index("--checkpoint") + 1] == ""
@@ -182,3 +188,38 @@ def test_one_service_builds_the_image_the_others_name(compose):
     assert re.search(r"pip install .*torch==\$\{TORCH_VERSION\}", dockerfile)
     # Debian's and Ubuntu's system pythons refuse pip (PEP 668): everything goes into a venv
     assert "python3 -m venv /opt/venv" in dockerfile and "PATH=/opt/venv/bin:" in dockerfile
+
+
+TRAIN = ROOT / "deploy" / "compose.train.yaml"
+
+
+def test_the_training_compose_file_runs_end_to_end_as_local_processes(procs, tmp_path):
+    """deploy/compose.train.yaml's commands, as processes: a broker, the learning world and
+    two learner replicas that take the ids the broker assigns; a short training finishes
+    and leaves a checkpoint `ddcl evaluate` reads."""
+    env = {"DDCL_UPDATES": "3", "DDCL_BATCH": "32"}
+    s = interpolate(yaml.safe_load(TRAIN.read_text()), env)["services"]
+    parser = build_parser()
+    for name in ("broker", "learn-world", "learner"):
+        assert s[name]["image"] == "ddcl-sim:latest" and s[name]["command"][0] == "ddcl", name
+        parser.parse_args(s[name]["command"][1:])
+    port, runs = free_port(), tmp_path / "runs"
+
+    def start(name: str, instance: str | None = None):
+        svc = s[name]
+        extra = {k: localize(str(v), port, "", runs) for k, v in (svc.get("environment") or {}).items()}
+        return procs.start(instance or name, *[localize(a, port, "", runs) for a in svc["command"][1:]], env_extra=extra)
+
+    start("broker")
+    wait_port(port)
+    world = start("learn-world")
+    for k in range(int(s["learner"]["deploy"]["replicas"])):
+        start("learner", f"learner-replica-{k}")
+    assert world.wait(600) == 0, procs.log("learn-world")
+    summary = json.loads((runs / "compose-train" / "summary.json").read_text())
+    assert summary["updates_done"] == 3 and summary["networked"]["grad_codec"] == "float32"
+    values = TrainConfig().rollout * 32 * 1  # T x B x D floats a listener sends its speaker
+    assert summary["networked"]["bytes_per_update"]["gradient"]["payload"] == 2 * 2 * 4 * values  # 2 links, up + down
+    r = subprocess.run([sys.executable, "-m", "ddcl", "evaluate", str(runs / "compose-train"), "--episodes", "64"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "success" in r.stdout, r.stdout + r.stderr

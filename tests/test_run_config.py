@@ -19,11 +19,12 @@ from broker.protocol import HEARTBEAT_S, LIVENESS
 from ddcl.cli import build_parser
 from ddcl.run import run_config
 from ddcl.up import world_command
+from agents.run_config import SYNC_FIELDS
 
 # every field off its default, each a value its flag must carry exactly
 CHANGED = RunConfig(env="pp-easy", agents=3, batch=7, steps=123, codec="range", delta=0.35, msg_dim=3, core="gru",
                     aggregate="attention", seed=2**32 - 1, deadline_s=2.5, join_timeout_s=45.5, broker_timeout_s=7.25,
-                    sync="checked:5", clock="wall", tick_s=0.25)
+                    sync="checked:5", clock="wall", tick_s=0.25, epoch_seed=0xFFFFFF, beacon_every=3, epoch_steps=40)
 
 
 def flags(cfg: RunConfig, skip=()) -> list[str]:
@@ -67,6 +68,14 @@ def test_every_field_travels_from_the_command_line_to_the_agent(tmp_path: Path):
     assert agent._from_world(world.agent_config())
     assert configured == [AgentSetup(want, 1234.5, str(tmp_path.resolve()))]
     assert agent.peer.sent == [(protocol.WORLD_ID, {"op": lockstep.READY})]
+
+
+def test_the_sync_service_takes_the_whole_config_or_its_own_flags():
+    cfg = run_config(build_parser().parse_args(["sync", "serve", "--config", CHANGED.to_json()]))
+    assert cfg == CHANGED
+    own = run_config(build_parser().parse_args(["sync", "serve", *flags(CHANGED, skip=set(RunConfig.__dataclass_fields__) - set(SYNC_FIELDS))]))
+    assert [getattr(own, f) for f in SYNC_FIELDS] == [getattr(CHANGED, f) for f in SYNC_FIELDS]
+    assert own == replace(RunConfig(), **{f: getattr(CHANGED, f) for f in SYNC_FIELDS})
 
 
 def test_an_agent_refuses_a_bad_config_and_stays_unready():
