@@ -28,8 +28,8 @@ from torch import nn
 
 from .policy import forget, initial_states
 from .sampling import generators, sample
-from .train import (PROGRESS_EVERY_S, eval_row, final_summary, lam_at, layer_deltas, live_line, log_row, setup,
-                    step_reward, tensorboard_writer, write_run)
+from .train import (PROGRESS_EVERY_S, eval_row, finish, lam_at, live_line, log_row, setup, step_reward, stopped,
+                    tensorboard_writer)
 from .train_config import TrainConfig
 
 
@@ -263,18 +263,8 @@ def train(cfg: TrainConfig, out=None, progress=True, should_stop=lambda: False, 
             log_row(row, cfg, log, board, progress)
             episodes = successes = 0
             last_line = time.monotonic()
-        if should_stop():
-            if progress:
-                print(f"[train] stopping after update {upd} of {cfg.updates}: evaluating and writing what it has",
-                      file=sys.stderr, flush=True)
+        if stopped(should_stop, upd, cfg, progress):
             break
-    if log:
-        log.close()
-    if board:
-        board.close()
-    summary = final_summary(policies, cfg, history, upd, time.monotonic() - start, step * cfg.batch, device,
-                            layer_deltas(layers) if cfg.learn_delta else None)
-    if out:
-        write_run(out, cfg, pcfg, policies, critic, summary)
-    return summary
+    return finish(out, cfg, pcfg, policies, critic, layers, history, upd, time.monotonic() - start, step * cfg.batch,
+                  device, log, board)
 
