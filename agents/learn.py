@@ -107,6 +107,8 @@ def config_for(given: dict) -> TrainConfig:
     """TrainConfig of the fields `ddcl up --train` was given, the rest `ddcl train`'s
     defaults (ValueError for a bad one)."""
     cfg = TrainConfig(**given)
+    if cfg.algo != "a2c":
+        raise ValueError(f"networked training runs A2C; train --algo {cfg.algo} with `ddcl train`")
     if cfg.share:
         raise ValueError("--share needs every agent's gradient in one place: train it with `ddcl train`")
     if cfg.learn_delta:  # a peer decodes with the sender's step, which the learners do not exchange

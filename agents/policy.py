@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .train_config import AGGREGATES, CORES  # the choices live with the torch-free config
+from .train_config import AGGREGATES, CORES, TRANSFORMER_HEADS  # the choices live with the torch-free config
 
 CHECKPOINT_FORMAT = "ddcl-checkpoint/1"
 
@@ -23,8 +23,9 @@ class PolicyConfig:
     msg_dim: int = 4  # message dimensions (the paper's goal toy: 4)
     hidden: int = 64  # hidden units
     delta: float = 0.2  # quantization step (the paper's goal toy: 1/5)
-    core: str = "mlp"  # mlp (no memory) | gru (recurrent, reset at episode starts)
+    core: str = "mlp"  # mlp (no memory) | gru (recurrent, reset at episode starts) | transformer (attends over heard)
     aggregate: str = "mean"  # how heard messages combine: mean (CommNet/IC3Net) | attention (TarMAC)
+    heads: int = TRANSFORMER_HEADS  # transformer core: attention heads (hidden must divide by it)
 
 
 class _Layers(NamedTuple):
@@ -39,10 +40,48 @@ class _Layers(NamedTuple):
     key: nn.Linear | None
     act_in: nn.Linear
     act_out: nn.Linear
+    mixer: TokenMixer | None
+
+
+class TokenMixer(nn.Module):
+    """The transformer core's block: the listener's observation token (its hidden state)
+    and one token per heard message (the message embedded to hidden width), one pre-norm
+    self-attention block (multi-head attention, then a feed-forward layer, each residual).
+
+    Only the listener's own token is read out, so only its query is computed: the same
+    output as the full block's at that token, at 1 / (1 + peers) of the attention's and
+    the feed-forward layer's cost."""
+
+    def __init__(self, hidden: int, msg_dim: int, heads: int):
+        super().__init__()
+        if hidden % heads:
+            raise ValueError(f"the transformer core needs hidden ({hidden}) divisible by heads ({heads})")
+        self.heads = heads
+        self.embed = nn.Linear(msg_dim, hidden)  # a heard message's token
+        self.norm1 = nn.LayerNorm(hidden)
+        self.qkv = nn.Linear(hidden, 3 * hidden)
+        self.proj = nn.Linear(hidden, hidden)
+        self.norm2 = nn.LayerNorm(hidden)
+        self.ff_in = nn.Linear(hidden, 2 * hidden)
+        self.ff_out = nn.Linear(2 * hidden, hidden)
+
+    def forward(self, h: torch.Tensor, heard: torch.Tensor) -> torch.Tensor:
+        """(B, hidden) own token, (B, peers, D) heard -> (B, hidden) own token's output."""
+        tokens = torch.cat([h[:, None], _linear(self.embed, heard)], dim=1)  # (B, 1 + peers, hidden)
+        x = F.layer_norm(tokens, tokens.shape[-1:], self.norm1.weight, self.norm1.bias)
+        b, n, width = x.shape
+        w, bias = self.qkv.weight, self.qkv.bias
+        q = F.linear(x[:, 0], w[:width], bias[:width]).view(b, self.heads, 1, -1)
+        k, v = F.linear(x, w[width:], bias[width:]).view(b, n, 2, self.heads, -1).permute(2, 0, 3, 1, 4)
+        mixed = F.scaled_dot_product_attention(q, k, v).reshape(b, width)  # (B, heads, 1, dh) -> (B, hidden)
+        out = h + _linear(self.proj, mixed)
+        y = F.layer_norm(out, out.shape[-1:], self.norm2.weight, self.norm2.bias)
+        return out + _linear(self.ff_out, F.gelu(_linear(self.ff_in, y)))
 
 
 class AgentPolicy(nn.Module):
     """obs (+ memory) -> hidden -> message z; (hidden, heard z_hat) -> action logits.
+    The transformer core speaks as the MLP does and hears through a `TokenMixer`.
 
     `state` is the GRU's memory, (B, hidden), or None for the MLP; callers zero its rows
     where an episode starts. Heard messages come stacked per peer, (B, peers, D): the mean,
@@ -59,12 +98,15 @@ class AgentPolicy(nn.Module):
         if cfg.aggregate == "attention":
             self.query = nn.Linear(cfg.hidden, cfg.msg_dim)
             self.key = nn.Linear(cfg.msg_dim, cfg.msg_dim)
+        # the transformer's block reads the heard messages itself: its output alone feeds the head
+        self.mixer = TokenMixer(cfg.hidden, cfg.msg_dim, cfg.heads) if cfg.core == "transformer" else None
         self.act_head = nn.Sequential(
-            nn.Linear(cfg.hidden + cfg.msg_dim, cfg.hidden), nn.Tanh(), nn.Linear(cfg.hidden, cfg.n_actions)
+            nn.Linear(cfg.hidden + (0 if self.mixer else cfg.msg_dim), cfg.hidden), nn.Tanh(),
+            nn.Linear(cfg.hidden, cfg.n_actions)
         )
         attention = cfg.aggregate == "attention"
         self.layers = _Layers(self.body[0], self.memory, self.msg_head, self.query if attention else None,
-                              self.key if attention else None, self.act_head[0], self.act_head[2])
+                              self.key if attention else None, self.act_head[0], self.act_head[2], self.mixer)
 
     def initial_state(self, batch: int, device="cpu") -> torch.Tensor | None:
         return torch.zeros(batch, self.cfg.hidden, device=device) if self.memory is not None else None
@@ -84,6 +126,8 @@ class AgentPolicy(nn.Module):
 
     def act(self, h: torch.Tensor, heard: torch.Tensor) -> torch.Tensor:
         layers = self.layers
+        if layers.mixer is not None:
+            return _linear(layers.act_out, torch.tanh(_linear(layers.act_in, layers.mixer(h, heard))))
         if heard.shape[1] == 0:
             combined = heard.new_zeros(heard.shape[0], self.cfg.msg_dim)
         elif layers.key is not None:  # attention

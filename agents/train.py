@@ -321,6 +321,10 @@ def agent_loss(logp, adv, ent, rate, lam: float, cfg: TrainConfig) -> torch.Tens
 def train(cfg: TrainConfig, out: Path | None = None, progress=True, should_stop=lambda: False) -> dict:
     """Trains, evaluates on held-out instances, writes OUT. Stopped (`should_stop`, polled
     once per update), it ends the current update and still evaluates and writes what it has."""
+    if cfg.algo == "mappo":
+        from .mappo import train as train_mappo
+
+        return train_mappo(cfg, out, progress, should_stop)
     cfg.validate()
     device, env, pcfg, policies, critic, layers, per_agent = setup(cfg)
     params = list({id(q): q for m in [*policies, critic] for q in m.parameters()}.values())  # shared: once
@@ -377,16 +381,30 @@ def train(cfg: TrainConfig, out: Path | None = None, progress=True, should_stop=
             log_row(row, cfg, log, board, progress)
             episodes = successes = 0
             last_line = time.monotonic()
-        if should_stop():
-            if progress:
-                print(f"[train] stopping after update {update} of {cfg.updates}: evaluating and writing what it has",
-                      file=sys.stderr, flush=True)
+        if stopped(should_stop, update, cfg, progress):
             break
+    return finish(out, cfg, pcfg, policies, critic, layers, history, update, time.monotonic() - start,
+                  step * cfg.batch, device, log, board)
+
+
+def stopped(should_stop, update: int, cfg: TrainConfig, progress: bool) -> bool:
+    """Whether the run was asked to stop after `update` (and says so)."""
+    if not should_stop():
+        return False
+    if progress:
+        print(f"[train] stopping after update {update} of {cfg.updates}: evaluating and writing what it has",
+              file=sys.stderr, flush=True)
+    return True
+
+
+def finish(out: Path | None, cfg: TrainConfig, pcfg: PolicyConfig, policies, critic, layers, history: list,
+           updates_done: int, wall_s: float, env_steps: int, device, log, board) -> dict:
+    """The end of a run: its logs closed, the held-out evaluation, OUT written."""
     if log:
         log.close()
     if board:
         board.close()
-    summary = final_summary(policies, cfg, history, update, time.monotonic() - start, step * cfg.batch, device,
+    summary = final_summary(policies, cfg, history, updates_done, wall_s, env_steps, device,
                             layer_deltas(layers) if cfg.learn_delta else None)
     if out:
         write_run(out, cfg, pcfg, policies, critic, summary)

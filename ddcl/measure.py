@@ -13,7 +13,7 @@ from .options import COUNT, POSITIVE, Refused, add_device, checked, int_in, int_
 
 
 def add_benches(sub) -> None:
-    for add in (_add_channel, _add_fuzz, _add_soak, _add_train, _add_envs, _add_net, _add_layer, _add_scaling,
+    for add in (_add_channel, _add_fuzz, _add_soak, _add_train, _add_train_speed, _add_envs, _add_net, _add_layer, _add_scaling,
                 _add_timeline, _add_link_faults, _add_corrupt):
         add(sub)
 
@@ -117,6 +117,43 @@ def _train(args) -> int:
 
     checked(pick_device, args.device)
     print(train_bench.run(args.updates, args.batch, args.lam, args.msg_dim, args.seed, args.device, args.losses))
+    return 0
+
+
+def _add_train_speed(sub) -> None:
+    from agents.envs import ENVS
+    from agents.train_config import ALGOS, CORES
+
+    p = sub.add_parser("train-speed", help="env steps/s of each training algorithm x policy core, per B")
+    p.add_argument("--env", choices=ENVS, default="goal", help="environment (default goal)")
+    p.add_argument("--batches", type=int_list(1), default="512,4096", help="batch sizes (default 512,4096)")
+    p.add_argument("--cores", type=_choices(CORES), default=",".join(CORES),
+                   help=f"policy cores, comma-separated (default {','.join(CORES)})")
+    p.add_argument("--algos", type=_choices(ALGOS), default=",".join(ALGOS),
+                   help=f"algorithms, comma-separated; the first is the baseline (default {','.join(ALGOS)})")
+    p.add_argument("--updates", type=POSITIVE, default=3, help="updates timed per measurement (default 3)")
+    p.add_argument("--share", action="store_true", help="one shared policy in the main table too")
+    add_device(p, default="cpu")
+    p.set_defaults(func=_train_speed)
+
+
+def _choices(allowed):
+    """An argparse type: comma-separated words, each one of `allowed`."""
+    def parse(text: str) -> list[str]:
+        words = text.split(",")
+        bad = [w for w in words if w not in allowed]
+        if bad or not text:
+            raise argparse.ArgumentTypeError(f"unknown {', '.join(bad) or text!r}; choose from {', '.join(allowed)}")
+        return words
+    return parse
+
+
+def _train_speed(args) -> int:
+    from agents.agent import pick_device
+    from bench import train_bench
+
+    checked(pick_device, args.device)
+    print(train_bench.speed(args.env, args.batches, args.cores, args.algos, args.updates, args.share, args.device))
     return 0
 
 

@@ -1,0 +1,145 @@
+"""MAPPO (`ddcl train --algo mappo`) and the transformer core: real updates on real envs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from agents import mappo
+from agents.envs import make
+from agents.policy import AgentPolicy, PolicyConfig, initial_states, load_checkpoint
+from agents.sampling import generators
+from agents.train import evaluate_run, setup, train
+from agents.train_config import TrainConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _rollout(cfg: TrainConfig, batched: bool):
+    device, env, _, policies, critic, layers, per_agent = setup(cfg)
+    peers = mappo.peer_index(cfg.agents, device)
+    data, *_ = mappo.collect(env, env.reset(), initial_states(policies, cfg.batch, device), policies, layers, critic,
+                             None, generators(cfg.seed, range(cfg.agents), device), peers, 0, per_agent, batched, cfg)
+    return policies, critic, layers, peers, data
+
+
+@pytest.mark.parametrize("core", ["mlp", "gru", "transformer"])
+def test_a_few_updates_lower_the_loss_on_their_rollout(core):
+    cfg = TrainConfig(algo="mappo", core=core, batch=32, rollout=5, ppo_epochs=4, minibatches=2, lr=3e-3, hidden=32)
+    policies, critic, layers, peers, data = _rollout(cfg, batched=False)
+    params = list({id(q): q for m in [*policies, critic] for q in m.parameters()}.values())
+    opt = torch.optim.Adam(params + [q for layer in layers for q in layer.parameters()], lr=cfg.lr)
+    rows = torch.arange(cfg.batch)
+    adv, returns = mappo.gae(critic, None, data, cfg)
+    before, _ = mappo.ppo_loss(policies, layers, critic, data, adv, returns, rows, peers, 0.01, False, cfg)
+    figures = mappo.update(policies, layers, critic, None, opt, params, data, 0.01, peers,
+                           torch.Generator().manual_seed(0), False, cfg)
+    after, _ = mappo.ppo_loss(policies, layers, critic, data, adv, returns, rows, peers, 0.01, False, cfg)
+    before, after = before.item(), after.item()
+    assert after < before - 0.01, (before, after)
+    assert figures["epochs"] == 4 and figures["approx_kl"] > 0  # the policy moved off the one that acted
+
+
+def test_a_minibatch_draws_its_rows_dither_and_batched_agents_match_the_loop():
+    """The update's recomputed messages are the rollout's: a minibatch of rows hears what
+    those rows heard in the whole batch, and one batched shared module is the loop."""
+    cfg = TrainConfig(algo="mappo", env="tj-easy", share=True, core="gru", batch=16, rollout=3, hidden=32)
+    policies, critic, layers, peers, data = _rollout(cfg, batched=True)
+    rows = torch.tensor([11, 2, 7])
+    states = [s[rows] for s in data.states]
+    with torch.no_grad():
+        full, full_rate, _ = mappo.joint_forward(policies, layers, data.obs[1], data.states, 1, peers, batched=False)
+        part, part_rate, _ = mappo.joint_forward(policies, layers, data.obs[1, rows], states, 1, peers, batched=True,
+                                                 rows=rows, batch=cfg.batch)
+    torch.testing.assert_close(part, full[rows])
+    torch.testing.assert_close(part_rate, full_rate[rows])
+    # the rollout's own log-probabilities are recomputed exactly: the ratio starts at 1
+    adv, returns = mappo.gae(critic, None, data, cfg)
+    _, figures = mappo.ppo_loss(policies, layers, critic, data, adv, returns, rows, peers, 0.0, True, cfg)
+    assert abs(figures["approx_kl"]) < 1e-6 and figures["clip_fraction"] == 0
+
+
+def test_value_norm_scales_returns_to_unit_size_and_back():
+    norm = mappo.ValueNorm(2, "cpu")
+    x = torch.randn(20, 64, 2, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(norm.denormalize(x), x)  # nothing seen: the critic's output as it is
+    returns = x * torch.tensor([50.0, 2.0]) - torch.tensor([300.0, 0.0])  # team-sized returns, and small ones
+    norm.update(returns)
+    scaled = norm.normalize(returns)
+    torch.testing.assert_close(scaled.mean((0, 1)), torch.zeros(2), atol=1e-3, rtol=0)
+    torch.testing.assert_close(scaled.std((0, 1)), torch.ones(2), atol=0.02, rtol=0)
+    torch.testing.assert_close(norm.denormalize(scaled), returns, atol=1e-3, rtol=1e-4)
+
+
+def _random_success(env_name: str, episodes: int, seed: int) -> float:
+    env = make(env_name, episodes, seed)
+    env.reset()
+    gen = torch.Generator().manual_seed(seed)
+    won = torch.zeros(episodes, dtype=torch.bool)
+    for _ in range(env.max_steps):
+        _, _, done, success = env.step(torch.randint(env.n_actions, (episodes, 2), generator=gen))
+        won |= success
+        if done.all():
+            break
+    return float(won.float().mean())
+
+
+def test_tiny_mappo_run_beats_a_random_policy(tmp_path):
+    cfg = TrainConfig(algo="mappo", updates=30, eval_every=30, batch=128, rollout=10, msg_dim=1, entropy_coef=0.05,
+                      lr=3e-3, seed=1)
+    s = train(cfg, tmp_path, progress=False)
+    random = _random_success("goal", 1024, 5)
+    assert s["final"]["success_rate"] > random + 0.2, (s["final"]["success_rate"], random)
+    assert set(s["history"][0]) >= {"approx_kl", "clip_fraction", "value_loss", "eval_success"}
+    again = evaluate_run(tmp_path)  # the checkpoint and config reload as A2C's do
+    assert again["final"]["success_rate"] == s["final"]["success_rate"]
+
+
+def test_the_transformer_core_attends_over_the_listener_and_every_peer():
+    torch.manual_seed(0)
+    p = AgentPolicy(PolicyConfig(obs_dim=6, n_actions=3, msg_dim=4, hidden=16, core="transformer"))
+    obs, heard = torch.randn(5, 6), torch.randn(5, 3, 4)
+    h, z, state = p.speak(obs)
+    assert h.shape == (5, 16) and z.shape == (5, 4) and state is None
+    for peers in (0, 1, 3):
+        assert p.act(h, heard[:, :peers]).shape == (5, 3)
+    # the block's output at the listener's token is full self-attention's at that token
+    mix = p.mixer
+    tokens = torch.cat([h[:, None], mix.embed(heard)], 1)
+    q, k, v = (t.view(5, 4, 4, 4).transpose(1, 2) for t in mix.qkv(mix.norm1(tokens)).chunk(3, -1))
+    attended = torch.softmax(q @ k.transpose(-1, -2) / 2, -1) @ v  # (B, heads, tokens, dh)
+    out = tokens + mix.proj(attended.transpose(1, 2).reshape(5, 4, 16))
+    full = out + mix.ff_out(torch.nn.functional.gelu(mix.ff_in(mix.norm2(out))))
+    torch.testing.assert_close(mix(h, heard), full[:, 0])
+    # the peers are a set: their order does not matter, what they say does
+    torch.testing.assert_close(p.act(h, heard[:, [2, 0, 1]]), p.act(h, heard))
+    assert not torch.allclose(p.act(h, heard), p.act(h, torch.randn(5, 3, 4)))
+
+
+def test_mappo_transformer_trains_and_its_checkpoint_runs_networked(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    train(TrainConfig(algo="mappo", core="transformer", updates=4, eval_every=2, batch=16, rollout=5, minibatches=2),
+          run, progress=False)
+    rows = [json.loads(line) for line in (run / "train.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and rows[1]["loss"] != rows[0]["loss"]
+    env = make("goal", 1, 0)
+    pcfg, policies, _ = load_checkpoint(run / "checkpoint.pt", "goal", env.obs_dim, env.n_actions, 2)
+    assert pcfg.core == "transformer" and policies[0].mixer is not None
+    r = subprocess.run([sys.executable, "-m", "ddcl", "up", "--env", "goal", "--steps", "5", "--batch", "4",
+                        "--checkpoint", str(run / "checkpoint.pt"), "--deadline", "30", "--out", str(tmp_path / "up")],
+                       capture_output=True, text=True, timeout=300, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert json.loads((tmp_path / "up" / "summary.json").read_text())["messages"]["delivered"] == 2 * 5
+
+
+def test_networked_training_refuses_mappo():
+    r = subprocess.run([sys.executable, "-m", "ddcl", "up", "--train", "--algo", "mappo", "--out", "/nonexistent/x"],
+                       capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert r.returncode == 2 and "networked training runs A2C" in r.stderr
