@@ -5,11 +5,10 @@ alone), and `ddcl sweep` (grids of runs)."""
 from __future__ import annotations
 
 import logging
-import os
 
 from agents.train_config import CODECS, TrainConfig
 
-from .options import (POSITIVE, COUNT, Refused, add_broker, add_config_flags, add_device, checked, given, int_list, out_folder,
+from .options import (POSITIVE, COUNT, Refused, add_agent_id, add_broker, add_config_flags, add_device, checked, given, int_list, out_folder,
                       positive_float, stop_flag)
 
 TARGETS = ("one", "all-but-one")  # agents.desync_grid.TARGETS, without its torch import
@@ -272,9 +271,7 @@ def add_learn_roles(sub) -> None:
     w.set_defaults(func=_learn_world)
     a = sub.add_parser("learner", help="one learning agent: its policy, its DDCL layer, its optimizer")
     add_broker(a)
-    a.add_argument("--id", default=os.environ.get("DDCL_AGENT_ID", ""),
-                   help="agent-K to claim, or a StatefulSet pod name NAME-K for agent-K "
-                        "(env DDCL_AGENT_ID; default: the broker assigns one)")
+    add_agent_id(a)
     add_device(a)
     a.add_argument("--state-dir", help="folder for the learner's saved states: restarted with its id, it "
                                        "resumes from them (default: kept in memory only)")

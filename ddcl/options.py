@@ -137,6 +137,13 @@ def add_broker(p, text: str = "broker endpoint") -> None:
     p.add_argument("--broker", default=DEFAULT_BROKER, help=f"{text} (env DDCL_BROKER; default {DEFAULT_BROKER})")
 
 
+def add_agent_id(p) -> None:
+    """--id of an agent-like role (an agent, a learner): one agent slot of the run."""
+    p.add_argument("--id", default=os.environ.get("DDCL_AGENT_ID", ""),
+                   help="agent-K to claim, or a StatefulSet pod name NAME-K for agent-K "
+                        "(env DDCL_AGENT_ID; default: the broker assigns one)")
+
+
 def add_device(p, whose: str = "torch device", default: str = "auto") -> None:
     p.add_argument("--device", type=device_name, default=default, help=f"{whose}: auto, cpu, cuda or cuda:N (default {default})")
 

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import pickle
 import sys
 from dataclasses import fields
 
 from agents.run_config import CHOICES, FLOAT_RANGES, INT_RANGES, SYNC_FIELDS, RunConfig
 
-from .options import (DEFAULT_BIND, Refused, add_broker, add_common, add_config_flags, add_device,
+from .options import (DEFAULT_BIND, Refused, add_agent_id, add_broker, add_common, add_config_flags, add_device,
                       checked, curve, given, int_in, out_folder, positive_float, stop_flag)
 
 
@@ -138,9 +137,7 @@ def _world(args) -> int:
 def add_agent(sub) -> None:
     p = sub.add_parser("agent", help="run one agent process")
     add_broker(p)
-    p.add_argument("--id", default=os.environ.get("DDCL_AGENT_ID", ""),
-                   help="agent-K to claim, or a StatefulSet pod name NAME-K for agent-K "
-                        "(env DDCL_AGENT_ID; default: the broker assigns one)")
+    add_agent_id(p)
     add_device(p)
     p.add_argument("--checkpoint", help="policy checkpoint (default: untrained, seeded from the world's config)")
     p.add_argument("--record", help="pickle every step's z_hat, received z_hat and actions here (for tests)")
