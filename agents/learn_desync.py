@@ -28,7 +28,7 @@ from .message import SyncMode
 
 @dataclass(frozen=True)
 class LearnDesync:
-    sync: str = "implicit"  # what the frames carry of the sender's step: implicit | stamped | checked:K
+    sync: str = "implicit"  # what the frames carry of the sender's step: implicit | stamped | checked:K | healing:K
     agent: int = 1  # the learner whose clock is faulted
     skew: int = 0  # its noise step runs this many steps ahead, from `from_update` on
     drift_ppm: float = 0.0  # its clock gains this many parts per million of steps, from `from_update` on

@@ -52,7 +52,7 @@ class RunConfig:
     codec: str = "rice"  # message codec
     delta: float = 0.2  # untrained policies: quantization step
     msg_dim: int = 4  # untrained policies: message dimensions
-    core: str = "mlp"  # untrained policies: mlp | gru
+    core: str = "mlp"  # untrained policies: mlp | gru | transformer
     aggregate: str = "mean"  # untrained policies: how heard messages combine, mean | attention
     seed: int = 0  # run seed: env instances and untrained policies
     deadline_s: float = 1.0  # per-step wait for actions, seconds; an agent waits half of it for its peers
@@ -60,7 +60,7 @@ class RunConfig:
     # two busy cores took over a minute
     join_timeout_s: float = 180.0
     broker_timeout_s: float = 10.0  # seconds a silent broker has to come back (restarted) before the run ends
-    sync: str = "implicit"  # noise sync: implicit | stamped | checked:K
+    sync: str = "implicit"  # noise sync: implicit | stamped | checked:K | healing:K
     clock: str = "logical"  # noise clock: logical | wall
     tick_s: float = 0.1  # wall clock: seconds per step
     epoch_seed: int = 1  # sync service: seed of epoch 0 (24 bits)
