@@ -55,14 +55,8 @@ def sweep_skew(args) -> int:
             hit = targets(args.target, n) if skew else []
             faults.write_text("".join(f'[[fault]]\nstep = 0\nkind = "skew"\ntarget = "agent-{k}"\nvalue = {skew}\n'
                                       for k in hit))
-            cmd = ddcl("up", "--steps", str(args.steps), "--batch", str(args.batch), "--codec", args.codec, *env,
-                       "--sync", mode, "--beacon-every", "0", "--out", str(run), "--faults", str(faults))
-            if args.checkpoint:
-                cmd += ["--checkpoint", args.checkpoint]
-            r = subprocess.run(cmd, capture_output=True, text=True)
-            if r.returncode != 0:
-                print(f"run {run} failed:\n{r.stderr[-2000:]}", file=sys.stderr)
-                return r.returncode
+            if (rc := _skew_run(run, faults, mode, env, args)) != 0:
+                return rc
         s = json.loads((run / "summary.json").read_text())
         row = {"sync": mode, "skew": skew, "success_rate": s["success_rate"], "bits_per_message": s["bits_per_message"],
                "bytes_per_step": s["bytes_per_step"]["sum"]["total"],
@@ -78,6 +72,18 @@ def sweep_skew(args) -> int:
     plot_skew(rows, modes, out / "sweep_skew.png")
     print(f"wrote {out / 'sweep_skew.csv'} and {out / 'sweep_skew.png'}")
     return 0
+
+
+def _skew_run(run: Path, faults: Path, mode: str, env: list[str], args) -> int:
+    """One `ddcl up` of the skew sweep, no beacons (nothing corrects the skew); its status."""
+    cmd = ddcl("up", "--steps", str(args.steps), "--batch", str(args.batch), "--codec", args.codec, *env,
+               "--sync", mode, "--beacon-every", "0", "--out", str(run), "--faults", str(faults))
+    if args.checkpoint:
+        cmd += ["--checkpoint", args.checkpoint]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        print(f"run {run} failed:\n{r.stderr[-2000:]}", file=sys.stderr)
+    return r.returncode
 
 
 def _pyplot():
@@ -227,10 +233,14 @@ def plot_desync(rows: list[dict], out: Path) -> list[Path]:
     policies = list(dict.fromkeys(r["policy"] for r in rows))
     modes = list(dict.fromkeys(r["sync"] for r in rows))
     colors = {m: f"C{i}" for i, m in enumerate(modes)}
-    paths = []
+    return [_save(plt, plot(plt, rows, policies, modes, colors), out / name)
+            for plot, name in ((_plot_skews, "desync_skew.png"), (_plot_protection, "desync_bits.png"),
+                               (_plot_recovery, "desync_recovery.png"))]
 
-    # success against the synchronized run, episode length, desynced fraction and error
-    # against skew; a row per policy. Modes are drawn a little apart, to be told apart.
+
+def _plot_skews(plt, rows: list[dict], policies: list[str], modes: list[str], colors: dict):
+    """Success against the synchronized run, episode length, desynced fraction and error
+    against skew; a row per policy. Modes are drawn a little apart, to be told apart."""
     shown = {"success_vs_synced": ("points against synchronized", "task success", 100),
              "episode_steps": ("steps per episode", "episode length", 1),
              "desynced_fraction": ("desynced fraction", "decodes off", 1),
@@ -256,9 +266,11 @@ def plot_desync(rows: list[dict], out: Path) -> list[Path]:
             ax.set_xscale("symlog", linthresh=1)
         axes[i][0].axhspan(-0.5, 0.5, color="grey", alpha=0.15, lw=0)
         axes[i][0].legend(fontsize=7)
-    paths.append(_save(plt, fig, out / "desync_skew.png"))
+    return fig
 
-    # protection against its cost: header bytes per frame, worst success loss over skews
+
+def _plot_protection(plt, rows: list[dict], policies: list[str], modes: list[str], colors: dict):
+    """Protection against its cost: header bytes per frame, worst success loss over skews."""
     fig, axes = plt.subplots(1, 2, figsize=(12, 4))
     for j, pol in enumerate(policies):
         for mode in modes:
@@ -276,9 +288,11 @@ def plot_desync(rows: list[dict], out: Path) -> list[Path]:
                 title="decodes off: skew, drift, jump, stale seed")
     axes[0].axhline(-0.5, color="grey", lw=0.8, ls=":")
     axes[0].legend(fontsize=6, ncol=2)
-    paths.append(_save(plt, fig, out / "desync_bits.png"))
+    return fig
 
-    # recovery after a clock jump against the beacon period; drift's desync the same way
+
+def _plot_recovery(plt, rows: list[dict], policies: list[str], modes: list[str], colors: dict):
+    """Recovery after a clock jump against the beacon period; drift's desync the same way."""
     fig, axes = plt.subplots(1, 2, figsize=(12, 4))
     for j, pol in enumerate(policies):
         for mode in modes:
@@ -293,8 +307,7 @@ def plot_desync(rows: list[dict], out: Path) -> list[Path]:
     axes[1].set(xscale="log", xlabel="beacon period (steps)", ylabel="desynced fraction",
                 title=f"under {DRIFT_PPM:,} ppm of drift")
     axes[0].legend(fontsize=6)
-    paths.append(_save(plt, fig, out / "desync_recovery.png"))
-    return paths
+    return fig
 
 
 # ---------------------------------------------------------------- wall clock
@@ -304,8 +317,6 @@ FAKETIME_LIB = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
 
 def sweep_wall_clock(args) -> int:
     """Per beacon period: a networked wall-clock run with agent-1 under libfaketime."""
-    from agents.launcher import ProcessGroup, free_port, wait_port
-
     if not Path(FAKETIME_LIB).exists():
         print(f"error: {FAKETIME_LIB} is missing (the faketime package)", file=sys.stderr)
         return 2
@@ -314,30 +325,9 @@ def sweep_wall_clock(args) -> int:
     rows = []
     for beacons in args.beacons:
         run = out / f"beacons{beacons}"
-        if not (run / "summary.json").exists():
-            (run / "logs").mkdir(parents=True, exist_ok=True)
-            port = free_port()
-            ep = f"tcp://127.0.0.1:{port}"
-            group = ProcessGroup(run / "logs")
-            try:
-                group.start("broker", ddcl("broker", "serve", "--bind", ep, "--log-dir", str(run)))
-                wait_port(port)
-                group.start("sync", ddcl("sync", "serve", "--broker", ep, "--beacon-every", str(beacons)))
-                # agent-1's time, and only its wall clock: its deadlines stay true
-                fake = ["env", f"LD_PRELOAD={FAKETIME_LIB}", f"FAKETIME={args.faketime}",
-                        "FAKETIME_DONT_FAKE_MONOTONIC=1"]
-                for k in range(2):
-                    agent = ddcl("agent", "--broker", ep, "--id", f"agent-{k}", "--device", "cpu")
-                    group.start(f"agent-{k}", fake + agent if k == 1 else agent)
-                world = group.start("world", ddcl("world", "--broker", ep, "--steps", str(args.steps), "--clock",
-                                                  "wall", "--tick", str(args.tick), "--deadline", "30", "--batch",
-                                                  str(args.batch), "--beacon-every", str(beacons), "--out", str(run)))
-                rc = world.wait()
-            finally:
-                group.stop(first=("world",), grace_s=10.0)
-            if rc != 0:
-                print(f"run {run} failed: see {run / 'logs'}", file=sys.stderr)
-                return rc
+        if not (run / "summary.json").exists() and (rc := _wall_clock_run(run, beacons, args)) != 0:
+            print(f"run {run} failed: see {run / 'logs'}", file=sys.stderr)
+            return rc
         rows.append(wall_row(run, beacons, args.tick))
         r = rows[-1]
         _progress(f"[wall-clock] beacons every {beacons}: agent-1 off by {r['mean_abs_offset']:.2f} steps on average, "
@@ -350,6 +340,31 @@ def sweep_wall_clock(args) -> int:
     plot_wall(rows, args, out / "wall_clock.png")
     print(f"wrote {out / 'wall_clock.csv'} and {out / 'wall_clock.png'}")
     return 0
+
+
+def _wall_clock_run(run: Path, beacons: int, args) -> int:
+    """One run, its roles started here: agent-1 under libfaketime; the world's status."""
+    from agents.launcher import ProcessGroup, free_port, wait_port
+
+    (run / "logs").mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    ep = f"tcp://127.0.0.1:{port}"
+    group = ProcessGroup(run / "logs")
+    try:
+        group.start("broker", ddcl("broker", "serve", "--bind", ep, "--log-dir", str(run)))
+        wait_port(port)
+        group.start("sync", ddcl("sync", "serve", "--broker", ep, "--beacon-every", str(beacons)))
+        # agent-1's time, and only its wall clock: its deadlines stay true
+        fake = ["env", f"LD_PRELOAD={FAKETIME_LIB}", f"FAKETIME={args.faketime}", "FAKETIME_DONT_FAKE_MONOTONIC=1"]
+        for k in range(2):
+            agent = ddcl("agent", "--broker", ep, "--id", f"agent-{k}", "--device", "cpu")
+            group.start(f"agent-{k}", fake + agent if k == 1 else agent)
+        world = group.start("world", ddcl("world", "--broker", ep, "--steps", str(args.steps), "--clock", "wall",
+                                          "--tick", str(args.tick), "--deadline", "30", "--batch", str(args.batch),
+                                          "--beacon-every", str(beacons), "--out", str(run)))
+        return world.wait()
+    finally:
+        group.stop(first=("world",), grace_s=10.0)
 
 
 def wall_row(run: Path, beacons: int, tick: float) -> dict:
