@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from broker.sync import Schedule
-from channel import codecs, frame
+from channel import frame
 
 from .agent import Epochs
 from .clock import Clock
@@ -97,9 +97,7 @@ def run_cell(cell: Cell, codec: str = "range") -> dict:
     env = make(env_name, cell.batch, cell.seed, n)
     pcfg, policies, ck = load_checkpoint(cell.checkpoint, env_name, env.obs_dim, env.n_actions, n)
     policies = [p.eval() for p in policies]
-    models = (ck["codec"] or {}).get("models")
-    coders = [codecs.get("range", model=m) for m in models] if models and codec == "range" else [codecs.get(codec)] * n
-    template = MessageChannel.build(coders, pcfg.msg_dim, pcfg.delta, cell.seed)
+    template = MessageChannel.from_checkpoint(ck["codec"], codec, n, pcfg.msg_dim, pcfg.delta, cell.seed)
     layers = [_OneStepDecodes(layer) for layer in template.layers]
     sync = SyncMode.parse(cell.sync)
     channels = [MessageChannel(layers, sync) for _ in range(n)]  # each agent's own (healing keeps state)

@@ -84,6 +84,8 @@ class GradCodec:
         if name not in GRAD_CODECS:
             raise WireError(f"unknown gradient codec {str(name)[:MAX_NAME]!r}")
         self.name, self.run_seed = name, run_seed
+        # the frame's codec field: Rice for ddcl's integers, float32's id for raw floats of either width
+        self.wire_id = _RICE.wire_id if name == "ddcl" else _F32_ID
 
     def _dither(self, n: int, listener: int, speaker: int, update: int, chunk: int) -> np.ndarray:
         step = (update << _UPDATE_SHIFT) | (speaker << _SPEAKER_SHIFT) | chunk
@@ -109,20 +111,19 @@ class GradCodec:
                 _, m = quantize_numpy(values, np.float32(scale) / DDCL_LEVELS, u)
             else:
                 m = np.zeros(values.size, dtype=np.int64)
-            payload, codec = _SCALE.pack(scale) + _RICE.encode(m), _RICE.wire_id
+            payload = _SCALE.pack(scale) + _RICE.encode(m)
         else:
             if self.name == "float16":
                 values = np.clip(values, -_F16_MAX, _F16_MAX)
-            payload, codec = values.astype(FLOAT_WIDTHS[self.name]).tobytes(), _F32_ID
-        return frame.pack(kind=frame.Kind.GRADIENT, sender=listener, codec=codec, count=values.size,
+            payload = values.astype(FLOAT_WIDTHS[self.name]).tobytes()
+        return frame.pack(kind=frame.Kind.GRADIENT, sender=listener, codec=self.wire_id, count=values.size,
                           payload=payload, stamp_mode=frame.StampMode.FULL, stamp=update)
 
     def unpack(self, data: bytes, speaker: int, update: int, chunk: int, shape: tuple[int, ...]) -> tuple[int, np.ndarray]:
         """-> (listener, float32 array shaped `shape`) of chunk `chunk` of a gradient frame
         for this speaker's messages of `update`."""
         f = frame.unpack(data)
-        codec = _RICE.wire_id if self.name == "ddcl" else _F32_ID
-        if f.kind != frame.Kind.GRADIENT or f.stamp_mode != frame.StampMode.FULL or f.codec != codec:
+        if f.kind != frame.Kind.GRADIENT or f.stamp_mode != frame.StampMode.FULL or f.codec != self.wire_id:
             raise WireError(f"not a {self.name} gradient frame: kind {f.kind}, stamp {f.stamp_mode}, codec {f.codec}")
         if f.stamp != update:
             raise WireError(f"gradient for update {f.stamp}, expected {update}")

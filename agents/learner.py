@@ -76,6 +76,13 @@ class LearnerStats:
     desynced: int = 0  # decodes that used another noise step than their sender's (a clock fault)
 
 
+def _input_grads(loss: torch.Tensor, leaves: list[torch.Tensor]) -> torch.Tensor:
+    """d loss / d each leaf (a step's heard messages), stacked; zeros where the loss does
+    not reach a leaf. The graph is kept: the speaker's own backward pass comes after."""
+    grads = torch.autograd.grad(loss, leaves, retain_graph=True, allow_unused=True)
+    return torch.stack([g if g is not None else torch.zeros_like(x) for g, x in zip(grads, leaves)])
+
+
 class Learner:
     def __init__(self, endpoint: str, wanted_id: bytes = b"", device: str = "auto", curve=None,
                  state_dir: Path | None = None):
@@ -323,16 +330,13 @@ class Learner:
         logp, ent, rate = torch.stack(r["logp"]), torch.stack(r["ent"]), torch.stack(r["rate"])
         loss = agent_loss(logp, adv, ent, rate, lam_at(cfg, update), cfg)
         # what each peer's messages did to this agent's loss, for that peer
-        said = torch.autograd.grad(loss, r["heard"], retain_graph=True, allow_unused=True)
-        said = torch.stack([g if g is not None else torch.zeros_like(h) for g, h in zip(said, r["heard"])])
+        said = _input_grads(loss, r["heard"])
         probe = {"decodes": r["decodes"], "desynced": r["desynced"]}
         self.stats.desynced += r["desynced"]
         if self.desync.probe:
             ideal_loss = agent_loss(torch.stack(r["logp_ideal"]), adv, torch.stack(r["ent_ideal"]), rate,
                                     lam_at(cfg, update), cfg)
-            ideal = torch.autograd.grad(ideal_loss, r["ideal"], retain_graph=True, allow_unused=True)
-            ideal = torch.stack([g if g is not None else torch.zeros_like(h) for g, h in zip(ideal, r["ideal"])])
-            probe.update(learn_wire.gradient_bias(said, ideal))
+            probe.update(learn_wire.gradient_bias(said, _input_grads(ideal_loss, r["ideal"])))
         for slot, j in enumerate(self.peers):  # a send each: together they could pass the broker's size limit
             for data in self.grad.frames(self.index, j, update, said[:, :, slot]):
                 self.peer.send_to(protocol.agent_id(j), data)
@@ -349,7 +353,12 @@ class Learner:
         total = learn_wire.unpack_clip(self._world("the gradient norm"), update)
         torch.nn.utils.clip_grads_with_norm_(params, 1.0, torch.tensor(total, dtype=torch.float32, device=self.device))
         self.opt.step()
-        if self.layer.prior is not None and cfg.codec == "range":  # the range coder's model both ends use
+        self._send_prior(update)
+
+    def _send_prior(self, update: int) -> None:
+        """This learner's prior after `update` to its peers: the range coder's model both
+        ends use for its next messages (only where the run codes with a learned prior)."""
+        if self.layer.prior is not None and self.cfg.codec == "range":
             prior = learn_wire.pack_tensors(learn_wire.PRIOR, self.layer.prior.state_dict(), update=update)
             self.peer.send_each((protocol.agent_id(j), prior) for j in self.peers)
 
@@ -437,7 +446,6 @@ class Learner:
                 break
             except Rollback:
                 continue
-        if to >= 1 and self.layer.prior is not None and self.cfg.codec == "range":  # the peers decode with it
-            prior = learn_wire.pack_tensors(learn_wire.PRIOR, self.layer.prior.state_dict(), update=to)
-            self.peer.send_each((protocol.agent_id(j), prior) for j in self.peers)
+        if to >= 1:  # the peers decode its next messages with the prior it went back to
+            self._send_prior(to)
         return to

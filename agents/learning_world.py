@@ -195,9 +195,9 @@ class LearningWorld:
                     first = done.cpu().numpy()
                     rewards.append(step_reward(reward, s.per_agent, cfg.batch))
                     dones.append(done.float()[:, None])
-                    episodes += int(done.sum())
-                    successes += int(success.sum())
-                    ended, won = ended + int(done.sum()), won + int(success.sum())
+                    n_done, n_won = int(done.sum()), int(success.sum())
+                    episodes, successes = episodes + n_done, successes + n_won
+                    ended, won = ended + n_done, won + n_won
                     step += 1
                 returns, values, adv = advantages(critic, obs, rewards, dones, values, cfg)
                 self.peer.send_each((agent, learn_wire.pack_advantage(update, adv_column(adv, k)))

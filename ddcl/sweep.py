@@ -33,6 +33,14 @@ def _progress(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
+def write_csv(path: Path, rows: list[dict], fields: list[str] | None = None) -> None:
+    """rows as a CSV with a header: `fields` (others in a row are left out), or the first row's keys."""
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=fields or list(rows[0]), extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+
+
 # ---------------------------------------------------------------- networked skew sweep
 
 def sweep_skew(args) -> int:
@@ -65,10 +73,7 @@ def sweep_skew(args) -> int:
         rows.append(row)
         _progress(f"[sweep {i + 1}/{len(cells)}] {mode:<11} skew {skew:>3}: success {row['success_rate']}, "
                   f"bits/msg {row['bits_per_message']:.2f}, desynced {100 * row['desynced_fraction']:.0f}%")
-    with open(out / "sweep_skew.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    write_csv(out / "sweep_skew.csv", rows)
     plot_skew(rows, modes, out / "sweep_skew.png")
     print(f"wrote {out / 'sweep_skew.csv'} and {out / 'sweep_skew.png'}")
     return 0
@@ -86,7 +91,7 @@ def _skew_run(run: Path, faults: Path, mode: str, env: list[str], args) -> int:
     return r.returncode
 
 
-def _pyplot():
+def pyplot():
     try:
         import matplotlib
     except ImportError as e:  # an extra: the roles (and their container image) go without it
@@ -99,7 +104,7 @@ def _pyplot():
 
 
 def plot_skew(rows: list[dict], modes: list[str], path: Path) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 4, figsize=(17, 3.8))
     for mode in modes:
         rs = [r for r in rows if r["sync"] == mode]
@@ -178,10 +183,7 @@ def sweep_desync(args) -> int:
                       f"eta {left / 60:.1f} min")
     rows = summarize([done[c.key()] for c in cells])
     path = out / "desync_grid.csv"
-    with open(path, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    write_csv(path, rows)
     figures = plot_desync(rows, out)
     print(f"wrote {results}, {path} and {', '.join(str(f) for f in figures)}")
     return 0
@@ -229,7 +231,7 @@ def _save(plt, fig, path: Path) -> Path:
 
 
 def plot_desync(rows: list[dict], out: Path) -> list[Path]:
-    plt = _pyplot()
+    plt = pyplot()
     policies = list(dict.fromkeys(r["policy"] for r in rows))
     modes = list(dict.fromkeys(r["sync"] for r in rows))
     colors = {m: f"C{i}" for i, m in enumerate(modes)}
@@ -333,10 +335,7 @@ def sweep_wall_clock(args) -> int:
         _progress(f"[wall-clock] beacons every {beacons}: agent-1 off by {r['mean_abs_offset']:.2f} steps on average, "
                   f"exact on {100 * r['exact_fraction']:.0f}% of steps, "
                   f"{r['beacon_bytes_per_step']:.1f} beacon bytes/step")
-    with open(out / "wall_clock.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=[k for k in rows[0] if k != "offsets"])
-        w.writeheader()
-        w.writerows([{k: v for k, v in r.items() if k != "offsets"} for r in rows])
+    write_csv(out / "wall_clock.csv", rows, [k for k in rows[0] if k != "offsets"])
     plot_wall(rows, args, out / "wall_clock.png")
     print(f"wrote {out / 'wall_clock.csv'} and {out / 'wall_clock.png'}")
     return 0
@@ -394,7 +393,7 @@ def wall_row(run: Path, beacons: int, tick: float) -> dict:
 
 
 def plot_wall(rows: list[dict], args, path: Path) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 3.8))
     for r in rows:
         steps = sorted(r["offsets"])

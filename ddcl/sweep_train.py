@@ -11,12 +11,13 @@ success, real bits per message and the gradient's bias, a row of panels per sync
 
 from __future__ import annotations
 
-import csv
 import json
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from .sweep import pyplot, write_csv
 
 KINDS = ("skew", "skew-mid", "drift")
 SMOOTH = 10  # updates in the moving average of the training-success curves
@@ -82,11 +83,7 @@ def sweep_train_skew(args) -> int:
               f"cos {fmt(r.get('cos_mean_1>0'))}; {time.monotonic() - t:.0f} s, about {left / 60:.0f} min left",
               file=sys.stderr, flush=True)
     rows = [row(c, out / c.name, cfg["updates"]) for c in grid]
-    with open(out / "train_skew.csv", "w", newline="") as fh:
-        fields = list(dict.fromkeys(k for r in rows for k in r))
-        w = csv.DictWriter(fh, fieldnames=fields)
-        w.writeheader()
-        w.writerows(rows)
+    write_csv(out / "train_skew.csv", rows, list(dict.fromkeys(k for r in rows for k in r)))
     written = [out / "train_skew.csv"]
     for kind in args.kinds.split(","):
         if kind != "skew-mid" or args.skews:
@@ -139,14 +136,7 @@ def smooth(values: list[float], weights: list[float]) -> list[float]:
 
 
 def plot(grid: list[Cell], out: Path, kind: str, modes: list[str], path: Path, updates: int) -> None:
-    try:
-        import matplotlib
-    except ImportError as e:  # an extra: the roles (and their container image) go without it
-        raise ImportError("the sweep's plot needs matplotlib: pip install 'ddcl-sim[plots]'") from e
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     base = curves(out / "sync")
     fig, axes = plt.subplots(len(modes), 3, figsize=(15, 3.2 * len(modes)), squeeze=False)
     for m, mode in enumerate(modes):
