@@ -207,7 +207,6 @@ class Agent:
             if self.run_config is None and time.monotonic() - last_join > 1.0:
                 self.join()  # until the world answers: it may not have registered yet
                 last_join = time.monotonic()
-            self.peer.heartbeat_if_idle()
             msg = self.from_world.popleft() if self.from_world else self.peer.recv(0.2)
             if msg is None:
                 continue

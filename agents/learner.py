@@ -112,7 +112,6 @@ class Learner:
 
     def _pump(self, timeout_s: float) -> None:
         """Receive one message and file it where the waits below look."""
-        self.peer.heartbeat_if_idle()
         msg = self.peer.recv(timeout_s)
         if msg is None:
             return

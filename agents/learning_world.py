@@ -83,7 +83,6 @@ class LearningWorld:
     # ----- the wire -----
 
     def _pump(self, timeout_s: float) -> None:
-        self.peer.heartbeat_if_idle()
         msg = self.peer.recv(timeout_s)
         if msg is None or msg[0] != protocol.DELIVER or len(msg) != 3 or msg[1] not in self.inbox:
             return

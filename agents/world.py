@@ -148,7 +148,6 @@ class World:
             if time.monotonic() - last_hello > 1.0:  # agents configured by a world that died ask no more
                 self.peer.send_to(protocol.ALL_AGENTS, protocol.pack({"op": lockstep.HELLO}))
                 last_hello = time.monotonic()
-            self.peer.heartbeat_if_idle()
             self._pump(0.2)
         return True
 

@@ -91,13 +91,23 @@ class Peer:
 
     def recv(self, timeout_s: float | None) -> list[bytes] | None:
         """The next message for the role, or None after timeout_s (None: wait forever).
-        The broker's heartbeats and a re-registration with a restarted broker stay in here."""
+        The broker's heartbeats and a re-registration with a restarted broker stay in here,
+        and so do this peer's own heartbeats: a role that waits longer than the broker's
+        liveness without sending (a world on a deadline a dead agent never meets) would
+        otherwise be given up for dead, and what it sends next be lost."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
+            if self.id:
+                self.heartbeat_if_idle()
+            now = time.monotonic()
+            wait = None if deadline is None else max(0.0, deadline - now)
+            beat_due = self.id and (wait is None or now + wait > self.last_sent + protocol.HEARTBEAT_S)
             try:
-                parts = self.sock.recv(None if deadline is None else max(0.0, deadline - time.monotonic()))
+                parts = self.sock.recv(max(0.0, self.last_sent + protocol.HEARTBEAT_S - now) if beat_due else wait)
             except ZmtpError as e:  # the broker wants what this socket cannot speak: no answer would come
                 raise BrokerError(str(e)) from None
+            if parts is None and beat_due:
+                continue  # the wait goes on after the heartbeat
             if parts is None:
                 if self.id and not self._missed and self.silent_s() > protocol.LIVENESS * protocol.HEARTBEAT_S:
                     self._missed = True

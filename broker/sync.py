@@ -73,7 +73,6 @@ def serve(endpoint: str, run_seed: int, base_seed: int, epoch_steps: int = 0, be
         peer.on_reregistered = taken_back
         try:
             while not should_stop():
-                peer.heartbeat_if_idle()
                 msg = peer.recv(0.2)
                 if not msg:
                     continue

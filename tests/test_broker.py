@@ -123,6 +123,20 @@ def test_dead_peers_expire_and_restarted_agents_reclaim_their_id(procs):
         assert again.recv(5) is not None
 
 
+def test_a_peer_waiting_past_the_liveness_is_not_given_up(procs):
+    """A role blocked in one long receive (a world waiting out a step deadline that a dead
+    agent never meets) heartbeats from inside it: the broker keeps it, and what it sends
+    next is delivered, not answered with "register first"."""
+    ep = procs.broker()
+    with Peer(ep, b"world", protocol.WORLD_ID) as w:
+        assert w.recv(protocol.LIVENESS * protocol.HEARTBEAT_S + 1.5) is None
+        assert stats(ep)["peers"].get("world") == "world"
+        with Peer(ep, b"agent") as a:
+            w.send_to(a.id, b"\x80")
+            assert a.recv(5) == [protocol.DELIVER, protocol.WORLD_ID, b"\x80"]
+        assert w.reregistrations == 0
+
+
 def test_a_peer_given_up_for_dead_registers_again_under_its_id(procs):
     ep = procs.broker()
     with Peer(ep, b"agent", b"agent-2") as stalled:
