@@ -26,6 +26,7 @@ class PolicyConfig:
     core: str = "mlp"  # mlp (no memory) | gru (recurrent, reset at episode starts) | transformer (attends over heard)
     aggregate: str = "mean"  # how heard messages combine: mean (CommNet/IC3Net) | attention (TarMAC)
     heads: int = TRANSFORMER_HEADS  # transformer core: attention heads (hidden must divide by it)
+    comm: bool = True  # False: hears zeros whatever is said (the no-communication ablation, kept in its checkpoint)
 
 
 class _Layers(NamedTuple):
@@ -126,6 +127,8 @@ class AgentPolicy(nn.Module):
 
     def act(self, h: torch.Tensor, heard: torch.Tensor) -> torch.Tensor:
         layers = self.layers
+        if not self.cfg.comm:
+            heard = torch.zeros_like(heard)
         if layers.mixer is not None:
             return _linear(layers.act_out, torch.tanh(_linear(layers.act_in, layers.mixer(h, heard))))
         if heard.shape[1] == 0:

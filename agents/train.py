@@ -268,7 +268,8 @@ def setup(cfg: TrainConfig) -> Setup:
     torch.manual_seed(cfg.seed)
     device = pick_device(cfg.device)
     env = make(cfg.env, cfg.batch, cfg.seed, cfg.agents, device)
-    pcfg = PolicyConfig(env.obs_dim, env.n_actions, cfg.msg_dim, cfg.hidden, cfg.delta, cfg.core, cfg.aggregate)
+    pcfg = PolicyConfig(env.obs_dim, env.n_actions, cfg.msg_dim, cfg.hidden, cfg.delta, cfg.core, cfg.aggregate,
+                        comm=cfg.comm)
     policies = [p.to(device) for p in (starting_policies(cfg, pcfg) if cfg.init else
                                        init_policies(pcfg, cfg.agents, cfg.seed, cfg.share))]
     per_agent = getattr(env, "reward_per_agent", False) and not cfg.team_reward

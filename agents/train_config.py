@@ -30,6 +30,7 @@ class TrainConfig:
     hidden: int = 64  # hidden units
     core: str = "mlp"  # policy core: mlp | gru (memory, reset at episode starts) | transformer (attends over heard)
     aggregate: str = "mean"  # heard messages: mean (CommNet/IC3Net) | attention (TarMAC)
+    comm: bool = True  # agents hear each other; --no-comm: the no-communication ablation (all hear zeros, trained and evaluated)
     share: bool = False  # one set of policy weights for every agent
     batch: int = 256  # parallel env instances
     rollout: int = 10  # env steps per update

@@ -212,6 +212,23 @@ def test_recurrent_attention_shared_policy_trains_and_reloads(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)  # one set of weights for both agents
 
 
+@pytest.mark.parametrize("algo", ["a2c", "mappo"])
+def test_no_comm_ablation_hears_nothing_and_its_checkpoint_says_so(tmp_path, algo):
+    cfg = TrainConfig(algo=algo, comm=False, updates=4, eval_every=4, batch=16, rollout=5, seed=2)
+    s = train(cfg, tmp_path, progress=False)
+    # silenced at evaluation changes nothing for agents that never hear
+    assert s["final"]["success_rate"] == s["no_communication_success"]
+    env = make("goal", 1, 0)
+    pcfg, policies, _ = load_checkpoint(tmp_path / "checkpoint.pt", "goal", env.obs_dim, env.n_actions, 2)
+    assert pcfg.comm is False
+    h = torch.randn(6, pcfg.hidden)
+    with torch.no_grad():
+        assert torch.equal(policies[0].act(h, torch.randn(6, 1, 4)), policies[0].act(h, torch.zeros(6, 1, 4)))
+    talking = AgentPolicy(PolicyConfig(pcfg.obs_dim, pcfg.n_actions))
+    with torch.no_grad():  # the same check fails for a policy that hears
+        assert not torch.equal(talking.act(h, torch.randn(6, 1, 4)), talking.act(h, torch.zeros(6, 1, 4)))
+
+
 def test_train_cli_rejects_bad_core_and_takes_share_flag(tmp_path):
     r = subprocess.run([sys.executable, "-m", "ddcl", "train", "--core", "lstm", "--out", str(tmp_path)],
                        capture_output=True, text=True, timeout=120)
