@@ -56,9 +56,16 @@ def wait_registered(endpoint: str, peer: str, proc: subprocess.Popen, timeout_s:
         time.sleep(0.1)
 
 
+def _complete_lines(path: Path) -> list[str]:
+    """The file's lines that end in a newline: a writer may be midway through the last."""
+    if not path.exists():
+        return []
+    text = path.read_text()
+    return text[: text.rfind("\n") + 1].splitlines()
+
+
 def steps_done(run: Path) -> int:
-    path = run / "metrics.jsonl"
-    return len(path.read_text().splitlines()) if path.exists() else 0
+    return len(_complete_lines(run / "metrics.jsonl"))
 
 
 def wait_steps(run: Path, n: int, proc: subprocess.Popen, timeout_s: float = SLOW_S, log=lambda: "") -> None:
@@ -79,8 +86,7 @@ def wait_steps(run: Path, n: int, proc: subprocess.Popen, timeout_s: float = SLO
 def metrics_rows(run: Path) -> list[dict]:
     import json
 
-    path = run / "metrics.jsonl"
-    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+    return [json.loads(x) for x in _complete_lines(run / "metrics.jsonl")]
 
 
 def wait_row(run: Path, ready, proc: subprocess.Popen, what: str, timeout_s: float = SLOW_S, log=lambda: "") -> dict:
