@@ -9,6 +9,7 @@ import json
 import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -188,6 +189,26 @@ def test_one_service_builds_the_image_the_others_name(compose):
     assert re.search(r"pip install .*torch==\$\{TORCH_VERSION\}", dockerfile)
     # Debian's and Ubuntu's system pythons refuse pip (PEP 668): everything goes into a venv
     assert "python3 -m venv /opt/venv" in dockerfile and "PATH=/opt/venv/bin:" in dockerfile
+
+
+def test_the_image_installs_the_roles_dependencies_only():
+    """The runtime image carries what the roles need, not the test, plot or train extras
+    (with them the project's layer was 453 MB): torch alone, then pyproject.toml's [project]
+    dependencies, then the project itself with --no-deps."""
+    dockerfile = (ROOT / "deploy" / "Dockerfile").read_text()
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+
+    def name(req: str) -> str:
+        return re.match(r"[A-Za-z0-9_.-]+", req).group(0).lower()
+
+    core = {name(d) for d in project["dependencies"]}
+    extras = {name(d) for reqs in project["optional-dependencies"].values() for d in reqs}
+    assert not core & extras, f"packages of the extras among the core dependencies: {core & extras}"
+    installs = re.findall(r"pip install ([^&\n]+)", dockerfile)
+    assert len(installs) == 3, installs
+    assert not any("[" in i for i in installs), f"an extra is installed: {installs}"
+    assert "torch==" in installs[0] and "-r /tmp/requirements.txt" in installs[1] and "--no-deps" in installs[2]
+    assert "['project']['dependencies']" in dockerfile  # what /tmp/requirements.txt is made of
 
 
 TRAIN = ROOT / "deploy" / "compose.train.yaml"

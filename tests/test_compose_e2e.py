@@ -1,8 +1,9 @@
 """deploy/compose.yaml on a real Docker engine: scripts/compose-e2e builds the image, runs
-the compose file twice and checks it from outside the containers (see the script's header).
-It needs root and apt-get (it installs the engine where missing); elsewhere it skips and
-says why. Under CI=true a skip is a failure, since CI runs as root on a Debian machine.
-Warm (engine and base images kept) it takes about 70 s; cold about 4 min."""
+deploy/compose.yaml twice and deploy/compose.train.yaml once, and checks them from outside
+the containers (see the script's header). It needs root and apt-get (it installs the engine
+where missing); elsewhere it skips and says why. Under CI=true a skip is a failure, since CI
+runs as root on a Debian machine. Warm (engine and base images kept) it takes about 85 s on
+a quiet machine, cold about 5 min (docs/compose.md)."""
 
 from __future__ import annotations
 
