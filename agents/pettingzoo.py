@@ -89,12 +89,36 @@ class DDCLParallelEnv(BaseParallelWrapper):
         return self._observation_spaces[agent]
 
     def reset(self, seed: int | None = None, options: dict | None = None):
+        """Reset the env; nothing is heard yet.
+
+        Args:
+            seed: The env's seed, and (its low 32 bits) the dither's run seed; the step
+                count restarts at 0. None keeps the run seed and the count going.
+            options: Passed to the env.
+
+        Returns:
+            (observations, infos): each observation ``{"observation", "heard"}``, heard zeros.
+        """
         obs, infos = self.env.reset(seed=seed, options=options)
         if seed is not None:
             self.layer.run_seed, self._step = int(seed) & MASK32, 0
         return self._observed(obs, {}), {a: dict(i) for a, i in infos.items()}
 
     def step(self, actions: dict[Any, dict]):
+        """Send every agent's message through DDCL for real, then step the env.
+
+        Args:
+            actions: Per agent ``{"action": <the env's action>, "message": msg_dim floats}``.
+
+        Returns:
+            (observations, rewards, terminations, truncations, infos) as the env's, each
+            observation with what the agent heard this step, each sender's info with
+            ``message_bits`` and ``message_float32_bits``.
+
+        Raises:
+            ShapeError: a message is not msg_dim values.
+            QuantizerError: a message holds NaN, infinity or |z / delta| >= 2**31.
+        """
         inner, heard, bits = {}, {}, {}
         for agent, act in actions.items():
             inner[agent] = act["action"]
@@ -155,6 +179,16 @@ class GoalParallelEnv(ParallelEnv):
         return self._action_spaces[agent]
 
     def reset(self, seed: int | None = None, options: dict | None = None):
+        """A new episode: a random goal and start cells.
+
+        Args:
+            seed: Seeds the episodes from here on; None goes on drawing from the last seed's
+                generator (a fresh random one at first).
+            options: Unused.
+
+        Returns:
+            (observations, infos): each agent's float32 observation, empty infos.
+        """
         if seed is not None or self._env is None:  # unseeded: the episodes go on drawing from one generator
             self._env = GoalEnv(1, secrets.randbits(63) if seed is None else seed, agents=len(self.possible_agents),
                                 auto_reset=False)
@@ -162,6 +196,14 @@ class GoalParallelEnv(ParallelEnv):
         return self._observed(self._env.reset()), {a: {} for a in self.agents}
 
     def step(self, actions: dict):
+        """One move of every listener (a missing one stays).
+
+        Args:
+            actions: Per agent its Discrete action (the speaker's is ignored).
+
+        Returns:
+            (observations, rewards, terminations, truncations, infos); infos hold ``success``.
+        """
         moves = np.zeros((1, len(self.possible_agents)), dtype=np.int64)
         for k, agent in enumerate(self.possible_agents[1:], start=1):
             moves[0, k] = int(actions.get(agent, 0))

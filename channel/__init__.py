@@ -1,11 +1,10 @@
 """The DDCL channel: quantizer, synchronized noise, codecs and frames. No sockets here.
 
-Public surface, version 1 (`API_VERSION`): the names in `__all__` below, and
-`channel.torch.DDCL` (the layer: `from channel.torch import DDCL`, also `channel.DDCL`),
-`channel.codecs` (`get`, `NAMES`, `Codec`, `CategoricalModel`, `stream_bits`),
-`channel.rate` (`RATE_LOSSES`, `FactorizedPrior`, `rate_bits`, `surrogate_bits`) and
-`channel.frame` (`pack`, `unpack`). Everything else, and every name starting with an
-underscore, is private and may change without notice. docs/layer.md is the guide.
+Public surface, version 1 (`API_VERSION`): the names `PUBLIC` below lists, module by
+module (the layer: `from channel.torch import DDCL`, also `channel.DDCL`). Everything
+else, and every name starting with an underscore, is private and may change without
+notice. docs/layer.md is the guide; tests/test_layer.py checks that every listed name
+exists and documents its arguments, returns and errors.
 
 The names below load on first use. The broker parses frames (`channel.frame`) and so
 imports this package, but needs none of torch, numba and the codecs that the quantizer
@@ -26,8 +25,20 @@ _HOMES = {
 }
 _SUBMODULES = ("codecs", "frame", "rate", "torch")
 API_VERSION = 1  # raised when a public name changes meaning or goes away
+# the one list of what is public, by module (as strings: agents.pettingzoo sits above
+# channel in the import order and is not imported here)
+PUBLIC = {
+    "channel": ("API_VERSION", "ChannelError", "CodecError", "DDCL", "DOMAIN_MESSAGE", "DeltaError", "DtypeError",
+                "Encoded", "FrameError", "LayerError", "NoiseKey", "QuantizerError", "ShapeError", "dequantize_numpy",
+                "load_kernels", "philox4x32_10", "quantize", "quantize_numpy", "uniform_numpy", "uniform_torch"),
+    "channel.torch": ("DDCL", "Encoded", "LEARNED_DELTA_RANGE"),
+    "channel.codecs": ("get", "NAMES", "Codec", "CategoricalModel", "stream_bits"),
+    "channel.rate": ("RATE_LOSSES", "FactorizedPrior", "rate_bits", "surrogate_bits"),
+    "channel.frame": ("pack", "unpack", "Frame", "Kind", "StampMode"),
+    "agents.pettingzoo": ("DDCLParallelEnv", "GoalParallelEnv"),
+}
 
-__all__ = sorted([*_HOMES, *_SUBMODULES, "API_VERSION", "load_kernels"])
+__all__ = sorted([*_HOMES, *_SUBMODULES, "API_VERSION", "PUBLIC", "load_kernels"])
 
 
 def __getattr__(name: str):

@@ -31,6 +31,8 @@ _MAX_VARINT_BYTES = 10  # a 64-bit value
 
 
 class Kind(IntEnum):
+    """What a frame carries."""
+
     MESSAGE = 0  # an agent's DDCL message to its peers
     OBSERVATION = 1
     ACTION = 2
@@ -38,6 +40,8 @@ class Kind(IntEnum):
 
 
 class StampMode(IntEnum):
+    """What a frame tells of its sender's step, so a receiver finds the sender's dither."""
+
     NONE = 0  # implicit: the receiver uses its own clock view
     FULL = 1  # the sender's full step
     LOW = 2  # the step's K low bits
@@ -56,6 +60,8 @@ def _member(members: dict, value, what: str):
 
 
 class Frame(NamedTuple):
+    """A parsed frame (`unpack`): the fields `pack` took."""
+
     kind: Kind
     sender: int
     codec: int  # wire id: CODEC_IDS
@@ -103,7 +109,24 @@ def pack(
     stamp: int = 0,
     stamp_bits: int = 0,
 ) -> bytes:
-    """Build a frame; bad fields raise FrameError (a bug on the sending side)."""
+    """Build a frame.
+
+    Args:
+        kind: A `Kind`.
+        sender: The sender id, 0..255.
+        codec: The payload codec's ``wire_id``.
+        count: How many values the payload holds, 0..MAX_COUNT.
+        payload: The codec's bytes.
+        stamp_mode: A `StampMode`: what the frame tells of the sender's step.
+        stamp: The sender's step (FULL), or the step whose low bits are sent (LOW).
+        stamp_bits: LOW only: how many low bits, 1..MAX_STAMP_BITS.
+
+    Returns:
+        The frame's bytes (at most MAX_FRAME_BYTES).
+
+    Raises:
+        FrameError: a field out of range (a bug on the sending side).
+    """
     kind, stamp_mode = _member(_KINDS, kind, "Kind"), _member(_STAMP_MODES, stamp_mode, "StampMode")
     if codec not in _CODEC_WIRE_IDS:
         raise FrameError(f"unknown codec id {codec}")
@@ -133,7 +156,18 @@ def pack(
 
 
 def unpack(data) -> Frame:
-    """Parse a frame strictly; any defect raises FrameError."""
+    """Parse a frame strictly (it comes from the network: untrusted).
+
+    Args:
+        data: The frame's bytes.
+
+    Returns:
+        A `Frame` (kind, sender, codec, count, payload, stamp_mode, stamp, stamp_bits).
+
+    Raises:
+        FrameError: any defect: not bytes, too long, truncated, an unknown version,
+            kind, codec or stamp mode, an overlong varint, a count beyond MAX_COUNT.
+    """
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise FrameError(f"a frame is bytes, got {type(data).__name__}")
     data = bytes(data)

@@ -23,7 +23,16 @@ MAX_EPOCH_SEED = 0xFFFFFF
 
 @dataclass(frozen=True)
 class NoiseKey:
-    """Who draws the noise: run seed (32 bits), epoch seed (24 bits), sender id (8 bits)."""
+    """Who draws the noise: run seed (32 bits), epoch seed (24 bits), sender id (8 bits).
+
+    Args:
+        run_seed: The run's seed, 0..2**32 - 1 (the sync service's, in a networked run).
+        epoch_seed: The epoch's seed, 0..2**24 - 1.
+        sender: The sending agent's id, 0..255.
+
+    Raises:
+        ValueError: a field outside its bits.
+    """
 
     run_seed: int
     epoch_seed: int
@@ -38,6 +47,11 @@ class NoiseKey:
             raise ValueError(f"sender must be 0..{MAX_SENDER}, got {self.sender}")
 
     def words(self) -> tuple[int, int]:
+        """The Philox key.
+
+        Returns:
+            (run seed, epoch seed << 8 | sender): two 32-bit words.
+        """
         return self.run_seed, (self.epoch_seed << 8) | self.sender
 
 
@@ -48,7 +62,17 @@ def _step_words(step: int) -> tuple[int, int]:
 
 
 def uniform_numpy(n: int, key: NoiseKey, step: int, domain: int = DOMAIN_MESSAGE) -> np.ndarray:
-    """n float32 dither values in [-1/2, 1/2) for (key, step, domain)."""
+    """n float32 dither values in [-1/2, 1/2) for (key, step, domain).
+
+    Args:
+        n: How many values.
+        key: Whose stream (run seed, epoch seed, sender).
+        step: The counter: any integer a 64-bit word holds (a skewed clock reads below 0).
+        domain: The stream's use (DOMAIN_MESSAGE for messages): one key, disjoint streams.
+
+    Returns:
+        A float32 array of n values: the same for the same arguments, on any machine.
+    """
     s_lo, s_hi = _step_words(step)
     k0, k1 = key.words()
     return uniform_blocks(n, k0, k1, s_lo, s_hi, domain, np.empty(n, dtype=np.float32))
@@ -58,7 +82,15 @@ def uniform_torch(
     n: int, key: NoiseKey, step: int, domain: int = DOMAIN_MESSAGE, device="cpu"
 ) -> torch.Tensor:
     """The same n values as `uniform_numpy`, bit for bit, as a float32 tensor on `device`.
-    On the CPU this is the numpy generator (faster there); elsewhere the int64 torch one."""
+    On the CPU this is the numpy generator (faster there); elsewhere the int64 torch one.
+
+    Args:
+        n, key, step, domain: As `uniform_numpy`.
+        device: The torch device the values are drawn on.
+
+    Returns:
+        A float32 tensor of n values on `device`.
+    """
     if torch.device(device).type == "cpu":
         return torch.from_numpy(uniform_numpy(n, key, step, domain))
     return uniform_torch_i64(n, key, step, domain, device)

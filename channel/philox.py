@@ -31,8 +31,14 @@ _ROUND_KEYS = _round_keys()
 def philox4x32_10(counter, key):
     """Philox4x32-10 of counter words (..., 4) under key words (..., 2) -> (..., 4) uint32.
 
-    Accepts numpy arrays or torch tensors (any integer dtype holding 32-bit words);
-    leading dimensions broadcast. Returns the same kind as `counter`.
+    Args:
+        counter: Counter words (..., 4): a numpy array or a torch tensor, any integer
+            dtype holding 32-bit words.
+        key: Key words (..., 2), of the same kind; leading dimensions broadcast.
+
+    Returns:
+        The random words (..., 4) as uint32, of the same kind as `counter` (a tensor on
+        its device).
     """
     if isinstance(counter, torch.Tensor):
         words = philox_torch_i64(counter, torch.as_tensor(key, device=counter.device))

@@ -68,10 +68,20 @@ def _check_range(y_abs_max: float) -> None:
 def quantize(z: torch.Tensor, delta, u: torch.Tensor, check: bool = True):
     """Quantize z with step delta (scalar or per last dimension) and dither u.
 
-    Returns (z_hat, m): z_hat carries the identity gradient to z (and the scaled error
-    to delta, where delta is a tensor that requires grad); m holds the integers
-    (as float32) that go on the wire. With `check`, non-finite or out-of-range input
-    raises QuantizerError before anything can be encoded (costs one device sync).
+    Args:
+        z: The messages, a float tensor on any device.
+        delta: The step: a positive float, or a tensor of one per last dimension (one
+            that requires grad gets the scaled error ``(z_hat - z) / delta``).
+        u: The dither, shaped like z, in [-1/2, 1/2) (`uniform_torch`).
+        check: Refuse non-finite or out-of-range input before anything can be encoded
+            (one device sync).
+
+    Returns:
+        (z_hat, m): ``z_hat = delta * (m - u)`` with the identity gradient to z; m the
+        integers ``round(z / delta + u)`` (as z's dtype) that go on the wire.
+
+    Raises:
+        QuantizerError: with `check`, z holds NaN, infinity or |z / delta| >= 2**31.
     """
     delta = torch.as_tensor(delta, dtype=z.dtype, device=z.device)
     if torch.is_grad_enabled() and (z.requires_grad or delta.requires_grad):
@@ -84,8 +94,20 @@ def quantize(z: torch.Tensor, delta, u: torch.Tensor, check: bool = True):
 
 
 def quantize_numpy(z: np.ndarray, delta, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """numpy twin of `quantize` (delta: a scalar, or one step per last dimension):
-    -> (z_hat float32, m int64), shaped like z. Out-of-range input raises QuantizerError."""
+    """The numpy twin of `quantize`, bit for bit, without a gradient.
+
+    Args:
+        z: The messages (cast to float32).
+        delta: The step: a scalar, or one per last dimension.
+        u: The dither, shaped like z (`uniform_numpy`).
+
+    Returns:
+        (z_hat, m): float32 and int64 arrays shaped like z.
+
+    Raises:
+        QuantizerError: z holds NaN, infinity or |z / delta| >= 2**31, or u or delta
+            does not fit z's shape.
+    """
     z, u, delta = _float32(z), _float32(u), _float32(delta).reshape(-1)
     _check_shapes(z, delta, u)
     z_hat, m = np.empty_like(z), np.empty(z.shape, dtype=np.int64)
@@ -96,7 +118,19 @@ def quantize_numpy(z: np.ndarray, delta, u: np.ndarray) -> tuple[np.ndarray, np.
 
 
 def dequantize_numpy(m: np.ndarray, delta, u: np.ndarray) -> np.ndarray:
-    """The receiver's reconstruction z_hat = delta * (m - u) in float32, shaped like m."""
+    """The receiver's reconstruction ``z_hat = delta * (m - u)``.
+
+    Args:
+        m: The integers heard (as the codec decoded them).
+        delta: The sender's step: a scalar, or one per last dimension.
+        u: The sender's dither, regenerated here, shaped like m.
+
+    Returns:
+        z_hat as float32, shaped like m: the sender's `quantize_numpy` z_hat, bit for bit.
+
+    Raises:
+        QuantizerError: u or delta does not fit m's shape.
+    """
     m, u, delta = np.ascontiguousarray(m, dtype=np.int64), _float32(u), _float32(delta).reshape(-1)
     _check_shapes(m, delta, u)
     z_hat = np.empty(m.shape, dtype=np.float32)

@@ -26,7 +26,15 @@ PRIOR_LOSSES = ("entropy", "expected")  # the ones that learn a FactorizedPrior
 
 
 def surrogate_bits(z: torch.Tensor, delta) -> torch.Tensor:
-    """Per-message surrogate bits, summed over the last dimension."""
+    """The paper's rate surrogate, differentiable in z.
+
+    Args:
+        z: Messages shaped (..., dim).
+        delta: The step: a float, or a tensor of one per dimension.
+
+    Returns:
+        ``sum log2(2 |z| / delta + 1)`` over the last dimension: bits per message.
+    """
     return torch.log2(2 * z.abs() / torch.as_tensor(delta, dtype=z.dtype, device=z.device) + 1).sum(-1)
 
 
@@ -37,7 +45,17 @@ def codelength_bits(z_hat: torch.Tensor, delta, codec: Codec) -> torch.Tensor:
 
 
 class FactorizedPrior(nn.Module):
-    """A learnable table per message dimension over lo .. lo + K - 1 plus an escape."""
+    """A learnable table per message dimension over -radius .. radius plus an escape:
+    the `entropy` and `expected` rate losses' prior, and (`export`) the range coder's model.
+
+    Args:
+        dims: Message dimensions (one table row each).
+        radius: The table covers -radius .. radius; values beyond escape.
+
+    Attributes:
+        logits: The parameter (dims, 2 * radius + 2); it starts at a discretized Laplace.
+        lo: The table's lowest value, -radius.
+    """
 
     def __init__(self, dims: int, radius: int = 16):
         super().__init__()
@@ -49,15 +67,33 @@ class FactorizedPrior(nn.Module):
         self.logits = nn.Parameter(start.repeat(dims, 1))
 
     def probs(self) -> torch.Tensor:
+        """The table's probabilities.
+
+        Returns:
+            softmax of the logits, (dims, 2 * radius + 2), differentiable in them.
+        """
         return torch.softmax(self.logits, dim=-1)
 
     def bits(self, z: torch.Tensor, delta, expected: bool = False) -> torch.Tensor:
-        """Per-message bits, summed over the last dimension: the relaxed -log2 P of z_hat,
-        or with `expected` the mean real length over the dither of clean z."""
+        """Bits per message under the table, differentiable in the input and the logits.
+
+        Args:
+            z: z_hat (the relaxed -log2 P), or with `expected` the clean z, shaped (..., dims).
+            delta: The step: a float, or a tensor of one per dimension.
+            expected: The exact mean real length over the dither, instead of the relaxed one.
+
+        Returns:
+            Bits summed over the last dimension, shaped z.shape[:-1].
+        """
         y = z / torch.as_tensor(delta, dtype=z.dtype, device=z.device)
         return table_bits(y, self.probs(), self.lo, expected).sum(-1)
 
     def export(self) -> CategoricalModel:
+        """The table as it stands, off the gradient path.
+
+        Returns:
+            A `CategoricalModel`: ``codecs.get("range", model=...)`` takes it.
+        """
         return CategoricalModel(self.lo, self.probs().detach().cpu().double().numpy())
 
 
@@ -69,7 +105,22 @@ def rate_bits(
     codec: Codec | None = None,
     prior: FactorizedPrior | None = None,
 ) -> torch.Tensor:
-    """The selected rate loss, per message."""
+    """The selected rate loss, per message.
+
+    Args:
+        name: ``surrogate``, ``codelength``, ``entropy`` or ``expected`` (`RATE_LOSSES`).
+        z: The clean messages (..., dim).
+        z_hat: Their quantized values (`quantize`).
+        delta: The step: a float, or a tensor of one per dimension.
+        codec: The codec whose smooth length ``codelength`` takes.
+        prior: The `FactorizedPrior` that ``entropy`` and ``expected`` take.
+
+    Returns:
+        Bits per message, shaped z.shape[:-1], differentiable in z (and the prior).
+
+    Raises:
+        ValueError: an unknown name, or the codec or prior it needs is missing.
+    """
     if name == "surrogate":
         return surrogate_bits(z, delta)
     if name == "codelength":

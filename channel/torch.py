@@ -206,8 +206,14 @@ class DDCL(nn.Module):
     # ----- the real bits, off the gradient path -----
 
     def symbols(self) -> torch.Tensor:
-        """The integers m of the last call (int64, shaped like z, on z's device): what
-        the codec writes."""
+        """The integers m of the last call: what the codec writes.
+
+        Returns:
+            An int64 tensor shaped like z, on z's device.
+
+        Raises:
+            LayerError: no call yet.
+        """
         return self._last_call().m.long()
 
     @property
@@ -224,7 +230,10 @@ class DDCL(nn.Module):
         return self._prior_codec[1]
 
     def export_model(self) -> CategoricalModel:
-        """The learned prior as the range codec's model (``codecs.get("range", model=...)``).
+        """The learned prior as the range codec's model.
+
+        Returns:
+            A `channel.codecs.CategoricalModel` (``codecs.get("range", model=...)`` takes it).
 
         Raises:
             LayerError: the rate loss learns no prior (only ``entropy`` and ``expected`` do).

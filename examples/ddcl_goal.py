@@ -17,6 +17,8 @@ its B instances) and each message as a stream of its own.
 from __future__ import annotations
 
 import argparse
+import inspect
+import re
 import time
 from dataclasses import dataclass, fields
 
@@ -30,26 +32,28 @@ from channel.torch import DDCL  # DDCL
 
 @dataclass
 class Args:
-    seed: int = 1
+    seed: int = 1  # torch, env and DDCL noise seed (the run seed a networked run would use)
     batch: int = 256  # parallel episodes
     rollout: int = 10  # env steps per update
-    updates: int = 3000
-    lr: float = 3e-3
-    gamma: float = 0.95
-    entropy_coef: float = 0.05
+    updates: int = 3000  # gradient updates
+    lr: float = 3e-3  # Adam learning rate of the speaker, listener and critic
+    gamma: float = 0.95  # discount
+    entropy_coef: float = 0.05  # action-entropy bonus
     msg_dim: int = 1  # message values
     delta: float = 0.2  # quantization step
-    rate_loss: str = "expected"  # the learned prior's exact mean code length
-    codec: str = "range"  # whose real bits are reported (its model: the learned prior)
+    rate_loss: str = "expected"  # surrogate | codelength | entropy | expected (the learned prior's mean code length)
+    codec: str = "range"  # float32 | expgolomb | rice | range: whose real bits are printed (range's model: the prior)
     lam: float = 0.003  # rate weight per bit, ramped up over the first 30 % of updates
-    eval_episodes: int = 2048
+    eval_episodes: int = 2048  # fresh episodes the trained policy is scored on
     threads: int = 1  # torch threads (results depend on it)
 
 
 def parse_args() -> Args:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    docs = dict(re.findall(r"^\s+(\w+): [^=]+=[^#]+#\s*(.+)$", inspect.getsource(Args), re.M))  # each field's comment
     for f in fields(Args):
-        p.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
+        p.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default,
+                       help=f"{docs[f.name]} (default {f.default})".replace("%", "%%"))
     return Args(**vars(p.parse_args()))
 
 

@@ -22,3 +22,11 @@ def test_the_example_trains_a_listener_that_beats_a_random_one():
     together, alone = map(float, re.search(r"per message: ([\d.]+) with each step.*, ([\d.]+) with each message alone",
                                            r.stdout).groups())
     assert 0 < together < 32 and 0 < alone <= 33, r.stdout
+
+
+def test_the_examples_help_documents_every_hyperparameter():
+    """Each field of the example's one dataclass is a flag whose help is its one-line doc."""
+    r = subprocess.run([sys.executable, str(ROOT / "examples" / "ddcl_goal.py"), "--help"], capture_output=True,
+                       text=True, timeout=120, cwd=ROOT, check=True)
+    flags = re.findall(r"^  (--[\w-]+) \S+\s+(\S.*)?$", r.stdout, re.M)
+    assert len(flags) == 14 and all(doc and not doc.startswith("(default") for _, doc in flags), r.stdout

@@ -21,7 +21,19 @@ NAMES = tuple(REGISTRY)
 
 
 def get(name: str, **options) -> Codec:
-    """A codec by name: float32, expgolomb, rice, range (option: model)."""
+    """A codec by name.
+
+    Args:
+        name: ``float32``, ``expgolomb``, ``rice`` or ``range`` (`NAMES`).
+        **options: The codec's options: ``range`` takes ``model``, a `CategoricalModel`
+            (default: a discretized Laplace); the others take none.
+
+    Returns:
+        A new `Codec`.
+
+    Raises:
+        CodecError: an unknown name, or options the codec does not take.
+    """
     try:
         cls = REGISTRY[name]
     except KeyError:

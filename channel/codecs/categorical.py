@@ -19,7 +19,18 @@ ESCAPE_RAW_BITS = 32
 
 @dataclass(frozen=True, eq=False)
 class CategoricalModel:
-    """Rows of probabilities over lo .. lo + K - 1, then the escape symbol: (D, K + 1)."""
+    """The range coder's model: per message dimension, the probabilities of the values
+    lo .. lo + K - 1, then of the escape symbol (a value outside, written raw).
+
+    Args:
+        lo: The table's lowest value.
+        probs: (D, K + 1) non-negative weights (a 1-D row: D = 1), normalized per row;
+            message dimension d uses row d % D.
+
+    Raises:
+        ValueError: a shape beyond the limits, weights that are not finite and
+            non-negative with a positive row sum, or lo out of range.
+    """
 
     lo: int
     probs: np.ndarray
@@ -51,7 +62,17 @@ class CategoricalModel:
 
     @classmethod
     def laplace(cls, scale: float = 2.0, radius: int = 32, escape: float = 1e-4, dims: int = 1):
-        """Discretized Laplace(0, scale) on -radius .. radius, escape mass `escape`."""
+        """A discretized Laplace(0, scale): the range codec's default model.
+
+        Args:
+            scale: The Laplace scale, in steps.
+            radius: The table covers -radius .. radius.
+            escape: The escape symbol's probability.
+            dims: Rows (message dimensions), all alike.
+
+        Returns:
+            The `CategoricalModel`.
+        """
         v = np.arange(-radius, radius + 1, dtype=np.float64)
         cdf = lambda x: np.where(x < 0, 0.5 * np.exp(x / scale), 1 - 0.5 * np.exp(-x / scale))  # noqa: E731
         p = (cdf(v + 0.5) - cdf(v - 0.5)) * (1 - escape)
@@ -59,17 +80,40 @@ class CategoricalModel:
         return cls(-radius, np.tile(row, (dims, 1)))
 
     def to_dict(self) -> dict:
+        """The model as plain data.
+
+        Returns:
+            ``{"lo": int, "probs": nested lists}`` (JSON, msgpack); `from_dict` reads it back.
+        """
         return {"lo": self.lo, "probs": self.probs.tolist()}
 
     @classmethod
     def from_dict(cls, d: dict) -> "CategoricalModel":
+        """The model of a `to_dict` dict.
+
+        Args:
+            d: The dict (from a checkpoint or a peer: checked).
+
+        Returns:
+            The `CategoricalModel`.
+
+        Raises:
+            ValueError: not such a dict, or an invalid model.
+        """
         try:
             return cls(int(d["lo"]), np.asarray(d["probs"], dtype=np.float64))
         except (KeyError, TypeError) as e:
             raise ValueError(f"not a CategoricalModel dict: {e}") from None
 
     def bits(self, m: np.ndarray) -> np.ndarray:
-        """Ideal code length -log2 P(m) of values shaped (..., D) (or any shape when D = 1)."""
+        """The ideal code length of integer values.
+
+        Args:
+            m: Integers shaped (..., D) (or any shape when D = 1).
+
+        Returns:
+            -log2 P(m) per value (float64, shaped like m); an escape costs its raw bits too.
+        """
         m = np.asarray(m, dtype=np.int64)
         idx = m - self.lo
         esc = (idx < 0) | (idx >= self.size)
@@ -78,6 +122,14 @@ class CategoricalModel:
         return -np.log2(p) + ESCAPE_RAW_BITS * esc
 
     def relaxed_bits(self, y: torch.Tensor) -> torch.Tensor:
+        """The bits of noisy values under the table, differentiable in y.
+
+        Args:
+            y: ``z_hat / delta`` shaped (..., D).
+
+        Returns:
+            Bits per element, shaped like y.
+        """
         probs = torch.as_tensor(self.probs, dtype=y.dtype, device=y.device)
         return table_bits(y, probs, self.lo)
 
