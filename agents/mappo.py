@@ -244,6 +244,8 @@ def train(cfg: TrainConfig, out=None, progress=True, should_stop=lambda: False, 
     step = 0
     history = []
     for upd in range(1, cfg.updates + 1):
+        if cfg.anneal_lr:  # small late steps: at a constant rate a learned policy can be unlearned
+            opt.param_groups[0]["lr"] = cfg.lr * (1 - (upd - 1) / cfg.updates)
         data, obs, states, n_ep, n_succ = collect(env, obs, states, policies, layers, critic, norm, gens, peers, step,
                                                   per_agent, batched, cfg)
         step += cfg.rollout
@@ -258,7 +260,7 @@ def train(cfg: TrainConfig, out=None, progress=True, should_stop=lambda: False, 
         if upd % cfg.eval_every == 0 or upd == cfg.updates:
             row = eval_row(policies, layers, cfg, upd, step * cfg.batch, time.monotonic() - start,
                            int(successes) / max(int(episodes), 1), figures["rate_bits"])
-            row.update({k: v for k, v in figures.items() if k != "rate_bits"})
+            row.update({k: v for k, v in figures.items() if k != "rate_bits"}, lr=opt.param_groups[0]["lr"])
             history.append(row)
             log_row(row, cfg, log, board, progress)
             episodes = successes = 0

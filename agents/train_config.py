@@ -48,6 +48,7 @@ class TrainConfig:
     target_kl: float = 0.0  # mappo: end an update's passes once the approximate KL exceeds this; 0: never
     value_norm: bool = True  # mappo: the critic learns returns scaled by their running mean and std (MAPPO's ValueNorm)
     max_grad_norm: float = 1.0  # mappo: gradient-norm clip (a2c clips at 1.0 too)
+    anneal_lr: bool = False  # mappo: the policy's learning rate falls linearly to 0 over the updates (CleanRL's PPO)
     prior_radius: int = 16  # the entropy/expected prior covers -radius..radius, escape beyond
     prior_lr: float = 1e-2  # Adam learning rate of the entropy/expected prior's logits
     init: str = ""  # checkpoint (same env and shape) whose policies this run starts from; critic and prior start anew

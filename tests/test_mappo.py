@@ -143,3 +143,11 @@ def test_networked_training_refuses_mappo():
     r = subprocess.run([sys.executable, "-m", "ddcl", "up", "--train", "--algo", "mappo", "--out", "/nonexistent/x"],
                        capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert r.returncode == 2 and "networked training runs A2C" in r.stderr
+
+
+@pytest.mark.parametrize("anneal", [False, True])
+def test_anneal_lr_falls_linearly_to_zero(anneal):
+    cfg = TrainConfig(algo="mappo", anneal_lr=anneal, lr=0.004, updates=4, eval_every=1, batch=8, rollout=3)
+    s = mappo.train(cfg, None, progress=False)
+    lrs = [row["lr"] for row in s["history"]]
+    assert lrs == pytest.approx([0.004, 0.003, 0.002, 0.001] if anneal else [0.004] * 4)
