@@ -18,14 +18,16 @@ def test_a_traced_run_marks_every_role_in_causal_order(tmp_path):
     folder.mkdir()
     # a deadline no loaded machine misses: an agent that missed its peer's message acts
     # without it, and the step it ends is not a causal chain
-    r = subprocess.run([sys.executable, "-m", "ddcl", "up", "--steps", "150", "--deadline", "30",
+    r = subprocess.run([sys.executable, "-m", "ddcl", "up", "--steps", "300", "--deadline", "30",
                         "--out", str(tmp_path / "run")], cwd=ROOT, capture_output=True, text=True, timeout=600,
                        env=dict(os.environ, PYTHONPATH=str(ROOT), **{trace.ENV: str(folder)}))
     assert r.returncode == 0, r.stdout + r.stderr
     traces = read_traces(folder)
     assert {"world", "broker", "agent-0", "agent-1"} <= set(traces)
     steps, dropped = step_events(traces)
-    assert len(steps) >= 60 and len(steps) + dropped == 150 - 15 - 1  # warm-up 10 %; the last has no end
+    # a step is kept when its events are the usual set; on a loaded machine a late mark (an
+    # agent's "actions sent" after the world's next step began) leaves out half or more
+    assert len(steps) >= 40 and len(steps) + dropped == 300 - 30 - 1  # warm-up 10 %; the last has no end
     for s in steps:
         assert s["world", "obs out", 1] == 0 and s["world", "next obs out", 1] > s["world", "env stepped", 1]
         assert 0 < s["broker", "recv", 1] and 0 < s["world", "obs sent", 1]  # "sent": after the send returned
