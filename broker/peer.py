@@ -97,16 +97,18 @@ class Peer:
         otherwise be given up for dead, and what it sends next be lost."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
-            if self.id:
-                self.heartbeat_if_idle()
             now = time.monotonic()
+            beat_at = self.last_sent + protocol.HEARTBEAT_S
+            if self.id and now >= beat_at:
+                self.send_parts([protocol.HEARTBEAT])
+                beat_at = self.last_sent + protocol.HEARTBEAT_S
             wait = None if deadline is None else max(0.0, deadline - now)
-            beat_due = self.id and (wait is None or now + wait > self.last_sent + protocol.HEARTBEAT_S)
+            beat_first = bool(self.id) and (wait is None or now + wait > beat_at)  # a heartbeat falls due first
             try:
-                parts = self.sock.recv(max(0.0, self.last_sent + protocol.HEARTBEAT_S - now) if beat_due else wait)
+                parts = self.sock.recv(beat_at - now if beat_first else wait)
             except ZmtpError as e:  # the broker wants what this socket cannot speak: no answer would come
                 raise BrokerError(str(e)) from None
-            if parts is None and beat_due:
+            if parts is None and beat_first:
                 continue  # the wait goes on after the heartbeat
             if parts is None:
                 if self.id and not self._missed and self.silent_s() > protocol.LIVENESS * protocol.HEARTBEAT_S:

@@ -193,7 +193,8 @@ def add_config_flags(p, cls, skip=(), ints=None, floats=None, choices=None) -> N
             kind = {"type": int_in(*ints[f.name]), "metavar": flag.upper()}
         else:
             kind = {"type": positive_float if f.name in (floats or {}) else type(f.default), "metavar": flag.upper()}
-        p.add_argument("--" + flag, dest=f.name, **kind, help=f"{docs.get(f.name, '')} (default {f.default})")
+        help_ = f"{docs.get(f.name, '')} (default {f.default})".replace("%", "%%")  # argparse formats help with %
+        p.add_argument("--" + flag, dest=f.name, **kind, help=help_)
 
 
 def given(args, cls) -> dict:

@@ -17,10 +17,8 @@ its B instances) and each message as a stream of its own.
 from __future__ import annotations
 
 import argparse
-import inspect
-import re
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -28,6 +26,7 @@ from torch import nn
 
 from agents.envs.goal import GoalEnv  # 8x8 grid; agent 0 sees the goal, agent 1 moves
 from channel.torch import DDCL  # DDCL
+from ddcl.options import add_config_flags, given  # a flag per Args field, its help the field's comment
 
 
 @dataclass
@@ -50,11 +49,8 @@ class Args:
 
 def parse_args() -> Args:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    docs = dict(re.findall(r"^\s+(\w+): [^=]+=[^#]+#\s*(.+)$", inspect.getsource(Args), re.M))  # each field's comment
-    for f in fields(Args):
-        p.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default,
-                       help=f"{docs[f.name]} (default {f.default})".replace("%", "%%"))
-    return Args(**vars(p.parse_args()))
+    add_config_flags(p, Args)
+    return Args(**given(p.parse_args(), Args))
 
 
 class Speaker(nn.Module):

@@ -27,7 +27,8 @@ K8S_VERSION = "1.31.0"  # a version kubernetes-validate ships schemas for; the m
 KUBECTL = shutil.which("kubectl")
 NO_KUBECTL = "kubectl (with its kustomize) is not installed"
 # CI's machine has kubectl: there a missing one is a failure, not manifests left unchecked
-needs_kubectl = pytest.mark.skipif(KUBECTL is None and os.environ.get("CI") != "true", reason=NO_KUBECTL)
+IN_CI = os.environ.get("CI") == "true"
+needs_kubectl = pytest.mark.skipif(KUBECTL is None and not IN_CI, reason=NO_KUBECTL)
 
 
 def render(folder: Path) -> list[dict]:
@@ -41,7 +42,7 @@ def overlays(tmp_path_factory) -> dict[str, list[dict]]:
     """base, gpu and curve rendered; curve from a copy with keys made by `ddcl keys gen`
     (real keys are never in git)."""
     if KUBECTL is None:
-        if os.environ.get("CI") == "true":
+        if IN_CI:
             pytest.fail(f"CI=true but {NO_KUBECTL}: the manifests would go unvalidated")
         pytest.skip(NO_KUBECTL)
     copy = tmp_path_factory.mktemp("k8s") / "k8s"
