@@ -64,14 +64,15 @@ class Critic(nn.Module):
         return self.net(obs.flatten(1))  # (B, n_values)
 
 
-def channel_layers(cfg: TrainConfig, device, deltas: list | None = None) -> list[DDCL]:
+def channel_layers(cfg: TrainConfig, device, deltas: list | None = None, learn_on: bool = False) -> list[DDCL]:
     """Agent k's channel: the public DDCL layer, keyed by the run seed and EPOCH_SEED as
     the networked agents key theirs, with its own prior for the entropy/expected losses
     and, with cfg.learn_delta, its own learned steps. `deltas` (agent k's step at k, as
-    trained) makes fixed layers that quantize as the trained ones do."""
+    trained) makes fixed layers that quantize as the trained ones do, or, with `learn_on`,
+    layers that go on learning from them."""
     return [DDCL(cfg.msg_dim, delta=deltas[k] if deltas else cfg.delta, codec=cfg.codec, rate_loss=cfg.rate_loss,
                  run_seed=cfg.seed, epoch_seed=EPOCH_SEED, prior_radius=cfg.prior_radius,
-                 learn_delta=cfg.learn_delta and not deltas).to(device) for k in range(cfg.agents)]
+                 learn_delta=cfg.learn_delta and (learn_on or not deltas)).to(device) for k in range(cfg.agents)]
 
 
 def layer_deltas(layers: list[DDCL]) -> list:
@@ -241,13 +242,18 @@ def evaluate_run(run: Path, episodes: int | None = None, seed: int | None = None
     return out
 
 
-def starting_policies(cfg: TrainConfig, pcfg: PolicyConfig) -> list:
-    """The policies of checkpoint cfg.init, which must have this run's shape."""
-    saved, policies, _ = load_checkpoint(cfg.init, cfg.env, pcfg.obs_dim, pcfg.n_actions, cfg.agents)
+def starting_point(cfg: TrainConfig, pcfg: PolicyConfig) -> tuple[list, list | None]:
+    """The policies of checkpoint cfg.init, which must have this run's shape, and the
+    steps they learned with --learn-delta (None if fixed): a continued run learns on from
+    those, since the policies were trained on that grid."""
+    saved, policies, ck = load_checkpoint(cfg.init, cfg.env, pcfg.obs_dim, pcfg.n_actions, cfg.agents)
     differ = [f"{k}={v} (this run: {getattr(pcfg, k)})" for k, v in asdict(saved).items() if getattr(pcfg, k) != v]
     if differ:
         raise CheckpointError(f"checkpoint {cfg.init} has {', '.join(differ)}; pass the same options to continue it")
-    return [policies[0]] * cfg.agents if cfg.share else policies
+    deltas = (ck["codec"] or {}).get("deltas")
+    if deltas is not None and not cfg.learn_delta:
+        raise CheckpointError(f"checkpoint {cfg.init} learned its steps; continue it with --learn-delta")
+    return ([policies[0]] * cfg.agents if cfg.share else policies), deltas
 
 
 
@@ -270,11 +276,12 @@ def setup(cfg: TrainConfig) -> Setup:
     env = make(cfg.env, cfg.batch, cfg.seed, cfg.agents, device)
     pcfg = PolicyConfig(env.obs_dim, env.n_actions, cfg.msg_dim, cfg.hidden, cfg.delta, cfg.core, cfg.aggregate,
                         comm=cfg.comm)
-    policies = [p.to(device) for p in (starting_policies(cfg, pcfg) if cfg.init else
-                                       init_policies(pcfg, cfg.agents, cfg.seed, cfg.share))]
+    start, deltas = (starting_point(cfg, pcfg) if cfg.init else
+                     (init_policies(pcfg, cfg.agents, cfg.seed, cfg.share), None))
+    policies = [p.to(device) for p in start]
     per_agent = getattr(env, "reward_per_agent", False) and not cfg.team_reward
     critic = Critic(cfg.agents * env.obs_dim, cfg.hidden, cfg.agents if per_agent else 1).to(device)
-    return Setup(device, env, pcfg, policies, critic, channel_layers(cfg, device), per_agent)
+    return Setup(device, env, pcfg, policies, critic, channel_layers(cfg, device, deltas, learn_on=True), per_agent)
 
 
 def step_reward(reward: torch.Tensor, per_agent: bool, batch: int) -> torch.Tensor:

@@ -114,6 +114,20 @@ def test_the_checkpoint_carries_the_learned_steps(tmp_path):
             load_checkpoint(tmp_path / "bad.pt", "goal", env.obs_dim, env.n_actions, 2)
 
 
+@pytest.mark.parametrize("algo", ["a2c", "mappo"])
+def test_a_run_continued_from_learned_steps_starts_from_them(tmp_path, algo):
+    """--init with --learn-delta goes on from the checkpoint's steps (a prior_lr of 0 keeps
+    them where they were, so the continued run's steps are exactly those); without
+    --learn-delta the continuation is refused, as its policies were trained on that grid."""
+    first = tiny(tmp_path / "first", algo=algo)
+    init = str(tmp_path / "first" / "checkpoint.pt")
+    again = tiny(tmp_path / "again", algo=algo, init=init, updates=1, eval_every=1, prior_lr=0.0)
+    assert again["deltas"] == first["deltas"]
+    assert all(d != pytest.approx(0.2, abs=1e-6) for row in again["deltas"] for d in row)
+    with pytest.raises(CheckpointError, match="continue it with --learn-delta"):
+        tiny(tmp_path / "fixed", algo=algo, init=init, learn_delta=False)
+
+
 def test_a_short_training_moves_delta_apart_per_dimension(tmp_path):
     """Sixty updates of the goal toy: every step leaves 0.2, and the dimensions part ways
     (each has its own gradient). Without --learn-delta nothing moves."""
