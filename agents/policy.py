@@ -205,7 +205,7 @@ def load_checkpoint(path, env: str, obs_dim: int, n_actions: int, n_agents: int)
             f"checkpoint {path} has obs_dim={cfg.obs_dim}, n_actions={cfg.n_actions}, "
             f"agents={ck['n_agents']}; the run needs {obs_dim}, {n_actions}, {n_agents}"
         )
-    _check_deltas(path, (ck.get("codec") or {}).get("deltas"), n_agents, cfg.msg_dim)
+    _check_deltas(path, checkpoint_deltas(ck), n_agents, cfg.msg_dim)
     policies = []
     for sd in ck["state_dicts"]:
         p = AgentPolicy(cfg)
@@ -215,6 +215,11 @@ def load_checkpoint(path, env: str, obs_dim: int, n_actions: int, n_agents: int)
             raise CheckpointError(f"checkpoint {path} does not fit the policy: {e}") from None
         policies.append(p)
     return cfg, policies, ck
+
+
+def checkpoint_deltas(ck: dict) -> list | None:
+    """The learned steps a checkpoint carries (agent k's at k), or None where they were fixed."""
+    return (ck.get("codec") or {}).get("deltas")
 
 
 def _check_deltas(path, deltas, n_agents: int, msg_dim: int) -> None:

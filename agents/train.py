@@ -32,8 +32,8 @@ from channel.torch import DDCL
 
 from .agent import pick_device
 from .envs import make
-from .policy import (CheckpointError, PolicyConfig, forget, init_policies, initial_states, load_checkpoint,
-                     save_checkpoint)
+from .policy import (CheckpointError, PolicyConfig, checkpoint_deltas, forget, init_policies, initial_states,
+                     load_checkpoint, save_checkpoint)
 from .sampling import generators, sample
 from .train_config import TrainConfig
 
@@ -64,15 +64,14 @@ class Critic(nn.Module):
         return self.net(obs.flatten(1))  # (B, n_values)
 
 
-def channel_layers(cfg: TrainConfig, device, deltas: list | None = None, learn_on: bool = False) -> list[DDCL]:
+def channel_layers(cfg: TrainConfig, device, deltas: list | None = None, learn: bool = False) -> list[DDCL]:
     """Agent k's channel: the public DDCL layer, keyed by the run seed and EPOCH_SEED as
-    the networked agents key theirs, with its own prior for the entropy/expected losses
-    and, with cfg.learn_delta, its own learned steps. `deltas` (agent k's step at k, as
-    trained) makes fixed layers that quantize as the trained ones do, or, with `learn_on`,
-    layers that go on learning from them."""
+    the networked agents key theirs, with its own prior for the entropy/expected losses.
+    Its steps: `deltas` (agent k's at k, as trained) where given, else cfg.delta; with
+    `learn` (a training run's --learn-delta) it learns them on from there."""
     return [DDCL(cfg.msg_dim, delta=deltas[k] if deltas else cfg.delta, codec=cfg.codec, rate_loss=cfg.rate_loss,
                  run_seed=cfg.seed, epoch_seed=EPOCH_SEED, prior_radius=cfg.prior_radius,
-                 learn_delta=cfg.learn_delta and (learn_on or not deltas)).to(device) for k in range(cfg.agents)]
+                 learn_delta=learn).to(device) for k in range(cfg.agents)]
 
 
 def layer_deltas(layers: list[DDCL]) -> list:
@@ -231,7 +230,7 @@ def evaluate_run(run: Path, episodes: int | None = None, seed: int | None = None
     env = make(cfg.env, 1, 0, cfg.agents)
     _, policies, ck = load_checkpoint(run / "checkpoint.pt", cfg.env, env.obs_dim, env.n_actions, cfg.agents)
     dev = pick_device(device)
-    deltas = (ck["codec"] or {}).get("deltas")
+    deltas = checkpoint_deltas(ck)
     final, silent = held_out([p.to(dev).eval() for p in policies], cfg, cfg.seed, deltas)
     out = {"config": asdict(cfg), "final": final, "no_communication_success": silent["success_rate"],
            "device": dev.type, "trained_on": _trained_on(run)}
@@ -250,7 +249,7 @@ def starting_point(cfg: TrainConfig, pcfg: PolicyConfig) -> tuple[list, list | N
     differ = [f"{k}={v} (this run: {getattr(pcfg, k)})" for k, v in asdict(saved).items() if getattr(pcfg, k) != v]
     if differ:
         raise CheckpointError(f"checkpoint {cfg.init} has {', '.join(differ)}; pass the same options to continue it")
-    deltas = (ck["codec"] or {}).get("deltas")
+    deltas = checkpoint_deltas(ck)
     if deltas is not None and not cfg.learn_delta:
         raise CheckpointError(f"checkpoint {cfg.init} learned its steps; continue it with --learn-delta")
     return ([policies[0]] * cfg.agents if cfg.share else policies), deltas
@@ -281,7 +280,8 @@ def setup(cfg: TrainConfig) -> Setup:
     policies = [p.to(device) for p in start]
     per_agent = getattr(env, "reward_per_agent", False) and not cfg.team_reward
     critic = Critic(cfg.agents * env.obs_dim, cfg.hidden, cfg.agents if per_agent else 1).to(device)
-    return Setup(device, env, pcfg, policies, critic, channel_layers(cfg, device, deltas, learn_on=True), per_agent)
+    layers = channel_layers(cfg, device, deltas, learn=cfg.learn_delta)
+    return Setup(device, env, pcfg, policies, critic, layers, per_agent)
 
 
 def step_reward(reward: torch.Tensor, per_agent: bool, batch: int) -> torch.Tensor:

@@ -85,9 +85,11 @@ class Peer:
         broker, however many destinations."""
         self.send_parts([protocol.SEND, *(x for item in items for x in item)])
 
-    def heartbeat_if_idle(self) -> None:
+    def heartbeat_if_idle(self) -> float:
+        """A heartbeat when nothing went out for HEARTBEAT_S; the time the next falls due."""
         if time.monotonic() - self.last_sent >= protocol.HEARTBEAT_S:
             self.send_parts([protocol.HEARTBEAT])
+        return self.last_sent + protocol.HEARTBEAT_S
 
     def recv(self, timeout_s: float | None) -> list[bytes] | None:
         """The next message for the role, or None after timeout_s (None: wait forever).
@@ -97,13 +99,10 @@ class Peer:
         otherwise be given up for dead, and what it sends next be lost."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
+            beat_at = self.heartbeat_if_idle() if self.id else None
             now = time.monotonic()
-            beat_at = self.last_sent + protocol.HEARTBEAT_S
-            if self.id and now >= beat_at:
-                self.send_parts([protocol.HEARTBEAT])
-                beat_at = self.last_sent + protocol.HEARTBEAT_S
             wait = None if deadline is None else max(0.0, deadline - now)
-            beat_first = bool(self.id) and (wait is None or now + wait > beat_at)  # a heartbeat falls due first
+            beat_first = beat_at is not None and (wait is None or now + wait > beat_at)  # a heartbeat falls due first
             try:
                 parts = self.sock.recv(beat_at - now if beat_first else wait)
             except ZmtpError as e:  # the broker wants what this socket cannot speak: no answer would come
