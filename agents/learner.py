@@ -268,7 +268,8 @@ class Learner:
             step, obs, first = lockstep.unpack_obs(frame.unpack(self._world("observations")), batch, self.env.obs_dim)
             view = self.desync.view(self.index, step, cfg.rollout)  # the step this learner keys its noise by
             self.state = forget(self.state, first)
-            h, z, self.state = self.policy.speak(torch.from_numpy(obs).to(self.device), self.state)
+            h, z, self.state = self.policy.speak(torch.from_numpy(obs).to(self.device), self.state,
+                                                cfg.msg_body_grad)
             r["z_hat"].append(self.layer(z, view, self.index))  # in the graph: the peers' gradients enter here
             r["rate"].append(self.layer.rate_loss("none"))
             _, data, nbits = self.channel.speak(z.detach(), self.index, view, EPOCH_SEED)  # the same z_hat, encoded

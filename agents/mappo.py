@@ -38,20 +38,22 @@ def peer_index(n: int, device) -> torch.Tensor:
     return torch.tensor([[j for j in range(n) if j != k] for k in range(n)], dtype=torch.long, device=device)
 
 
-def joint_forward(policies, layers, obs, states, step: int, peers, batched: bool, rows=None, batch: int = 0):
+def joint_forward(policies, layers, obs, states, step: int, peers, batched: bool, rows=None, batch: int = 0,
+                  body_grad: bool = True):
     """One communication round of every agent on obs (b, N, obs_dim) -> (logits (b, N, A),
     rate bits (b, N), next states). With `batched` (one shared policy), all N agents run
     as one (b * N) batch through one module; else a Python loop over agents. `rows`: the
-    minibatch's env instances among `batch`, whose dither they must draw."""
+    minibatch's env instances among `batch`, whose dither they must draw. `body_grad`:
+    AgentPolicy.speak's."""
     b, n = obs.shape[:2]
     if batched:
         p = policies[0]
         state = None if states[0] is None else torch.stack(states, 1).flatten(0, 1)
-        h, z, state = p.speak(obs.flatten(0, 1), state)
+        h, z, state = p.speak(obs.flatten(0, 1), state, body_grad)
         h, z = h.view(b, n, -1), z.view(b, n, -1)
         states = [None] * n if state is None else list(state.view(b, n, -1).unbind(1))
     else:
-        spoken = [p.speak(obs[:, k], states[k]) for k, p in enumerate(policies)]
+        spoken = [p.speak(obs[:, k], states[k], body_grad) for k, p in enumerate(policies)]
         h, z = torch.stack([s[0] for s in spoken], 1), torch.stack([s[1] for s in spoken], 1)
         states = [s[2] for s in spoken]
     z_hats, rates = [], []
@@ -90,6 +92,21 @@ class ValueNorm:
         mean = self.mean / self.weight.clamp(min=1e-5)
         var = (self.mean_sq / self.weight.clamp(min=1e-5) - mean.pow(2)).clamp(min=1e-2)
         return mean, var.sqrt()
+
+    def state(self) -> dict:
+        """What a checkpoint keeps: the critic's outputs are in these units."""
+        return {"mean": self.mean.cpu(), "mean_sq": self.mean_sq.cpu(), "weight": self.weight.cpu()}
+
+    def carry(self, saved) -> bool:
+        """A checkpoint's `state()` into this one where it fits -> whether it did."""
+        if not isinstance(saved, dict) or saved.keys() != {"mean", "mean_sq", "weight"}:
+            return False
+        mine = self.state()
+        if any(not isinstance(saved[k], torch.Tensor) or saved[k].shape != v.shape for k, v in mine.items()):
+            return False
+        for k in mine:
+            getattr(self, k).copy_(saved[k])
+        return True
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         mean, std = self._stats()
@@ -170,7 +187,8 @@ def ppo_loss(policies, layers, critic, data: Rollout, adv, targets, rows, peers,
     logps, ents, rates = [], [], []
     for t, step in enumerate(data.steps):
         logits, rate, states = joint_forward(policies, layers, data.obs[t, rows], states, step, peers, batched,
-                                             rows=None if len(rows) == batch else rows, batch=batch)
+                                             rows=None if len(rows) == batch else rows, batch=batch,
+                                             body_grad=cfg.msg_body_grad)
         dist = torch.distributions.Categorical(logits=logits)
         logps.append(dist.log_prob(data.actions[t, rows]))
         ents.append(dist.entropy())
@@ -224,7 +242,7 @@ def train(cfg: TrainConfig, out=None, progress=True, should_stop=lambda: False, 
     """As agents.train.train, with PPO's update. `batched`: run the agents as one batch
     (default: with --share, where they hold one module)."""
     cfg.validate()
-    device, env, pcfg, policies, critic, layers, per_agent = setup(cfg)
+    device, env, pcfg, policies, critic, layers, per_agent, carried = setup(cfg)
     batched = cfg.share if batched is None else batched
     if batched and any(p is not policies[0] for p in policies):
         raise ValueError("batched agents need one shared policy (--share)")
@@ -235,6 +253,8 @@ def train(cfg: TrainConfig, out=None, progress=True, should_stop=lambda: False, 
     shuffle = torch.Generator().manual_seed(cfg.seed)  # minibatch order, on the CPU
     peers = peer_index(cfg.agents, device)
     norm = ValueNorm(critic.net[-1].out_features, device) if cfg.value_norm else None
+    if norm and cfg.init and not norm.carry(carried.get("value_norm")):  # the critic's units start anew
+        print(f"[train] {cfg.init} has no value normalizer for this critic: a new one", file=sys.stderr, flush=True)
     log = open(out / "train.jsonl", "w") if out else None
     board = tensorboard_writer(out)
     obs = env.reset()
@@ -268,5 +288,5 @@ def train(cfg: TrainConfig, out=None, progress=True, should_stop=lambda: False, 
         if stopped(should_stop, upd, cfg, progress):
             break
     return finish(out, cfg, pcfg, policies, critic, layers, history, upd, time.monotonic() - start, step * cfg.batch,
-                  device, log, board)
+                  device, log, board, norm.state() if norm else None)
 

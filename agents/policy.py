@@ -116,14 +116,16 @@ class AgentPolicy(nn.Module):
     # the same arithmetic and state_dict, without nn.Module.__call__'s hook checks, which
     # at an agent's B = 1 cost as much as the layers themselves (measured: 2x per pass).
 
-    def speak(self, obs: torch.Tensor, state: torch.Tensor | None = None):
-        """-> (hidden, z, next state)."""
+    def speak(self, obs: torch.Tensor, state: torch.Tensor | None = None, body_grad: bool = True):
+        """-> (hidden, z, next state). Without `body_grad` the message head reads a detached
+        hidden state: what the message costs, and what listeners make of it, then train the
+        head alone and leave the features the actions are chosen from to the task."""
         layers = self.layers
         h = torch.tanh(_linear(layers.body, obs))
         if (m := layers.memory) is not None:
             h = torch.gru_cell(h, state, m.weight_ih, m.weight_hh, m.bias_ih, m.bias_hh)
             state = h
-        return h, _linear(layers.msg, h), state
+        return h, _linear(layers.msg, h if body_grad else h.detach()), state
 
     def act(self, h: torch.Tensor, heard: torch.Tensor) -> torch.Tensor:
         layers = self.layers

@@ -90,7 +90,7 @@ def communicate(policies, layers, obs, states, cfg, step, silence: bool = False,
     the rate loss (None without `rate`: evaluation does not price it)."""
     hs, z_hats, ms, rates, surrogates, nexts = [], [], [], [], [], []
     for k, (p, layer) in enumerate(zip(policies, layers)):
-        h, z, state = p.speak(obs[:, k], states[k])
+        h, z, state = p.speak(obs[:, k], states[k], cfg.msg_body_grad)
         z_hat = layer(z, step, k)
         hs.append(h)
         z_hats.append(z_hat)
@@ -241,10 +241,10 @@ def evaluate_run(run: Path, episodes: int | None = None, seed: int | None = None
     return out
 
 
-def starting_point(cfg: TrainConfig, pcfg: PolicyConfig) -> tuple[list, list | None]:
-    """The policies of checkpoint cfg.init, which must have this run's shape, and the
-    steps they learned with --learn-delta (None if fixed): a continued run learns on from
-    those, since the policies were trained on that grid."""
+def starting_point(cfg: TrainConfig, pcfg: PolicyConfig) -> tuple[list, list | None, dict]:
+    """The policies of checkpoint cfg.init, which must have this run's shape, the steps
+    they learned with --learn-delta (None if fixed): a continued run learns on from those,
+    since the policies were trained on that grid; and the checkpoint's extra (its critic)."""
     saved, policies, ck = load_checkpoint(cfg.init, cfg.env, pcfg.obs_dim, pcfg.n_actions, cfg.agents)
     differ = [f"{k}={v} (this run: {getattr(pcfg, k)})" for k, v in asdict(saved).items() if getattr(pcfg, k) != v]
     if differ:
@@ -252,8 +252,21 @@ def starting_point(cfg: TrainConfig, pcfg: PolicyConfig) -> tuple[list, list | N
     deltas = checkpoint_deltas(ck)
     if deltas is not None and not cfg.learn_delta:
         raise CheckpointError(f"checkpoint {cfg.init} learned its steps; continue it with --learn-delta")
-    return ([policies[0]] * cfg.agents if cfg.share else policies), deltas
+    return ([policies[0]] * cfg.agents if cfg.share else policies), deltas, ck.get("extra") or {}
 
+
+def carry_critic(critic: Critic, extra: dict) -> bool:
+    """The checkpoint's critic into `critic` where it fits (same agents, hidden and reward
+    columns) -> whether it did. A continued run that starts with an untrained critic
+    spends its first updates on noise for advantages, and a trained policy drifts on it."""
+    saved = extra.get("critic")
+    if not isinstance(saved, dict):
+        return False
+    mine = critic.state_dict()
+    if saved.keys() != mine.keys() or any(saved[k].shape != v.shape for k, v in mine.items()):
+        return False
+    critic.load_state_dict(saved)
+    return True
 
 
 class Setup(NamedTuple):
@@ -264,6 +277,7 @@ class Setup(NamedTuple):
     critic: Critic
     layers: list[DDCL]  # agent k's channel at index k
     per_agent: bool  # a value and an advantage per agent (else one for the team)
+    carried: dict  # what cfg.init's checkpoint carries beside the policies (its extra; {} without --init)
 
 
 def setup(cfg: TrainConfig) -> Setup:
@@ -275,13 +289,16 @@ def setup(cfg: TrainConfig) -> Setup:
     env = make(cfg.env, cfg.batch, cfg.seed, cfg.agents, device)
     pcfg = PolicyConfig(env.obs_dim, env.n_actions, cfg.msg_dim, cfg.hidden, cfg.delta, cfg.core, cfg.aggregate,
                         comm=cfg.comm)
-    start, deltas = (starting_point(cfg, pcfg) if cfg.init else
-                     (init_policies(pcfg, cfg.agents, cfg.seed, cfg.share), None))
+    start, deltas, carried = (starting_point(cfg, pcfg) if cfg.init else
+                              (init_policies(pcfg, cfg.agents, cfg.seed, cfg.share), None, {}))
     policies = [p.to(device) for p in start]
     per_agent = getattr(env, "reward_per_agent", False) and not cfg.team_reward
-    critic = Critic(cfg.agents * env.obs_dim, cfg.hidden, cfg.agents if per_agent else 1).to(device)
+    critic = Critic(cfg.agents * env.obs_dim, cfg.hidden, cfg.agents if per_agent else 1)
+    if cfg.init and not carry_critic(critic, carried):
+        print(f"[train] {cfg.init} has no critic that fits this run (reward columns differ?): a new one",
+              file=sys.stderr, flush=True)
     layers = channel_layers(cfg, device, deltas, learn=cfg.learn_delta)
-    return Setup(device, env, pcfg, policies, critic, layers, per_agent)
+    return Setup(device, env, pcfg, policies, critic.to(device), layers, per_agent, carried)
 
 
 def step_reward(reward: torch.Tensor, per_agent: bool, batch: int) -> torch.Tensor:
@@ -334,7 +351,7 @@ def train(cfg: TrainConfig, out: Path | None = None, progress=True, should_stop=
 
         return train_mappo(cfg, out, progress, should_stop)
     cfg.validate()
-    device, env, pcfg, policies, critic, layers, per_agent = setup(cfg)
+    device, env, pcfg, policies, critic, layers, per_agent, _ = setup(cfg)
     params = list({id(q): q for m in [*policies, critic] for q in m.parameters()}.values())  # shared: once
     prior_params = [q for layer in layers for q in layer.parameters()]  # the entropy/expected priors
     opt = torch.optim.Adam([{"params": params}, {"params": prior_params, "lr": cfg.prior_lr}], lr=cfg.lr)
@@ -406,8 +423,9 @@ def stopped(should_stop, update: int, cfg: TrainConfig, progress: bool) -> bool:
 
 
 def finish(out: Path | None, cfg: TrainConfig, pcfg: PolicyConfig, policies, critic, layers, history: list,
-           updates_done: int, wall_s: float, env_steps: int, device, log, board) -> dict:
-    """The end of a run: its logs closed, the held-out evaluation, OUT written."""
+           updates_done: int, wall_s: float, env_steps: int, device, log, board, value_norm=None) -> dict:
+    """The end of a run: its logs closed, the held-out evaluation, OUT written. `value_norm`:
+    the MAPPO critic's normalizer state, which its outputs only mean something with."""
     if log:
         log.close()
     if board:
@@ -415,7 +433,7 @@ def finish(out: Path | None, cfg: TrainConfig, pcfg: PolicyConfig, policies, cri
     summary = final_summary(policies, cfg, history, updates_done, wall_s, env_steps, device,
                             layer_deltas(layers) if cfg.learn_delta else None)
     if out:
-        write_run(out, cfg, pcfg, policies, critic, summary)
+        write_run(out, cfg, pcfg, policies, critic, summary, value_norm)
     return summary
 
 
@@ -474,7 +492,8 @@ def log_row(row: dict, cfg: TrainConfig, log, board, progress: bool) -> None:
                  if "delta_spread" in row else ""), file=sys.stderr, flush=True)
 
 
-def write_run(out: Path, cfg: TrainConfig, pcfg: PolicyConfig, policies, critic: Critic, summary: dict) -> None:
+def write_run(out: Path, cfg: TrainConfig, pcfg: PolicyConfig, policies, critic: Critic, summary: dict,
+              value_norm: dict | None = None) -> None:
     """OUT as `ddcl evaluate` and `ddcl up --checkpoint` read it: the policies with the
     final range models, the config and the summary. The critic rides in the checkpoint's
     extra (a networked run is checked against an in-process one by it too)."""
@@ -483,7 +502,8 @@ def write_run(out: Path, cfg: TrainConfig, pcfg: PolicyConfig, policies, critic:
     codec_spec = {"name": cfg.codec, "options": {"model": models[0]} if cfg.codec == "range" else {},
                   "models": models if cfg.codec == "range" else None, "deltas": summary.get("deltas")}
     save_checkpoint(out / "checkpoint.pt", cfg.env, pcfg, [p.cpu() for p in policies], codec_spec,
-                    extra={"train_config": asdict(cfg), "critic": {k: v.cpu() for k, v in critic.state_dict().items()}})
+                    extra={"train_config": asdict(cfg), "critic": {k: v.cpu() for k, v in critic.state_dict().items()},
+                           **({"value_norm": value_norm} if value_norm else {})})
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
 

@@ -32,6 +32,7 @@ class TrainConfig:
     aggregate: str = "mean"  # heard messages: mean (CommNet/IC3Net) | attention (TarMAC)
     comm: bool = True  # agents hear each other; --no-comm: the no-communication ablation (all hear zeros, trained and evaluated)
     share: bool = False  # one set of policy weights for every agent
+    msg_body_grad: bool = True  # the message's gradients (rate, listeners') reach the body the action head reads too
     batch: int = 256  # parallel env instances
     rollout: int = 10  # env steps per update
     updates: int = 1500  # gradient updates
@@ -51,7 +52,7 @@ class TrainConfig:
     anneal_lr: bool = False  # mappo: the policy's learning rate falls linearly to 0 over the updates (CleanRL's PPO)
     prior_radius: int = 16  # the entropy/expected prior covers -radius..radius, escape beyond
     prior_lr: float = 1e-2  # Adam learning rate of the entropy/expected prior's logits
-    init: str = ""  # checkpoint (same env and shape) whose policies (and learned steps) this run starts from; critic, prior anew
+    init: str = ""  # checkpoint (same env and shape) whose policies, learned steps, critic (where it fits) this run goes on from; prior anew
     seed: int = 0  # everything random derives from this
     eval_every: int = 250  # updates between evaluations
     device: str = "auto"  # auto | cpu | cuda

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _rollout(cfg: TrainConfig, batched: bool):
-    device, env, _, policies, critic, layers, per_agent = setup(cfg)
+    device, env, _, policies, critic, layers, per_agent, _ = setup(cfg)
     peers = mappo.peer_index(cfg.agents, device)
     data, *_ = mappo.collect(env, env.reset(), initial_states(policies, cfg.batch, device), policies, layers, critic,
                              None, generators(cfg.seed, range(cfg.agents), device), peers, 0, per_agent, batched, cfg)
@@ -151,3 +151,44 @@ def test_anneal_lr_falls_linearly_to_zero(anneal):
     s = mappo.train(cfg, None, progress=False)
     lrs = [row["lr"] for row in s["history"]]
     assert lrs == pytest.approx([0.004, 0.003, 0.002, 0.001] if anneal else [0.004] * 4)
+
+
+@pytest.mark.parametrize("body_grad", [True, False])
+def test_without_body_grad_the_message_trains_its_head_alone(body_grad):
+    """--no-msg-body-grad: a loss on the message alone (its rate, what listeners make of it)
+    leaves the body's gradient at zero and still moves the message head; the action head's
+    loss reaches the body either way."""
+    torch.manual_seed(0)
+    p = AgentPolicy(PolicyConfig(obs_dim=6, n_actions=3, msg_dim=4, hidden=16))
+    obs = torch.randn(8, 6)
+    h, z, _ = p.speak(obs, None, body_grad)
+    z.pow(2).sum().backward(retain_graph=True)
+    body, head = p.body[0].weight.grad, p.msg_head.weight.grad
+    assert head is not None and head.abs().sum() > 0
+    assert (body is not None and body.abs().sum() > 0) == body_grad
+    p.zero_grad()
+    p.act(h, z[:, None]).sum().backward()
+    assert p.body[0].weight.grad.abs().sum() > 0
+
+
+def test_a_continued_run_goes_on_with_the_checkpoint_critic_and_its_units(tmp_path):
+    """--init carries the critic (where its reward columns fit) and MAPPO's value normalizer:
+    the continued run's normalizer holds the first run's history (its weight grows on from
+    the saved one instead of restarting at 1 - beta), and a run with other reward columns
+    gets a new critic."""
+    base = dict(env="tj-easy", algo="mappo", batch=8, rollout=4, updates=3, eval_every=3, hidden=16, seed=3,
+                device="cpu")
+    for run in ("first", "again"):
+        (tmp_path / run).mkdir()
+    train(TrainConfig(**base), tmp_path / "first", progress=False)
+    first = torch.load(tmp_path / "first" / "checkpoint.pt", weights_only=True)["extra"]
+    init = str(tmp_path / "first" / "checkpoint.pt")
+    carried = setup(TrainConfig(**{**base, "init": init})).critic.state_dict()
+    assert all(torch.equal(carried[k], v) for k, v in first["critic"].items())
+    team = setup(TrainConfig(**{**base, "init": init, "team_reward": True})).critic.state_dict()
+    assert team["net.2.weight"].shape[0] == 1 != first["critic"]["net.2.weight"].shape[0]
+    train(TrainConfig(**{**base, "init": init, "updates": 1, "eval_every": 1}), tmp_path / "again", progress=False)
+    again = torch.load(tmp_path / "again" / "checkpoint.pt", weights_only=True)["extra"]["value_norm"]
+    beta = 0.99999
+    assert float(first["value_norm"]["weight"]) == pytest.approx(1 - beta**3, rel=1e-3)
+    assert float(again["weight"]) == pytest.approx(1 - beta**4, rel=1e-3)
