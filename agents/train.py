@@ -74,6 +74,23 @@ def channel_layers(cfg: TrainConfig, device, deltas: list | None = None, learn: 
                  learn_delta=learn).to(device) for k in range(cfg.agents)]
 
 
+def carry_priors(layers: list[DDCL], saved) -> bool:
+    """A checkpoint's learned priors (agent k's at k) into the layers where they fit ->
+    whether they did. A continued brief step that starts from the initial table prices
+    what the cars learned to say near zero at a bit or more again, and its messages
+    spread before they shrink back."""
+    if not isinstance(saved, list) or len(saved) != len(layers):
+        return False
+    for layer, prior in zip(layers, saved):
+        mine = None if layer.prior is None else layer.prior.logits
+        if mine is None or not isinstance(prior, torch.Tensor) or prior.shape != mine.shape:
+            return False
+    with torch.no_grad():
+        for layer, prior in zip(layers, saved):
+            layer.prior.logits.copy_(prior)
+    return True
+
+
 def layer_deltas(layers: list[DDCL]) -> list:
     """Each agent's step as its layer quantizes now (a float, or one per dimension)."""
     return [layer.delta for layer in layers]
@@ -298,6 +315,10 @@ def setup(cfg: TrainConfig) -> Setup:
         print(f"[train] {cfg.init} has no critic that fits this run (reward columns differ?): a new one",
               file=sys.stderr, flush=True)
     layers = channel_layers(cfg, device, deltas, learn=cfg.learn_delta)
+    priced = any(layer.prior is not None for layer in layers)
+    if cfg.init and priced and not carry_priors(layers, carried.get("priors")):
+        print(f"[train] {cfg.init} has no rate prior that fits this run: it starts from the initial table",
+              file=sys.stderr, flush=True)
     return Setup(device, env, pcfg, policies, critic.to(device), layers, per_agent, carried)
 
 
@@ -424,8 +445,9 @@ def stopped(should_stop, update: int, cfg: TrainConfig, progress: bool) -> bool:
 
 def finish(out: Path | None, cfg: TrainConfig, pcfg: PolicyConfig, policies, critic, layers, history: list,
            updates_done: int, wall_s: float, env_steps: int, device, log, board, value_norm=None) -> dict:
-    """The end of a run: its logs closed, the held-out evaluation, OUT written. `value_norm`:
-    the MAPPO critic's normalizer state, which its outputs only mean something with."""
+    """The end of a run: its logs closed, the held-out evaluation, OUT written with what a
+    continued run goes on from. `value_norm`: the MAPPO critic's normalizer state, which
+    its outputs only mean something with."""
     if log:
         log.close()
     if board:
@@ -433,7 +455,9 @@ def finish(out: Path | None, cfg: TrainConfig, pcfg: PolicyConfig, policies, cri
     summary = final_summary(policies, cfg, history, updates_done, wall_s, env_steps, device,
                             layer_deltas(layers) if cfg.learn_delta else None)
     if out:
-        write_run(out, cfg, pcfg, policies, critic, summary, value_norm)
+        priors = [None if layer.prior is None else layer.prior.logits.detach().cpu() for layer in layers]
+        carry = {"value_norm": value_norm} if value_norm else {}
+        write_run(out, cfg, pcfg, policies, critic, summary, {**carry, "priors": priors})
     return summary
 
 
@@ -493,17 +517,18 @@ def log_row(row: dict, cfg: TrainConfig, log, board, progress: bool) -> None:
 
 
 def write_run(out: Path, cfg: TrainConfig, pcfg: PolicyConfig, policies, critic: Critic, summary: dict,
-              value_norm: dict | None = None) -> None:
+              carry: dict | None = None) -> None:
     """OUT as `ddcl evaluate` and `ddcl up --checkpoint` read it: the policies with the
     final range models, the config and the summary. The critic rides in the checkpoint's
-    extra (a networked run is checked against an in-process one by it too)."""
+    extra (a networked run is checked against an in-process one by it too), with `carry`:
+    more that `--init` goes on from (the value normalizer, the learned priors)."""
     models = summary["final"]["models"]
     # the learned steps travel with the models: both ends quantize with them, whatever the codec
     codec_spec = {"name": cfg.codec, "options": {"model": models[0]} if cfg.codec == "range" else {},
                   "models": models if cfg.codec == "range" else None, "deltas": summary.get("deltas")}
     save_checkpoint(out / "checkpoint.pt", cfg.env, pcfg, [p.cpu() for p in policies], codec_spec,
                     extra={"train_config": asdict(cfg), "critic": {k: v.cpu() for k, v in critic.state_dict().items()},
-                           **({"value_norm": value_norm} if value_norm else {})})
+                           **(carry or {})})
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
 

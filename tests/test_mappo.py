@@ -171,11 +171,11 @@ def test_without_body_grad_the_message_trains_its_head_alone(body_grad):
     assert p.body[0].weight.grad.abs().sum() > 0
 
 
-def test_a_continued_run_goes_on_with_the_checkpoint_critic_and_its_units(tmp_path):
-    """--init carries the critic (where its reward columns fit) and MAPPO's value normalizer:
-    the continued run's normalizer holds the first run's history (its weight grows on from
-    the saved one instead of restarting at 1 - beta), and a run with other reward columns
-    gets a new critic."""
+def test_a_continued_run_goes_on_with_the_critic_priors_and_value_units(tmp_path):
+    """--init carries the critic (where its reward columns fit), the learned rate priors and
+    MAPPO's value normalizer: the continued run's normalizer holds the first run's history
+    (its weight grows on from the saved one instead of restarting at 1 - beta), and a run
+    with other reward columns gets a new critic."""
     base = dict(env="tj-easy", algo="mappo", batch=8, rollout=4, updates=3, eval_every=3, hidden=16, seed=3,
                 device="cpu")
     for run in ("first", "again"):
@@ -183,8 +183,11 @@ def test_a_continued_run_goes_on_with_the_checkpoint_critic_and_its_units(tmp_pa
     train(TrainConfig(**base), tmp_path / "first", progress=False)
     first = torch.load(tmp_path / "first" / "checkpoint.pt", weights_only=True)["extra"]
     init = str(tmp_path / "first" / "checkpoint.pt")
-    carried = setup(TrainConfig(**{**base, "init": init})).critic.state_dict()
-    assert all(torch.equal(carried[k], v) for k, v in first["critic"].items())
+    carried = setup(TrainConfig(**{**base, "init": init}))
+    assert all(torch.equal(carried.critic.state_dict()[k], v) for k, v in first["critic"].items())
+    fresh = setup(TrainConfig(**base)).layers[0].prior.logits
+    for layer, prior in zip(carried.layers, first["priors"]):
+        assert torch.equal(layer.prior.logits.detach(), prior) and not torch.equal(prior, fresh.detach())
     team = setup(TrainConfig(**{**base, "init": init, "team_reward": True})).critic.state_dict()
     assert team["net.2.weight"].shape[0] == 1 != first["critic"]["net.2.weight"].shape[0]
     train(TrainConfig(**{**base, "init": init, "updates": 1, "eval_every": 1}), tmp_path / "again", progress=False)
