@@ -36,8 +36,8 @@ from channel import ChannelError, frame, load_kernels
 from . import learn_wire
 from . import lockstep
 from .learn_desync import LearnDesync
-from .train import (PROGRESS_EVERY_S, adv_column, advantages, eval_row, final_summary, live_line, log_row, setup,
-                    step_reward, tensorboard_writer, write_run)
+from .train import (PROGRESS_EVERY_S, adv_column, advantages, continuation, eval_row, final_summary, live_line,
+                    log_row, setup, step_reward, tensorboard_writer, write_run)
 from .train_config import TrainConfig
 
 log = logging.getLogger("ddcl.learning_world")
@@ -260,7 +260,7 @@ class LearningWorld:
         summary["networked"] = self.finish(update)
         summary["networked"].update(rollbacks=self.rounds, desync=self.desync.to_dict())
         if self.out:
-            write_run(self.out, cfg, s.pcfg, s.policies, critic, summary)
+            write_run(self.out, cfg, s.pcfg, s.policies, critic, summary, continuation(s.layers))
         return summary
 
     def _on_broker_restart(self) -> None:

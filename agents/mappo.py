@@ -28,8 +28,8 @@ from torch import nn
 
 from .policy import forget, initial_states
 from .sampling import generators, sample
-from .train import (PROGRESS_EVERY_S, eval_row, finish, lam_at, live_line, log_row, setup, step_reward, stopped,
-                    tensorboard_writer)
+from .train import (PROGRESS_EVERY_S, eval_row, finish, lam_at, live_line, log_row, say, setup, step_reward,
+                    stopped, tensorboard_writer)
 from .train_config import TrainConfig
 
 
@@ -242,7 +242,8 @@ def train(cfg: TrainConfig, out=None, progress=True, should_stop=lambda: False, 
     """As agents.train.train, with PPO's update. `batched`: run the agents as one batch
     (default: with --share, where they hold one module)."""
     cfg.validate()
-    device, env, pcfg, policies, critic, layers, per_agent, carried = setup(cfg)
+    device, env, pcfg, policies, critic, layers, per_agent, carried, notes = setup(cfg)
+    say(notes)
     batched = cfg.share if batched is None else batched
     if batched and any(p is not policies[0] for p in policies):
         raise ValueError("batched agents need one shared policy (--share)")
@@ -254,7 +255,7 @@ def train(cfg: TrainConfig, out=None, progress=True, should_stop=lambda: False, 
     peers = peer_index(cfg.agents, device)
     norm = ValueNorm(critic.net[-1].out_features, device) if cfg.value_norm else None
     if norm and cfg.init and not norm.carry(carried.get("value_norm")):  # the critic's units start anew
-        print(f"[train] {cfg.init} has no value normalizer for this critic: a new one", file=sys.stderr, flush=True)
+        say([f"{cfg.init} has no value normalizer for this critic: a new one"])
     log = open(out / "train.jsonl", "w") if out else None
     board = tensorboard_writer(out)
     obs = env.reset()

@@ -269,21 +269,36 @@ def starting_point(cfg: TrainConfig, pcfg: PolicyConfig) -> tuple[list, list | N
     deltas = checkpoint_deltas(ck)
     if deltas is not None and not cfg.learn_delta:
         raise CheckpointError(f"checkpoint {cfg.init} learned its steps; continue it with --learn-delta")
-    return ([policies[0]] * cfg.agents if cfg.share else policies), deltas, ck.get("extra") or {}
+    extra = ck.get("extra")
+    return ([policies[0]] * cfg.agents if cfg.share else policies), deltas, extra if isinstance(extra, dict) else {}
 
 
-def carry_critic(critic: Critic, extra: dict) -> bool:
-    """The checkpoint's critic into `critic` where it fits (same agents, hidden and reward
-    columns) -> whether it did. A continued run that starts with an untrained critic
-    spends its first updates on noise for advantages, and a trained policy drifts on it."""
-    saved = extra.get("critic")
-    if not isinstance(saved, dict):
+def carry_critic(critic: Critic, extra: dict, normalized: bool) -> bool:
+    """The checkpoint's critic into `critic` where it fits -> whether it did: the same
+    agents, hidden and reward columns, and outputs in the same units (`normalized`: scaled
+    by MAPPO's value normalizer, which the checkpoint must then carry too). A continued
+    run that starts with an untrained critic, or one read in other units, spends its
+    first updates on noise for advantages, and a trained policy drifts on it."""
+    saved, config = extra.get("critic"), extra.get("train_config")
+    if not isinstance(saved, dict) or not isinstance(config, dict):
+        return False
+    if (config.get("algo") == "mappo" and bool(config.get("value_norm"))) != normalized:
+        return False
+    if normalized and not isinstance(extra.get("value_norm"), dict):
         return False
     mine = critic.state_dict()
-    if saved.keys() != mine.keys() or any(saved[k].shape != v.shape for k, v in mine.items()):
+    if saved.keys() != mine.keys() or any(not isinstance(saved[k], torch.Tensor) or saved[k].shape != v.shape
+                                          for k, v in mine.items()):
         return False
     critic.load_state_dict(saved)
     return True
+
+
+def continuation(layers: list[DDCL], value_norm: dict | None = None) -> dict:
+    """What a run's checkpoint keeps for `--init` beside the policies and the critic: each
+    layer's learned prior (None without one) and MAPPO's value normalizer."""
+    priors = [None if layer.prior is None else layer.prior.logits.detach().cpu() for layer in layers]
+    return {"priors": priors, **({"value_norm": value_norm} if value_norm else {})}
 
 
 class Setup(NamedTuple):
@@ -294,7 +309,8 @@ class Setup(NamedTuple):
     critic: Critic
     layers: list[DDCL]  # agent k's channel at index k
     per_agent: bool  # a value and an advantage per agent (else one for the team)
-    carried: dict  # what cfg.init's checkpoint carries beside the policies (its extra; {} without --init)
+    carried: dict  # what cfg.init's checkpoint carries beside the policies that fits this run ({} without --init)
+    notes: tuple  # what a continued run starts anew, for the trainer to say
 
 
 def setup(cfg: TrainConfig) -> Setup:
@@ -311,15 +327,21 @@ def setup(cfg: TrainConfig) -> Setup:
     policies = [p.to(device) for p in start]
     per_agent = getattr(env, "reward_per_agent", False) and not cfg.team_reward
     critic = Critic(cfg.agents * env.obs_dim, cfg.hidden, cfg.agents if per_agent else 1)
-    if cfg.init and not carry_critic(critic, carried):
-        print(f"[train] {cfg.init} has no critic that fits this run (reward columns differ?): a new one",
-              file=sys.stderr, flush=True)
+    notes = []
+    if cfg.init and not carry_critic(critic, carried, cfg.algo == "mappo" and cfg.value_norm):
+        carried = {k: v for k, v in carried.items() if k not in ("critic", "value_norm")}
+        notes.append(f"{cfg.init} has no critic that fits this run (reward columns or value units differ): a new one")
     layers = channel_layers(cfg, device, deltas, learn=cfg.learn_delta)
     priced = any(layer.prior is not None for layer in layers)
     if cfg.init and priced and not carry_priors(layers, carried.get("priors")):
-        print(f"[train] {cfg.init} has no rate prior that fits this run: it starts from the initial table",
-              file=sys.stderr, flush=True)
-    return Setup(device, env, pcfg, policies, critic.to(device), layers, per_agent, carried)
+        notes.append(f"{cfg.init} has no rate prior that fits this run: it starts from the initial table")
+    return Setup(device, env, pcfg, policies, critic.to(device), layers, per_agent, carried, tuple(notes))
+
+
+def say(notes) -> None:
+    """A continued run's notes (what it starts anew) on stderr, however quiet the run."""
+    for note in notes:
+        print(f"[train] {note}", file=sys.stderr, flush=True)
 
 
 def step_reward(reward: torch.Tensor, per_agent: bool, batch: int) -> torch.Tensor:
@@ -372,7 +394,8 @@ def train(cfg: TrainConfig, out: Path | None = None, progress=True, should_stop=
 
         return train_mappo(cfg, out, progress, should_stop)
     cfg.validate()
-    device, env, pcfg, policies, critic, layers, per_agent, _ = setup(cfg)
+    device, env, pcfg, policies, critic, layers, per_agent, _, notes = setup(cfg)
+    say(notes)
     params = list({id(q): q for m in [*policies, critic] for q in m.parameters()}.values())  # shared: once
     prior_params = [q for layer in layers for q in layer.parameters()]  # the entropy/expected priors
     opt = torch.optim.Adam([{"params": params}, {"params": prior_params, "lr": cfg.prior_lr}], lr=cfg.lr)
@@ -455,9 +478,7 @@ def finish(out: Path | None, cfg: TrainConfig, pcfg: PolicyConfig, policies, cri
     summary = final_summary(policies, cfg, history, updates_done, wall_s, env_steps, device,
                             layer_deltas(layers) if cfg.learn_delta else None)
     if out:
-        priors = [None if layer.prior is None else layer.prior.logits.detach().cpu() for layer in layers]
-        carry = {"value_norm": value_norm} if value_norm else {}
-        write_run(out, cfg, pcfg, policies, critic, summary, {**carry, "priors": priors})
+        write_run(out, cfg, pcfg, policies, critic, summary, continuation(layers, value_norm))
     return summary
 
 

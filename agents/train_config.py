@@ -52,7 +52,7 @@ class TrainConfig:
     anneal_lr: bool = False  # mappo: the policy's learning rate falls linearly to 0 over the updates (CleanRL's PPO)
     prior_radius: int = 16  # the entropy/expected prior covers -radius..radius, escape beyond
     prior_lr: float = 1e-2  # Adam learning rate of the entropy/expected prior's logits
-    init: str = ""  # checkpoint (same env and shape) whose policies, learned steps, critic (where it fits) and rate prior this run goes on from
+    init: str = ""  # checkpoint (same env and shape) whose policies, steps, prior, critic and value norm (where they fit) this run goes on from
     seed: int = 0  # everything random derives from this
     eval_every: int = 250  # updates between evaluations
     device: str = "auto"  # auto | cpu | cuda

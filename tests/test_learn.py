@@ -49,6 +49,10 @@ def test_networked_updates_give_the_in_process_parameters(tmp_path, core, wide):
     diff = max((a[k] - b[k]).abs().max().item() for a, b in zip(here, there) for k in a)
     moved = min(max((a[k] - i[k]).abs().max().item() for k in a) for a, i in zip(here, init))
     assert diff <= TOLERANCE < moved / 1000, (diff, moved)
+    # the learners' priors come home for --init as the in-process run's do
+    priors = [torch.load(run / "checkpoint.pt", weights_only=True)["extra"]["priors"]
+              for run in (tmp_path / "local", tmp_path / "net")]
+    assert len(priors[1]) == 2 and all((a - b).abs().max() <= TOLERANCE for a, b in zip(*priors))
 
     s = json.loads((tmp_path / "net" / "summary.json").read_text())
     assert s["updates_done"] == 3 and s["final"]["success_rate"] == local["final"]["success_rate"]

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _rollout(cfg: TrainConfig, batched: bool):
-    device, env, _, policies, critic, layers, per_agent, _ = setup(cfg)
+    device, env, _, policies, critic, layers, per_agent, *_ = setup(cfg)
     peers = mappo.peer_index(cfg.agents, device)
     data, *_ = mappo.collect(env, env.reset(), initial_states(policies, cfg.batch, device), policies, layers, critic,
                              None, generators(cfg.seed, range(cfg.agents), device), peers, 0, per_agent, batched, cfg)
@@ -195,3 +195,47 @@ def test_a_continued_run_goes_on_with_the_critic_priors_and_value_units(tmp_path
     beta = 0.99999
     assert float(first["value_norm"]["weight"]) == pytest.approx(1 - beta**3, rel=1e-3)
     assert float(again["weight"]) == pytest.approx(1 - beta**4, rel=1e-3)
+
+
+@pytest.mark.parametrize("algo", ["a2c", "mappo"])
+@pytest.mark.parametrize("body_grad", [True, False])
+def test_the_trainers_pass_msg_body_grad_to_the_speakers(algo, body_grad):
+    """The rate loss alone, through each trainer's own forward pass (A2C's communicate,
+    MAPPO's loss with no advantage, entropy or value term): it reaches the body only with
+    msg_body_grad."""
+    from agents.train import communicate
+
+    cfg = TrainConfig(algo=algo, batch=16, rollout=3, hidden=16, msg_body_grad=body_grad, entropy_coef=0.0,
+                      value_coef=0.0)
+    policies, critic, layers, peers, data = _rollout(cfg, batched=False)
+    if algo == "a2c":
+        _, _, rate, _, _ = communicate(policies, layers, data.obs[0], [None] * cfg.agents, cfg, 0)
+        rate.sum().backward()
+    else:
+        zero = torch.zeros_like(data.values)
+        loss, _ = mappo.ppo_loss(policies, layers, critic, data, zero, zero, torch.arange(cfg.batch), peers, 1.0,
+                                 False, cfg)
+        loss.backward()
+    for p in policies:
+        assert p.msg_head.weight.grad.abs().sum() > 0
+        assert (p.body[0].weight.grad is not None and p.body[0].weight.grad.abs().sum() > 0) == body_grad
+
+
+def test_a_critic_in_other_units_is_not_carried(tmp_path):
+    """A MAPPO checkpoint whose critic learned normalized returns but which keeps no
+    normalizer (or an A2C run continuing it, whose returns are raw) starts a new critic
+    and says so."""
+    base = dict(env="tj-easy", algo="mappo", batch=8, rollout=4, updates=2, eval_every=2, hidden=16, seed=3,
+                device="cpu")
+    (tmp_path / "first").mkdir()
+    train(TrainConfig(**base), tmp_path / "first", progress=False)
+    ck = torch.load(tmp_path / "first" / "checkpoint.pt", weights_only=True)
+    saved = ck["extra"]["critic"]
+    assert setup(TrainConfig(**{**base, "init": str(tmp_path / "first" / "checkpoint.pt")})).notes == ()
+    del ck["extra"]["value_norm"]
+    torch.save(ck, tmp_path / "no-norm.pt")
+    for cfg in (TrainConfig(**{**base, "init": str(tmp_path / "no-norm.pt")}),
+                TrainConfig(**{**base, "algo": "a2c", "init": str(tmp_path / "first" / "checkpoint.pt")})):
+        s = setup(cfg)
+        assert not torch.equal(s.critic.state_dict()["net.0.weight"], saved["net.0.weight"])
+        assert "value_norm" not in s.carried and any("no critic that fits" in n for n in s.notes)
