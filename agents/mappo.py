@@ -28,8 +28,8 @@ from torch import nn
 
 from .policy import forget, initial_states
 from .sampling import generators, sample
-from .train import (PROGRESS_EVERY_S, eval_row, finish, lam_at, live_line, log_row, say, setup, step_reward,
-                    stopped, tensorboard_writer)
+from .train import (PROGRESS_EVERY_S, eval_row, finish, fits, lam_at, live_line, log_row, say, setup,
+                    step_reward, stopped, tensorboard_writer)
 from .train_config import TrainConfig
 
 
@@ -93,19 +93,20 @@ class ValueNorm:
         var = (self.mean_sq / self.weight.clamp(min=1e-5) - mean.pow(2)).clamp(min=1e-2)
         return mean, var.sqrt()
 
+    def _tensors(self) -> dict:
+        return {"mean": self.mean, "mean_sq": self.mean_sq, "weight": self.weight}
+
     def state(self) -> dict:
         """What a checkpoint keeps: the critic's outputs are in these units."""
-        return {"mean": self.mean.cpu(), "mean_sq": self.mean_sq.cpu(), "weight": self.weight.cpu()}
+        return {k: v.cpu() for k, v in self._tensors().items()}
 
     def carry(self, saved) -> bool:
         """A checkpoint's `state()` into this one where it fits -> whether it did."""
-        if not isinstance(saved, dict) or saved.keys() != {"mean", "mean_sq", "weight"}:
+        mine = self._tensors()
+        if not fits(saved, mine):
             return False
-        mine = self.state()
-        if any(not isinstance(saved[k], torch.Tensor) or saved[k].shape != v.shape for k, v in mine.items()):
-            return False
-        for k in mine:
-            getattr(self, k).copy_(saved[k])
+        for k, v in mine.items():
+            v.copy_(saved[k])
         return True
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:

@@ -74,20 +74,27 @@ def channel_layers(cfg: TrainConfig, device, deltas: list | None = None, learn: 
                  learn_delta=learn).to(device) for k in range(cfg.agents)]
 
 
+def fits(saved, mine: dict) -> bool:
+    """Whether a checkpoint's tensors `saved` match `mine` name for name and shape for
+    shape: --init checks a part whole before it loads any of it, so a part that does not
+    fit starts anew instead of half loaded."""
+    return (isinstance(saved, dict) and saved.keys() == mine.keys()
+            and all(isinstance(saved[k], torch.Tensor) and saved[k].shape == v.shape for k, v in mine.items()))
+
+
 def carry_priors(layers: list[DDCL], saved) -> bool:
     """A checkpoint's learned priors (agent k's at k) into the layers where they fit ->
     whether they did. A continued brief step that starts from the initial table prices
     what the cars learned to say near zero at a bit or more again, and its messages
     spread before they shrink back."""
-    if not isinstance(saved, list) or len(saved) != len(layers):
+    if not isinstance(saved, list) or any(layer.prior is None for layer in layers):
         return False
-    for layer, prior in zip(layers, saved):
-        mine = None if layer.prior is None else layer.prior.logits
-        if mine is None or not isinstance(prior, torch.Tensor) or prior.shape != mine.shape:
-            return False
+    mine = {k: layer.prior.logits for k, layer in enumerate(layers)}
+    if not fits(dict(enumerate(saved)), mine):
+        return False
     with torch.no_grad():
-        for layer, prior in zip(layers, saved):
-            layer.prior.logits.copy_(prior)
+        for k, logits in mine.items():
+            logits.copy_(saved[k])
     return True
 
 
@@ -280,15 +287,11 @@ def carry_critic(critic: Critic, extra: dict, normalized: bool) -> bool:
     run that starts with an untrained critic, or one read in other units, spends its
     first updates on noise for advantages, and a trained policy drifts on it."""
     saved, config = extra.get("critic"), extra.get("train_config")
-    if not isinstance(saved, dict) or not isinstance(config, dict):
-        return False
-    if (config.get("algo") == "mappo" and bool(config.get("value_norm"))) != normalized:
+    if not isinstance(config, dict) or (config.get("algo") == "mappo" and bool(config.get("value_norm"))) != normalized:
         return False
     if normalized and not isinstance(extra.get("value_norm"), dict):
         return False
-    mine = critic.state_dict()
-    if saved.keys() != mine.keys() or any(not isinstance(saved[k], torch.Tensor) or saved[k].shape != v.shape
-                                          for k, v in mine.items()):
+    if not fits(saved, critic.state_dict()):
         return False
     critic.load_state_dict(saved)
     return True

@@ -171,18 +171,25 @@ def test_without_body_grad_the_message_trains_its_head_alone(body_grad):
     assert p.body[0].weight.grad.abs().sum() > 0
 
 
+TINY_TJ = dict(env="tj-easy", algo="mappo", batch=8, rollout=4, updates=3, eval_every=3, hidden=16, seed=3,
+               device="cpu")
+
+
+def _first_run(tmp_path: Path) -> str:
+    """Three MAPPO updates of TINY_TJ written to tmp_path/first -> its checkpoint's path."""
+    (tmp_path / "first").mkdir()
+    train(TrainConfig(**TINY_TJ), tmp_path / "first", progress=False)
+    return str(tmp_path / "first" / "checkpoint.pt")
+
+
 def test_a_continued_run_goes_on_with_the_critic_priors_and_value_units(tmp_path):
     """--init carries the critic (where its reward columns fit), the learned rate priors and
     MAPPO's value normalizer: the continued run's normalizer holds the first run's history
     (its weight grows on from the saved one instead of restarting at 1 - beta), and a run
     with other reward columns gets a new critic."""
-    base = dict(env="tj-easy", algo="mappo", batch=8, rollout=4, updates=3, eval_every=3, hidden=16, seed=3,
-                device="cpu")
-    for run in ("first", "again"):
-        (tmp_path / run).mkdir()
-    train(TrainConfig(**base), tmp_path / "first", progress=False)
-    first = torch.load(tmp_path / "first" / "checkpoint.pt", weights_only=True)["extra"]
-    init = str(tmp_path / "first" / "checkpoint.pt")
+    base, init = TINY_TJ, _first_run(tmp_path)
+    first = torch.load(init, weights_only=True)["extra"]
+    (tmp_path / "again").mkdir()
     carried = setup(TrainConfig(**{**base, "init": init}))
     assert all(torch.equal(carried.critic.state_dict()[k], v) for k, v in first["critic"].items())
     fresh = setup(TrainConfig(**base)).layers[0].prior.logits
@@ -225,17 +232,14 @@ def test_a_critic_in_other_units_is_not_carried(tmp_path):
     """A MAPPO checkpoint whose critic learned normalized returns but which keeps no
     normalizer (or an A2C run continuing it, whose returns are raw) starts a new critic
     and says so."""
-    base = dict(env="tj-easy", algo="mappo", batch=8, rollout=4, updates=2, eval_every=2, hidden=16, seed=3,
-                device="cpu")
-    (tmp_path / "first").mkdir()
-    train(TrainConfig(**base), tmp_path / "first", progress=False)
-    ck = torch.load(tmp_path / "first" / "checkpoint.pt", weights_only=True)
+    base, init = TINY_TJ, _first_run(tmp_path)
+    ck = torch.load(init, weights_only=True)
     saved = ck["extra"]["critic"]
-    assert setup(TrainConfig(**{**base, "init": str(tmp_path / "first" / "checkpoint.pt")})).notes == ()
+    assert setup(TrainConfig(**{**base, "init": init})).notes == ()
     del ck["extra"]["value_norm"]
     torch.save(ck, tmp_path / "no-norm.pt")
     for cfg in (TrainConfig(**{**base, "init": str(tmp_path / "no-norm.pt")}),
-                TrainConfig(**{**base, "algo": "a2c", "init": str(tmp_path / "first" / "checkpoint.pt")})):
+                TrainConfig(**{**base, "algo": "a2c", "init": init})):
         s = setup(cfg)
         assert not torch.equal(s.critic.state_dict()["net.0.weight"], saved["net.0.weight"])
         assert "value_norm" not in s.carried and any("no critic that fits" in n for n in s.notes)
