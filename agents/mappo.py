@@ -248,9 +248,11 @@ def train(cfg: TrainConfig, out=None, progress=True, should_stop=lambda: False, 
     batched = cfg.share if batched is None else batched
     if batched and any(p is not policies[0] for p in policies):
         raise ValueError("batched agents need one shared policy (--share)")
-    params = list({id(q): q for m in [*policies, critic] for q in m.parameters()}.values())  # shared: once
+    policy_params = list({id(q): q for p in policies for q in p.parameters()}.values())  # shared: once
     prior_params = [q for layer in layers for q in layer.parameters()]  # the priors and learned steps
-    opt = torch.optim.Adam([{"params": params}, {"params": prior_params, "lr": cfg.prior_lr}], lr=cfg.lr, eps=1e-5)
+    params = policy_params + list(critic.parameters())
+    opt = torch.optim.Adam([{"params": policy_params}, {"params": list(critic.parameters())},
+                            {"params": prior_params, "lr": cfg.prior_lr}], lr=cfg.lr, eps=1e-5)
     gens = generators(cfg.seed, range(cfg.agents), device)
     shuffle = torch.Generator().manual_seed(cfg.seed)  # minibatch order, on the CPU
     peers = peer_index(cfg.agents, device)
@@ -266,8 +268,11 @@ def train(cfg: TrainConfig, out=None, progress=True, should_stop=lambda: False, 
     step = 0
     history = []
     for upd in range(1, cfg.updates + 1):
-        if cfg.anneal_lr:  # small late steps: at a constant rate a learned policy can be unlearned
-            opt.param_groups[0]["lr"] = cfg.lr * (1 - (upd - 1) / cfg.updates)
+        # annealed: small late steps, since at a constant rate a learned policy can be unlearned
+        lr = cfg.lr * (1 - (upd - 1) / cfg.updates) if cfg.anneal_lr else cfg.lr
+        held = upd <= cfg.critic_warmup  # the critic learns alone: the policies, steps and priors hold
+        for group, rate in zip(opt.param_groups, (0.0 if held else lr, lr, 0.0 if held else cfg.prior_lr)):
+            group["lr"] = rate
         data, obs, states, n_ep, n_succ = collect(env, obs, states, policies, layers, critic, norm, gens, peers, step,
                                                   per_agent, batched, cfg)
         step += cfg.rollout

@@ -127,6 +127,16 @@ class AgentPolicy(nn.Module):
             state = h
         return h, _linear(layers.msg, h if body_grad else h.detach()), state
 
+    @torch.no_grad()
+    def deafen(self) -> None:
+        """Zero the weights that read heard messages: the policy then acts as it does
+        silenced, whatever it hears, and learns from there what is worth reading. (The
+        transformer's heard tokens become its embedding's bias, as zeros would be.)"""
+        if self.mixer is not None:
+            self.mixer.embed.weight.zero_()
+        else:
+            self.act_head[0].weight[:, self.cfg.hidden:].zero_()
+
     def act(self, h: torch.Tensor, heard: torch.Tensor) -> torch.Tensor:
         layers = self.layers
         if not self.cfg.comm:

@@ -33,6 +33,7 @@ class TrainConfig:
     comm: bool = True  # agents hear each other; --no-comm: the no-communication ablation (all hear zeros, trained and evaluated)
     share: bool = False  # one set of policy weights for every agent
     msg_body_grad: bool = True  # the message's gradients (rate, listeners') reach the body the action head reads too
+    deafen: bool = False  # start the listeners deaf: zero the weights that read heard messages (the policy as silenced)
     batch: int = 256  # parallel env instances
     rollout: int = 10  # env steps per update
     updates: int = 1500  # gradient updates
@@ -49,6 +50,7 @@ class TrainConfig:
     target_kl: float = 0.0  # mappo: end an update's passes once the approximate KL exceeds this; 0: never
     value_norm: bool = True  # mappo: the critic learns returns scaled by their running mean and std (MAPPO's ValueNorm)
     max_grad_norm: float = 1.0  # mappo: gradient-norm clip (a2c clips at 1.0 too)
+    critic_warmup: int = 0  # mappo: the first updates train the critic alone, so a continued run's first advantages are not a new critic's noise
     anneal_lr: bool = False  # mappo: the policy's learning rate falls linearly to 0 over the updates (CleanRL's PPO)
     prior_radius: int = 16  # the entropy/expected prior covers -radius..radius, escape beyond
     prior_lr: float = 1e-2  # Adam learning rate of the entropy/expected prior's logits
@@ -83,6 +85,9 @@ class TrainConfig:
             raise ValueError(f"minibatches ({self.minibatches}) cannot exceed batch ({self.batch})")
         if not 0 <= self.gae_lambda <= 1 or self.target_kl < 0:
             raise ValueError("gae_lambda must be in [0, 1] and target_kl >= 0")
+        if not 0 <= self.critic_warmup < self.updates or (self.critic_warmup and self.algo != "mappo"):
+            raise ValueError(f"critic_warmup ({self.critic_warmup}) must be below updates ({self.updates}), "
+                             "and is MAPPO's")
         if self.lam < 0 or not 0 < self.gamma <= 1 or not 0 <= self.lam_warmup <= 1:
             raise ValueError("lam must be >= 0, gamma in (0, 1] and lam_warmup in [0, 1]")
         if self.env in ENVS:

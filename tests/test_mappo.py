@@ -243,3 +243,63 @@ def test_a_critic_in_other_units_is_not_carried(tmp_path):
         s = setup(cfg)
         assert not torch.equal(s.critic.state_dict()["net.0.weight"], saved["net.0.weight"])
         assert "value_norm" not in s.carried and any("no critic that fits" in n for n in s.notes)
+
+
+@pytest.mark.parametrize("core,aggregate", [("mlp", "mean"), ("mlp", "attention"), ("gru", "mean"),
+                                            ("transformer", "mean")])
+def test_a_deafened_policy_acts_as_it_did_silenced_and_can_learn_to_listen(core, aggregate):
+    """deafen(): whatever is heard, the actions are those the policy chose before on zeros;
+    the zeroed weights still get gradients, so listening can be learned back."""
+    torch.manual_seed(1)
+    p = AgentPolicy(PolicyConfig(obs_dim=6, n_actions=3, msg_dim=4, hidden=16, core=core, aggregate=aggregate))
+    h, heard = torch.randn(8, 16), 3 * torch.randn(8, 5, 4)
+    silenced = p.act(h, torch.zeros_like(heard)).detach()
+    assert not torch.allclose(p.act(h, heard), silenced)
+    p.deafen()
+    assert torch.allclose(p.act(h, heard), silenced, atol=1e-6)
+    p.act(h, heard).logsumexp(-1).sum().backward()
+    zeroed = p.mixer.embed.weight if core == "transformer" else p.act_head[0].weight[:, 16:]
+    assert (zeroed == 0).all()
+    grad = p.mixer.embed.weight.grad if core == "transformer" else p.act_head[0].weight.grad[:, 16:]
+    assert grad.abs().sum() > 0
+
+
+def test_deafen_continues_a_run_with_only_its_listening_zeroed(tmp_path):
+    """--deafen with --init: the continued policies equal the checkpoint's but for the
+    weights that read heard messages, so they act on any message as the saved ones on none."""
+    init = _first_run(tmp_path)
+    saved = setup(TrainConfig(**{**TINY_TJ, "init": init})).policies[0]
+    deaf = setup(TrainConfig(**{**TINY_TJ, "init": init, "deafen": True})).policies[0]
+    hidden = TINY_TJ["hidden"]
+    for name, value in deaf.state_dict().items():
+        before = saved.state_dict()[name]
+        if name == "act_head.0.weight":
+            assert torch.equal(value[:, :hidden], before[:, :hidden]) and (value[:, hidden:] == 0).all()
+            assert before[:, hidden:].abs().sum() > 0
+        else:
+            assert torch.equal(value, before), name
+    h, heard = torch.randn(4, hidden), torch.randn(4, 4, TINY_TJ.get("msg_dim", 4))
+    assert torch.allclose(deaf.act(h, heard), saved.act(h, torch.zeros_like(heard)), atol=1e-6)
+
+
+def test_critic_warmup_trains_the_critic_alone_then_everything(tmp_path):
+    """--critic-warmup 2: a run stopped after its first update keeps the policies and the
+    learned steps it started from while its critic has moved; run on, the policies move."""
+    cfg = TrainConfig(**{**TINY_TJ, "updates": 3, "critic_warmup": 2, "learn_delta": True, "lam": 0.1,
+                         "lam_warmup": 0.0})
+    start = setup(cfg)
+    runs = {}
+    for name, stop in (("held", lambda: True), ("on", lambda: False)):
+        (tmp_path / name).mkdir()
+        train(cfg, tmp_path / name, progress=False, should_stop=stop)
+        runs[name] = torch.load(tmp_path / name / "checkpoint.pt", weights_only=True)
+    policy = {k: v for k, v in start.policies[0].state_dict().items()}
+    critic = start.critic.state_dict()
+    held, on = runs["held"], runs["on"]
+    assert all(torch.equal(held["state_dicts"][0][k], v) for k, v in policy.items())
+    assert any(not torch.equal(held["extra"]["critic"][k], v) for k, v in critic.items())
+    assert torch.allclose(torch.as_tensor(held["codec"]["deltas"][0]), torch.full((4,), cfg.delta))
+    assert any(not torch.equal(on["state_dicts"][0][k], v) for k, v in policy.items())
+    assert not torch.allclose(torch.as_tensor(on["codec"]["deltas"][0]), torch.full((4,), cfg.delta))
+    with pytest.raises(ValueError, match="critic_warmup"):
+        TrainConfig(**{**TINY_TJ, "algo": "a2c", "critic_warmup": 1}).validate()
