@@ -270,7 +270,9 @@ def train(cfg: TrainConfig, out=None, progress=True, should_stop=lambda: False, 
     for upd in range(1, cfg.updates + 1):
         # annealed: small late steps, since at a constant rate a learned policy can be unlearned
         lr = cfg.lr * (1 - (upd - 1) / cfg.updates) if cfg.anneal_lr else cfg.lr
-        held = upd <= cfg.critic_warmup  # the critic learns alone: the policies, steps and priors hold
+        # the critic learns alone: the policies, steps and priors hold (their gradients still
+        # fill Adam's moments and count in the norm clip, as in the updates after)
+        held = upd <= cfg.critic_warmup
         for group, rate in zip(opt.param_groups, (0.0 if held else lr, lr, 0.0 if held else cfg.prior_lr)):
             group["lr"] = rate
         data, obs, states, n_ep, n_succ = collect(env, obs, states, policies, layers, critic, norm, gens, peers, step,

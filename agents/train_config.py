@@ -85,9 +85,10 @@ class TrainConfig:
             raise ValueError(f"minibatches ({self.minibatches}) cannot exceed batch ({self.batch})")
         if not 0 <= self.gae_lambda <= 1 or self.target_kl < 0:
             raise ValueError("gae_lambda must be in [0, 1] and target_kl >= 0")
-        if not 0 <= self.critic_warmup < self.updates or (self.critic_warmup and self.algo != "mappo"):
-            raise ValueError(f"critic_warmup ({self.critic_warmup}) must be below updates ({self.updates}), "
-                             "and is MAPPO's")
+        if self.critic_warmup and self.algo != "mappo":
+            raise ValueError("critic_warmup is MAPPO's (--algo mappo)")
+        if not 0 <= self.critic_warmup < self.updates:
+            raise ValueError(f"critic_warmup ({self.critic_warmup}) must be in [0, updates ({self.updates}))")
         if self.lam < 0 or not 0 < self.gamma <= 1 or not 0 <= self.lam_warmup <= 1:
             raise ValueError("lam must be >= 0, gamma in (0, 1] and lam_warmup in [0, 1]")
         if self.env in ENVS:

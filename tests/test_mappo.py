@@ -175,10 +175,11 @@ TINY_TJ = dict(env="tj-easy", algo="mappo", batch=8, rollout=4, updates=3, eval_
                device="cpu")
 
 
-def _first_run(tmp_path: Path) -> str:
-    """Three MAPPO updates of TINY_TJ written to tmp_path/first -> its checkpoint's path."""
+def _first_run(tmp_path: Path, **changes) -> str:
+    """Three MAPPO updates of TINY_TJ (with `changes`) written to tmp_path/first -> its
+    checkpoint's path."""
     (tmp_path / "first").mkdir()
-    train(TrainConfig(**TINY_TJ), tmp_path / "first", progress=False)
+    train(TrainConfig(**{**TINY_TJ, **changes}), tmp_path / "first", progress=False)
     return str(tmp_path / "first" / "checkpoint.pt")
 
 
@@ -246,17 +247,23 @@ def test_a_critic_in_other_units_is_not_carried(tmp_path):
 
 
 @pytest.mark.parametrize("core,aggregate", [("mlp", "mean"), ("mlp", "attention"), ("gru", "mean"),
-                                            ("transformer", "mean")])
+                                            ("gru", "attention"), ("transformer", "mean")])
 def test_a_deafened_policy_acts_as_it_did_silenced_and_can_learn_to_listen(core, aggregate):
-    """deafen(): whatever is heard, the actions are those the policy chose before on zeros;
-    the zeroed weights still get gradients, so listening can be learned back."""
+    """deafen(): whatever is heard, the actions are exactly those the policy chose before
+    on zeros (with no peer, and with --no-comm, as before); the zeroed weights still get
+    gradients, so listening can be learned back."""
     torch.manual_seed(1)
     p = AgentPolicy(PolicyConfig(obs_dim=6, n_actions=3, msg_dim=4, hidden=16, core=core, aggregate=aggregate))
-    h, heard = torch.randn(8, 16), 3 * torch.randn(8, 5, 4)
-    silenced = p.act(h, torch.zeros_like(heard)).detach()
+    mute = AgentPolicy(PolicyConfig(obs_dim=6, n_actions=3, msg_dim=4, hidden=16, core=core, aggregate=aggregate,
+                                    comm=False))
+    h, heard, alone = torch.randn(8, 16), 3 * torch.randn(8, 5, 4), torch.zeros(8, 0, 4)
+    silenced, solo, muted = (p.act(h, torch.zeros_like(heard)).detach(), p.act(h, alone).detach(),
+                             mute.act(h, heard).detach())
     assert not torch.allclose(p.act(h, heard), silenced)
     p.deafen()
-    assert torch.allclose(p.act(h, heard), silenced, atol=1e-6)
+    mute.deafen()
+    assert torch.equal(p.act(h, heard), silenced)
+    assert torch.equal(p.act(h, alone), solo) and torch.equal(mute.act(h, heard), muted)
     p.act(h, heard).logsumexp(-1).sum().backward()
     zeroed = p.mixer.embed.weight if core == "transformer" else p.act_head[0].weight[:, 16:]
     assert (zeroed == 0).all()
@@ -264,42 +271,52 @@ def test_a_deafened_policy_acts_as_it_did_silenced_and_can_learn_to_listen(core,
     assert grad.abs().sum() > 0
 
 
-def test_deafen_continues_a_run_with_only_its_listening_zeroed(tmp_path):
-    """--deafen with --init: the continued policies equal the checkpoint's but for the
-    weights that read heard messages, so they act on any message as the saved ones on none."""
-    init = _first_run(tmp_path)
-    saved = setup(TrainConfig(**{**TINY_TJ, "init": init})).policies[0]
-    deaf = setup(TrainConfig(**{**TINY_TJ, "init": init, "deafen": True})).policies[0]
+@pytest.mark.parametrize("share", [False, True])
+def test_deafen_continues_a_run_with_only_its_listening_zeroed(tmp_path, share):
+    """--deafen with --init: every agent's continued policy equals the checkpoint's but for
+    the weights that read heard messages, so it acts on any message as the saved one on none."""
+    base = {**TINY_TJ, "share": share, "init": _first_run(tmp_path, share=share)}
+    saved, deaf = setup(TrainConfig(**base)).policies, setup(TrainConfig(**{**base, "deafen": True})).policies
     hidden = TINY_TJ["hidden"]
-    for name, value in deaf.state_dict().items():
-        before = saved.state_dict()[name]
-        if name == "act_head.0.weight":
-            assert torch.equal(value[:, :hidden], before[:, :hidden]) and (value[:, hidden:] == 0).all()
-            assert before[:, hidden:].abs().sum() > 0
-        else:
-            assert torch.equal(value, before), name
-    h, heard = torch.randn(4, hidden), torch.randn(4, 4, TINY_TJ.get("msg_dim", 4))
-    assert torch.allclose(deaf.act(h, heard), saved.act(h, torch.zeros_like(heard)), atol=1e-6)
+    h, heard = torch.randn(4, hidden), torch.randn(4, 4, 4)
+    for before_policy, policy in zip(saved, deaf):
+        before = before_policy.state_dict()
+        for name, value in policy.state_dict().items():
+            if name == "act_head.0.weight":
+                assert torch.equal(value[:, :hidden], before[name][:, :hidden]) and (value[:, hidden:] == 0).all()
+                assert before[name][:, hidden:].abs().sum() > 0
+            else:
+                assert torch.equal(value, before[name]), name
+        assert torch.equal(policy.act(h, heard), before_policy.act(h, torch.zeros_like(heard)))
 
 
 def test_critic_warmup_trains_the_critic_alone_then_everything(tmp_path):
-    """--critic-warmup 2: a run stopped after its first update keeps the policies and the
-    learned steps it started from while its critic has moved; run on, the policies move."""
-    cfg = TrainConfig(**{**TINY_TJ, "updates": 3, "critic_warmup": 2, "learn_delta": True, "lam": 0.1,
-                         "lam_warmup": 0.0})
+    """--critic-warmup 2: a run stopped after its first update keeps the policies, the
+    learned steps and the prior it started from (its logged policy lr is 0) while its
+    critic has moved; run on, the policies, steps and prior move."""
+    cfg = TrainConfig(**{**TINY_TJ, "updates": 3, "eval_every": 1, "critic_warmup": 2, "learn_delta": True,
+                         "lam": 0.1, "lam_warmup": 0.0})
     start = setup(cfg)
-    runs = {}
+    runs, lrs = {}, {}
     for name, stop in (("held", lambda: True), ("on", lambda: False)):
         (tmp_path / name).mkdir()
-        train(cfg, tmp_path / name, progress=False, should_stop=stop)
+        lrs[name] = [row["lr"] for row in train(cfg, tmp_path / name, progress=False, should_stop=stop)["history"]]
         runs[name] = torch.load(tmp_path / name / "checkpoint.pt", weights_only=True)
-    policy = {k: v for k, v in start.policies[0].state_dict().items()}
-    critic = start.critic.state_dict()
+    policy, critic = start.policies[0].state_dict(), start.critic.state_dict()
+    prior = start.layers[0].prior.logits.detach()
     held, on = runs["held"], runs["on"]
+    assert lrs["held"] == [0.0] and lrs["on"] == [0.0, 0.0, cfg.lr]
     assert all(torch.equal(held["state_dicts"][0][k], v) for k, v in policy.items())
     assert any(not torch.equal(held["extra"]["critic"][k], v) for k, v in critic.items())
-    assert torch.allclose(torch.as_tensor(held["codec"]["deltas"][0]), torch.full((4,), cfg.delta))
+    assert tuple(held["codec"]["deltas"][0]) == start.layers[0].delta
+    assert torch.equal(held["extra"]["priors"][0], prior)
     assert any(not torch.equal(on["state_dicts"][0][k], v) for k, v in policy.items())
-    assert not torch.allclose(torch.as_tensor(on["codec"]["deltas"][0]), torch.full((4,), cfg.delta))
-    with pytest.raises(ValueError, match="critic_warmup"):
-        TrainConfig(**{**TINY_TJ, "algo": "a2c", "critic_warmup": 1}).validate()
+    assert tuple(on["codec"]["deltas"][0]) != start.layers[0].delta
+    assert not torch.equal(on["extra"]["priors"][0], prior)
+
+
+@pytest.mark.parametrize("warmup,algo,match", [(1, "a2c", "MAPPO's"), (3, "mappo", r"\[0, updates"),
+                                               (-1, "mappo", r"\[0, updates")])
+def test_critic_warmup_is_mappos_and_shorter_than_the_run(warmup, algo, match):
+    with pytest.raises(ValueError, match=match):
+        TrainConfig(**{**TINY_TJ, "algo": algo, "critic_warmup": warmup}).validate()
