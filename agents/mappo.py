@@ -250,8 +250,9 @@ def train(cfg: TrainConfig, out=None, progress=True, should_stop=lambda: False, 
         raise ValueError("batched agents need one shared policy (--share)")
     policy_params = list({id(q): q for p in policies for q in p.parameters()}.values())  # shared: once
     prior_params = [q for layer in layers for q in layer.parameters()]  # the priors and learned steps
-    params = policy_params + list(critic.parameters())
-    opt = torch.optim.Adam([{"params": policy_params}, {"params": list(critic.parameters())},
+    critic_params = list(critic.parameters())
+    params = policy_params + critic_params
+    opt = torch.optim.Adam([{"params": policy_params}, {"params": critic_params},
                             {"params": prior_params, "lr": cfg.prior_lr}], lr=cfg.lr, eps=1e-5)
     gens = generators(cfg.seed, range(cfg.agents), device)
     shuffle = torch.Generator().manual_seed(cfg.seed)  # minibatch order, on the CPU

@@ -329,7 +329,7 @@ def setup(cfg: TrainConfig) -> Setup:
                               (init_policies(pcfg, cfg.agents, cfg.seed, cfg.share), None, {}))
     policies = [p.to(device) for p in start]
     if cfg.deafen:  # a step that makes the messages cheap makes them noisy: actions that do not read them stay put
-        for p in policies:
+        for p in set(policies):  # shared: one module
             p.deafen()
     per_agent = getattr(env, "reward_per_agent", False) and not cfg.team_reward
     critic = Critic(cfg.agents * env.obs_dim, cfg.hidden, cfg.agents if per_agent else 1)
